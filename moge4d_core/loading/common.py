@@ -1,0 +1,197 @@
+"""Reading checkpoint files into state dicts, with errors that say what to do.
+
+Accepted containers (each component loader builds on these):
+
+* ``*.safetensors`` / ``*.sft`` (single file; fp8 tensors included),
+* a sharded checkpoint: ``*.safetensors.index.json`` (its ``weight_map``) or a folder holding one,
+* ``*.pth`` / ``*.pt`` / ``*.bin`` / ``*.torch`` via ``torch.load(weights_only=True)``, so a pickle
+  that would run code is refused,
+* a folder: the index JSON if present, else the single weights file inside.
+
+Our own training outputs are safetensors whose metadata header holds ``moge4d_arch`` (a name) and
+``moge4d_config`` (JSON), so a loader never guesses: :func:`save_state_dict` / :func:`read_metadata`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Mapping, Optional
+
+import torch
+
+from ..errors import MoGe4DInputError
+
+WEIGHT_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".bin", ".torch", ".ckpt")
+ARCH_KEY = "moge4d_arch"
+CONFIG_KEY = "moge4d_config"
+
+
+def _load_safetensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device=device)
+    except Exception as exc:  # safetensors raises its own error types for truncated/corrupt headers
+        raise MoGe4DInputError(
+            f"{path}: not a readable safetensors file ({exc}). The file may be truncated or still "
+            f"downloading; download it again.") from None
+
+
+def _load_torch_pickle(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception:
+            raise MoGe4DInputError(
+                f"{path}: could not be read as a PyTorch weights file with weights_only=True ({exc}). "
+                f"Only plain state dicts of tensors are accepted; a file that needs arbitrary "
+                f"unpickling is refused for safety.") from None
+    return _as_flat_state_dict(obj, path)
+
+
+def _as_flat_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
+    """Accept ``{name: tensor}`` or a wrapper ``{"state_dict"|"model"|"module": {...}}``."""
+    if isinstance(obj, Mapping):
+        for wrapper in ("state_dict", "model", "module"):
+            inner = obj.get(wrapper)
+            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                obj = inner
+                break
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors and len(tensors) == len(obj):
+            return dict(tensors)
+        if tensors:
+            # e.g. training checkpoints that also hold step counters: keep the tensors
+            return dict(tensors)
+    raise MoGe4DInputError(f"{path}: does not hold a state dict of tensors (found {type(obj).__name__})")
+
+
+def _load_index(index: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except Exception as exc:
+        raise MoGe4DInputError(f"{index}: not a valid sharded-checkpoint index ({exc})") from None
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        shard_path = index.parent / shard
+        if not shard_path.exists():
+            raise MoGe4DInputError(
+                f"{index}: shard '{shard}' is missing; put it next to the index in {index.parent}")
+        state.update(load_file_state_dict(shard_path, device=device))
+    missing = [k for k in weight_map if k not in state]
+    if missing:
+        raise MoGe4DInputError(f"{index}: keys listed in the index are absent from their shards: {missing[:5]}")
+    return state
+
+
+def find_weights(path: str | os.PathLike, preferred: Iterable[str] = ()) -> Path:
+    """Resolve a file or folder to the one weights file (or index JSON) to read.
+
+    In a folder: a file named in ``preferred`` wins, then a ``*.index.json``, then the only weights file.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise MoGe4DInputError(f"{p}: no such file or folder")
+    if p.is_file():
+        return p
+    for name in preferred:
+        if (p / name).is_file():
+            return p / name
+    indexes = sorted(p.glob("*.safetensors.index.json")) + sorted(p.glob("*.bin.index.json"))
+    if indexes:
+        return indexes[0]
+    files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix in WEIGHT_SUFFIXES)
+    if len(files) == 1:
+        return files[0]
+    if not files:
+        raise MoGe4DInputError(f"{p}: folder holds no weights file ({', '.join(WEIGHT_SUFFIXES)})")
+    raise MoGe4DInputError(f"{p}: folder holds several weights files and no index: {[f.name for f in files[:5]]}; "
+                           f"pass the file itself")
+
+
+def load_file_state_dict(path: str | os.PathLike, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Load one weights file, an index JSON or a folder into a flat ``{name: tensor}`` dict."""
+    p = find_weights(path)
+    name = p.name
+    if name.endswith(".index.json"):
+        return _load_index(p, device=device)
+    if p.suffix in (".safetensors", ".sft"):
+        return _load_safetensors(p, device=device)
+    if p.suffix in (".pth", ".pt", ".bin", ".torch", ".ckpt"):
+        return _load_torch_pickle(p)
+    raise MoGe4DInputError(f"{p}: unknown weights format '{p.suffix}'; expected one of {', '.join(WEIGHT_SUFFIXES)}")
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """Metadata header of a safetensors file (empty dict for other formats or none)."""
+    p = find_weights(path)
+    if p.suffix not in (".safetensors", ".sft"):
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as exc:
+        raise MoGe4DInputError(f"{p}: not a readable safetensors file ({exc})") from None
+
+
+def read_arch_config(path: str | os.PathLike) -> tuple[Optional[str], Optional[dict]]:
+    """``(architecture, config)`` from one of our own training outputs, else ``(None, None)``."""
+    meta = read_metadata(path)
+    arch = meta.get(ARCH_KEY)
+    cfg = json.loads(meta[CONFIG_KEY]) if CONFIG_KEY in meta else None
+    return arch, cfg
+
+
+def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Keys starting with ``prefix``, with it removed (others dropped)."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def key_mismatch_message(file: str | os.PathLike, arch: str, missing: Iterable[str],
+                         unexpected: Iterable[str], limit: int = 5) -> str:
+    missing, unexpected = list(missing), list(unexpected)
+    parts = [f"{file}: does not match the expected layout for {arch}."]
+    if missing:
+        parts.append(f"{len(missing)} missing keys, first: {missing[:limit]}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys, first: {unexpected[:limit]}")
+    parts.append("Check that the file is the right model for this loader.")
+    return " ".join(parts)
+
+
+def check_keys(file: str | os.PathLike, arch: str, expected: Iterable[str], found: Iterable[str],
+               allow_missing: Iterable[str] = (), allow_unexpected_prefixes: Iterable[str] = ()) -> None:
+    """Raise :class:`MoGe4DInputError` naming the first missing / unexpected keys."""
+    expected, found = set(expected), set(found)
+    allow_missing = set(allow_missing)
+    prefixes = tuple(allow_unexpected_prefixes)
+    missing = sorted(expected - found - allow_missing)
+    unexpected = sorted(k for k in found - expected if not (prefixes and k.startswith(prefixes)))
+    if missing or unexpected:
+        raise MoGe4DInputError(key_mismatch_message(file, arch, missing, unexpected))
+
+
+def save_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike, arch: str,
+                    config: Mapping, extra_metadata: Optional[Mapping[str, str]] = None) -> Path:
+    """Write ``state`` as safetensors with our metadata header, atomically (temp file + rename)."""
+    from safetensors.torch import save_file
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    meta = {ARCH_KEY: arch, CONFIG_KEY: json.dumps(dict(config), sort_keys=True)}
+    meta.update({k: str(v) for k, v in (extra_metadata or {}).items()})
+    fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=str(p.parent))
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata=meta)
+        os.replace(tmp, p)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return p

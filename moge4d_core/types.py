@@ -1,0 +1,202 @@
+"""Data types passed between pipeline stages (and between ComfyUI nodes).
+
+Each dataclass documents its tensor shapes and coordinate conventions and validates itself on
+construction, so a wrong shape is reported where it enters the pipeline, naming the field.
+
+Conventions: OpenCV camera axes (x right, y down, z forward); world frame = first-frame camera;
+intrinsics ``K`` are in pixels of the image they belong to, with pixel centres at integer + 0.5
+(the top-left pixel covers [0, 1] x [0, 1]); images are float in [0, 1], channel-last.
+
+| ComfyUI type            | dataclass            |
+|-------------------------|----------------------|
+| ``MOGE4D_GEOMETRY``     | :class:`Geometry`    |
+| ``MOGE4D_MOTION_FEATURES`` | :class:`MotionFeatures` |
+| ``MOGE4D_MOTION``       | :class:`Motion`      |
+| ``MOGE4D_TRAJECTORIES`` | :class:`Trajectories`|
+| ``MOGE4D_CAMERA_PATH``  | :class:`CameraPath`  |
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from .errors import MoGe4DInputError, require
+
+
+def _check_shape(name: str, tensor: torch.Tensor, shape: tuple, what: str) -> None:
+    """Check ``tensor`` against ``shape`` (ints or None for "any"), raising a readable error."""
+    if not isinstance(tensor, torch.Tensor):
+        raise MoGe4DInputError(f"{name}: expected a torch.Tensor {what}, got {type(tensor).__name__}")
+    ok = tensor.ndim == len(shape) and all(s is None or s == d for s, d in zip(shape, tensor.shape))
+    if not ok:
+        want = "(" + ",".join("*" if s is None else str(s) for s in shape) + ")"
+        raise MoGe4DInputError(f"{name}: expected shape {want} {what}, got {tuple(tensor.shape)}")
+
+
+@dataclass
+class Geometry:
+    """One image with its depth and camera (``MOGE4D_GEOMETRY``).
+
+    image  (H,W,3) float [0,1]; depth (H,W) z-depth (metric when ``metric``, else relative);
+    K (3,3) pixel intrinsics; points (H,W,3) camera-frame back-projection of ``depth`` through ``K``
+    at pixel centres; valid (H,W) bool, False where depth is unusable (NaN, inf, <= 0, masked sky).
+    """
+
+    image: torch.Tensor
+    depth: torch.Tensor
+    K: torch.Tensor
+    points: torch.Tensor
+    valid: torch.Tensor
+    metric: bool = True
+
+    def __post_init__(self) -> None:
+        _check_shape("Geometry.depth", self.depth, (None, None), "(H,W)")
+        h, w = self.depth.shape
+        _check_shape("Geometry.image", self.image, (h, w, 3), "(H,W,3) matching depth")
+        _check_shape("Geometry.K", self.K, (3, 3), "pixel intrinsics")
+        _check_shape("Geometry.points", self.points, (h, w, 3), "(H,W,3) matching depth")
+        _check_shape("Geometry.valid", self.valid, (h, w), "(H,W) matching depth")
+
+    @property
+    def height(self) -> int:
+        return int(self.depth.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.depth.shape[1])
+
+
+@dataclass
+class MotionFeatures:
+    """OmniMAE patch tokens of one image (``MOGE4D_MOTION_FEATURES``): tokens (G_h*G_w, C), grid (G_h, G_w)."""
+
+    tokens: torch.Tensor
+    grid: tuple = (14, 14)
+
+    def __post_init__(self) -> None:
+        _check_shape("MotionFeatures.tokens", self.tokens, (self.grid[0] * self.grid[1], None), "(196,768)")
+
+
+@dataclass
+class NormalizationSpec:
+    """Constants of the depth-guided motion normalisation (reference section B).
+
+    ``fx``, ``fy`` are *normalised* focal lengths (pixels / image width, pixels / image height), the
+    alpha_x, alpha_y of the paper: dx_hat = dx * fx / z0, dy_hat = dy * fy / z0, dz_hat = dz / z0.
+    ``mode`` is ``"official"`` (the released checkpoint's fixed pseudo-intrinsics) or ``"real_k"``.
+    ``depth_fill`` replaces NaN / inf / zero first-frame depth (official: 1.0).
+    """
+
+    fx: float
+    fy: float
+    mode: str = "official"
+    depth_fill: float = 1.0
+
+
+@dataclass
+class Motion:
+    """Normalised relative motion from the trajectory model (``MOGE4D_MOTION``).
+
+    delta (T,H,W,3): normalised displacement of each first-frame pixel, frame 0 = 0;
+    ``norm`` the constants it was normalised with; ``geometry`` the first frame it is relative to.
+    """
+
+    delta: torch.Tensor
+    norm: NormalizationSpec
+    geometry: Geometry
+
+    def __post_init__(self) -> None:
+        _check_shape("Motion.delta", self.delta, (None, self.geometry.height, self.geometry.width, 3),
+                     "(T,H,W,3) matching the geometry")
+
+
+@dataclass
+class Trajectories:
+    """A 4D scene: N points moving over T frames (``MOGE4D_TRAJECTORIES``).
+
+    points (T,N,3) float32 in the world frame (= first-frame camera, OpenCV axes);
+    colors (N,3) float [0,1] (constant over time); visibility (T,N) bool or None;
+    height, width: the pixel grid the points were sampled on, N == height*width, row-major;
+    K (3,3) pixel intrinsics of that grid, if known (used for a default camera).
+    """
+
+    points: torch.Tensor
+    colors: torch.Tensor
+    height: int
+    width: int
+    visibility: Optional[torch.Tensor] = None
+    K: Optional[torch.Tensor] = None
+    fps: float = 8.0
+
+    def __post_init__(self) -> None:
+        _check_shape("Trajectories.points", self.points, (None, None, 3), "(T,N,3)")
+        t, n, _ = self.points.shape
+        require(t >= 1, "Trajectories.points: needs at least one frame (T >= 1), got T = 0")
+        require(n >= 1, "Trajectories.points: the point set is empty (N = 0); nothing to render or export")
+        require(self.height > 0 and self.width > 0,
+                f"Trajectories: height and width must be positive, got {self.height}x{self.width}")
+        require(n == self.height * self.width,
+                f"Trajectories: N = {n} points does not match the grid height*width = "
+                f"{self.height}*{self.width} = {self.height * self.width}; points must be one per pixel, row-major")
+        _check_shape("Trajectories.colors", self.colors, (n, 3), "(N,3) one colour per point")
+        if self.visibility is not None:
+            _check_shape("Trajectories.visibility", self.visibility, (t, n), "(T,N)")
+        if self.K is not None:
+            _check_shape("Trajectories.K", self.K, (3, 3), "pixel intrinsics")
+        require(bool(torch.isfinite(self.points).all()),
+                "Trajectories.points: contains NaN or inf; sanitise the source (e.g. drop or mask invalid points)")
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.points.shape[0])
+
+    @property
+    def num_points(self) -> int:
+        return int(self.points.shape[1])
+
+
+@dataclass
+class CameraPath:
+    """A camera per frame (``MOGE4D_CAMERA_PATH``).
+
+    c2w (T,4,4) camera-to-world, OpenCV camera axes, world = first-frame camera of the scene;
+    K (T,3,3) pixel intrinsics for an image of ``width`` x ``height``.
+    """
+
+    c2w: torch.Tensor
+    K: torch.Tensor
+    width: int
+    height: int
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        require(int(self.width) > 0 and int(self.height) > 0,
+                f"CameraPath: width and height must be positive, got {self.width}x{self.height}")
+        _check_shape("CameraPath.c2w", self.c2w, (None, 4, 4), "(T,4,4) camera-to-world")
+        t = self.c2w.shape[0]
+        require(t >= 1, "CameraPath.c2w: needs at least one camera (T >= 1)")
+        _check_shape("CameraPath.K", self.K, (t, 3, 3), "(T,3,3) matching c2w")
+        require(bool(torch.isfinite(self.c2w).all()) and bool(torch.isfinite(self.K).all()),
+                "CameraPath: poses or intrinsics contain NaN or inf")
+        det = torch.linalg.det(self.c2w[:, :3, :3].double())
+        require(bool((det.abs() > 1e-6).all()),
+                "CameraPath.c2w: a pose has a singular rotation block (not invertible); each pose must be a rigid transform")
+        require(bool((self.K[:, 0, 0] > 0).all() and (self.K[:, 1, 1] > 0).all()),
+                "CameraPath.K: focal lengths must be positive")
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.c2w.shape[0])
+
+
+@dataclass
+class RenderResult:
+    """Output of a renderer: rgb (T,H,W,3) float [0,1]; depth (T,H,W) camera z (0 in holes);
+    holes (T,H,W) float, 1 where no point landed on the pixel, 0 elsewhere."""
+
+    rgb: torch.Tensor
+    depth: torch.Tensor
+    holes: torch.Tensor
+    extras: dict = field(default_factory=dict)
