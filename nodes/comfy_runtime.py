@@ -1,0 +1,62 @@
+"""Thin access to ComfyUI's runtime services (progress, cancel, devices, folders) for the nodes.
+
+Only this module and the node modules import ComfyUI; the maths stays in ``moge4d_core``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import comfy.model_management as mm
+import comfy.utils
+import folder_paths
+
+
+def progress_callback(total: int):
+    """A ``progress(i, total)`` callback for core loops: updates a ProgressBar and honours Cancel."""
+    bar = comfy.utils.ProgressBar(total)
+
+    def callback(i: int, n: int) -> None:
+        mm.throw_exception_if_processing_interrupted()
+        bar.update_absolute(i + 1, n)
+
+    return callback
+
+
+def compute_device():
+    """The device ComfyUI wants compute on (CPU under ``--cpu``)."""
+    return mm.get_torch_device()
+
+
+def output_device():
+    """Where node outputs live between nodes."""
+    return mm.intermediate_device()
+
+
+def input_files(extensions: tuple[str, ...]) -> list[str]:
+    """Files under ComfyUI's input folder (recursive, relative, sorted) with one of ``extensions``."""
+    root = Path(folder_paths.get_input_directory())
+    if not root.is_dir():
+        return []
+    found = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.suffix.lower() in extensions]
+    return sorted(found)
+
+
+def input_path(name: str) -> str:
+    """Absolute path of a file picked from the input folder (annotated names allowed)."""
+    return folder_paths.get_annotated_filepath(name)
+
+
+def output_folder(prefix: str) -> tuple[Path, str]:
+    """(folder, stem) for a new output under ComfyUI's output folder from a ``filename_prefix``.
+
+    The stem gets a counter so runs never overwrite each other; paths outside ``output/`` are refused
+    by ComfyUI's own helper.
+    """
+    out_dir = folder_paths.get_output_directory()
+    full_folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, out_dir)
+    return Path(full_folder), f"{filename}_{counter:05d}", subfolder
+
+
+def relative_to_output(path: os.PathLike) -> str:
+    return Path(path).resolve().relative_to(Path(folder_paths.get_output_directory()).resolve()).as_posix()
