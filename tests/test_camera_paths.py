@@ -168,6 +168,8 @@ def test_every_preset_is_rigid(pts, name):
     one = make_camera_path(name, 1, W, H, points0=pts)
     assert one.c2w.shape == (1, 4, 4)
     spec = CAMERA_PRESETS[name]
+    assert spec.description == spec.doc and len(spec.doc) > 10  # the CLI prints `description`
+    assert set(spec.defaults()) == {p.name for p in spec.params}
     for p in spec.params:
         assert p.doc and p.kind in ("float", "int", "bool", "choice")
         if p.kind == "choice":
