@@ -72,7 +72,8 @@ def atomic_dir(folder: str | os.PathLike) -> Iterator[Path]:
 
     Files are moved only after the body finished without error, so a failure leaves ``folder``
     exactly as it was (a missing ``folder`` is created and removed again). Existing files with the
-    same names are replaced.
+    same names are replaced. The final moves are renames within one file system, done only after
+    every file was written; they are not one atomic step together.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():

@@ -238,34 +238,49 @@ def _check_prefix(prefix: str, what: str) -> None:
             f"got {prefix!r}")
 
 
-def _frame_points(traj: Trajectories, t: int, visible_only: bool) -> tuple[np.ndarray, np.ndarray]:
-    xyz = traj.points[t].detach().cpu().double().numpy()
-    rgb = traj.colors.detach().cpu().double().clamp(0, 1).numpy()
+def _frame_mask(traj: Trajectories, t: int, visible_only: bool) -> Optional[np.ndarray]:
     if visible_only and traj.visibility is not None:
-        keep = traj.visibility[t].detach().cpu().numpy().astype(bool)
-        xyz, rgb = xyz[keep], rgb[keep]
-    return xyz, rgb
+        return traj.visibility[t].detach().cpu().numpy().astype(bool)
+    return None
+
+
+def _set_xyz(base: np.ndarray, xyz: np.ndarray, keep: Optional[np.ndarray], axes: str) -> np.ndarray:
+    """``base`` with x, y, z replaced by ``xyz`` (N,3) in ``axes``; rows ``keep`` only (a copy) when
+    given, else ``base`` itself is overwritten (one buffer reused for every frame)."""
+    rec = base if keep is None else base[keep]
+    xyz = _apply_axes(xyz if keep is None else xyz[keep], axes)
+    for i, name in enumerate(("x", "y", "z")):
+        rec[name] = xyz[:, i]
+    return rec
 
 
 def _write_sequence(traj: Trajectories, folder: str | os.PathLike, prefix: str, visible_only: bool,
-                    what: str, make_records: Callable[[np.ndarray, np.ndarray, int], np.ndarray]) -> list[Path]:
-    if not isinstance(traj, Trajectories):
-        raise MoGe4DInputError(f"{what}: expected Trajectories, got {type(traj).__name__}")
-    _check_prefix(prefix, what)
+                    axes: str, what: str, template: Callable[[np.ndarray], np.ndarray]) -> list[Path]:
+    """Write one PLY per frame. ``template(rgb01)`` builds the per-point records once (colours,
+    splat attributes); each frame only replaces x, y, z. Inputs are validated before any file is
+    created; frames go to a temporary folder that is moved in only when all were written."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise MoGe4DInputError(f"{what}: {folder} exists and is not a folder")
-    frames = []
-    for t in range(traj.num_frames):                 # validate and build everything before writing
-        xyz, rgb = _frame_points(traj, t, visible_only)
-        if xyz.shape[0] == 0:
+    rgb01 = traj.colors.detach().cpu().double().clamp(0, 1).numpy()
+    base = template(rgb01)
+    masks = [_frame_mask(traj, t, visible_only) for t in range(traj.num_frames)]
+    for t, keep in enumerate(masks):
+        if keep is not None and not keep.any():
             raise MoGe4DInputError(f"{what}: frame {t} has no visible points; pass visible_only=False")
-        frames.append(make_records(xyz, rgb, t))
-    names = [f"{prefix}_{t:05d}.ply" for t in range(len(frames))]
+    names = [f"{prefix}_{t:05d}.ply" for t in range(traj.num_frames)]
     with atomic_dir(folder) as tmp:
-        for name, rec in zip(names, frames):
-            _write_records(tmp / name, rec)
+        for t, (name, keep) in enumerate(zip(names, masks)):
+            xyz = traj.points[t].detach().cpu().double().numpy()
+            _write_records(tmp / name, _set_xyz(base, xyz, keep, axes))
     return [folder / name for name in names]
+
+
+def _check_sequence_args(traj: Any, prefix: str, axes: str, what: str) -> None:
+    if not isinstance(traj, Trajectories):
+        raise MoGe4DInputError(f"{what}: expected Trajectories, got {type(traj).__name__}")
+    _check_prefix(prefix, what)
+    _check_axes(axes, what)
 
 
 def write_ply_sequence(
@@ -284,9 +299,10 @@ def write_ply_sequence(
     visibility).
     """
     what = "write_ply_sequence"
-    _check_axes(axes, what)
-    return _write_sequence(traj, folder, prefix, visible_only, what,
-                           lambda xyz, rgb, t: _point_records(xyz, rgb, axes))
+    _check_sequence_args(traj, prefix, axes, what)
+    n = traj.num_points
+    return _write_sequence(traj, folder, prefix, visible_only, axes, what,
+                           lambda rgb01: _point_records(np.zeros((n, 3)), rgb01, "opencv"))
 
 
 def write_splat_sequence(
@@ -300,11 +316,10 @@ def write_splat_sequence(
     axes: str = "opencv",
 ) -> list[Path]:
     """Write one 3DGS splat PLY per frame (see :func:`write_splat_ply`), all-or-nothing like
-    :func:`write_ply_sequence`. ``scale`` / ``opacity`` are a number or per-point (N,...) arrays;
-    per-point values require ``visible_only=False``."""
+    :func:`write_ply_sequence`. ``scale`` / ``opacity`` are a number or per-point arrays ((N,3) / (N,),
+    constant over time); with ``visible_only`` each frame keeps the rows of its visible points."""
     what = "write_splat_sequence"
-    _check_axes(axes, what)
-    if visible_only and traj.visibility is not None and not (np.isscalar(scale) and np.isscalar(opacity)):
-        raise MoGe4DInputError(f"{what}: per-point scale/opacity cannot be combined with visible_only=True")
-    return _write_sequence(traj, folder, prefix, visible_only, what,
-                           lambda xyz, rgb, t: _splat_records(xyz, rgb, scale, opacity, None, axes, what))
+    _check_sequence_args(traj, prefix, axes, what)
+    n = traj.num_points
+    return _write_sequence(traj, folder, prefix, visible_only, axes, what,
+                           lambda rgb01: _splat_records(np.zeros((n, 3)), rgb01, scale, opacity, None, axes, what))

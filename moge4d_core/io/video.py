@@ -7,6 +7,7 @@ limited range, and the stream is tagged as such so players decode the colours co
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from fractions import Fraction
@@ -74,10 +75,11 @@ def write_mp4(frames: Any, path: str | os.PathLike, fps: float = 8.0, *, crf: in
             stream.pix_fmt = "yuv420p"
             stream.options = {"crf": str(crf)}
             cc = stream.codec_context
-            cc.colorspace = 1        # AVCOL_SPC_BT709
-            cc.color_primaries = 1   # AVCOL_PRI_BT709
-            cc.color_trc = 1         # AVCOL_TRC_BT709
-            cc.color_range = 1       # AVCOL_RANGE_MPEG (limited)
+            # colour tags (metadata only; older PyAV versions may lack some of these attributes)
+            for attr, value in (("colorspace", 1), ("color_primaries", 1), ("color_trc", 1),
+                                ("color_range", 1)):   # BT.709 matrix / primaries / transfer, limited range
+                with contextlib.suppress(AttributeError, TypeError, ValueError):
+                    setattr(cc, attr, value)
             for image in data:
                 frame = av.VideoFrame.from_ndarray(image, format="rgb24")
                 frame = frame.reformat(format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG")
@@ -110,8 +112,8 @@ def read_video_frames(path: str | os.PathLike, *, max_frames: Optional[int] = No
             for i, frame in enumerate(container.decode(stream)):
                 if i % stride:
                     continue
-                space = "ITU709" if frame.colorspace == 1 else None
-                rng = "JPEG" if frame.color_range == 2 else None
+                space = "ITU709" if getattr(frame, "colorspace", None) == 1 else None
+                rng = "JPEG" if getattr(frame, "color_range", None) == 2 else None
                 rgb = frame.reformat(format="rgb24", src_colorspace=space, src_color_range=rng)
                 out.append(rgb.to_ndarray())
                 if max_frames is not None and len(out) >= max_frames:
