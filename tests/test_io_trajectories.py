@@ -102,6 +102,16 @@ def test_float_visibility_thresholded_and_default_grid(tmp_path):
     assert float(traj.colors.min()) == 1.0
 
 
+def test_unit_range_colours_warn(tmp_path):
+    coords, colors, _ = _scene()
+    path = tmp_path / "unit.pkl"
+    with open(path, "wb") as fh:
+        pickle.dump({"coords": coords, "colors": colors / 255.0}, fh)
+    with pytest.warns(UserWarning, match="all values are <= 1"):
+        traj = read_trajectory_pkl(path, height=H, width=W)
+    np.testing.assert_allclose(traj.colors.numpy(), colors / 255.0 / 255.0, atol=1e-7)
+
+
 def test_height_only_derives_width(tmp_path):
     coords, colors, _ = _scene()
     path = tmp_path / "h.pkl"

@@ -32,6 +32,7 @@ key             dtype / shape    meaning
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -135,7 +136,8 @@ def trajectories_from_dict(
     Shapes accepted: coords ``(T,N,3)`` / ``(1,T,N,3)``; colors ``(N,3)`` / ``(1,N,3)`` in 0..255;
     vis ``(T,N)`` / ``(1,T,N)`` / with a trailing axis of 1, bool or float (> 0.5 = visible).
     The grid defaults to 384x512 when N == 196608, else ``height`` / ``width`` are required (one
-    of them is enough when it divides N). Colours are divided by 255 and clipped to [0, 1].
+    of them is enough when it divides N). Colours are divided by 255 and clipped to [0, 1] (a
+    ``UserWarning`` is issued when they all lie in [0, 1], i.e. were probably stored pre-scaled).
 
     Non-finite values: by default NaN / inf point positions raise :class:`MoGe4DInputError` naming
     how many there are. With ``sanitize=True`` each non-finite position is replaced by that point's
@@ -183,6 +185,10 @@ def trajectories_from_dict(
         raise MoGe4DInputError(
             f"{source}['colors']: values span [{lo:.3g}, {hi:.3g}], expected 0..255 (TrajScene/DELTA "
             "store frame-0 RGB in 0..255)")
+    if hi <= 1.0 and hi > 0.0 and colors.size > 3:
+        warnings.warn(f"{source}['colors']: all values are <= 1 although TrajScene/DELTA colours are "
+                      "0..255; they are still divided by 255 (the scene will look almost black). "
+                      "Scale them to 0..255 if they were stored in [0,1].", stacklevel=3)
     colors = np.clip(colors / 255.0, 0.0, 1.0).astype(np.float32)
 
     vis = None
