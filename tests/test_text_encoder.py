@@ -326,3 +326,35 @@ def test_bad_prompts(files):
         encode_text(model, tok, [])
     with pytest.raises(MoGe4DInputError, match="prompts"):
         encode_text(model, tok, ["ok", 3])
+
+
+def test_new_comfy_quant_spelling_and_unsupported_quantisation(files, tmp_path):
+    """``weight_scale`` + ``comfy_quant`` (newer ComfyUI) reads like ``scale_weight``; int8 + scale is refused."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from moge4d_core.loading.text import convert_text_state_dict
+
+    legacy = load_file(str(files["paths"]["fp8"]))
+    new = {}
+    for k, v in legacy.items():
+        if k == "scaled_fp8" or k.endswith(".scale_input"):
+            continue
+        if k.endswith(".scale_weight"):
+            layer = k[: -len(".scale_weight")]
+            new[layer + ".weight_scale"] = v
+            new[layer + ".comfy_quant"] = torch.tensor(list(json.dumps({"format": "float8_e4m3fn"}).encode()),
+                                                       dtype=torch.uint8)
+        else:
+            new[k] = v
+    a, desc_a, _ = convert_text_state_dict(dict(legacy), "legacy")
+    b, desc_b, _ = convert_text_state_dict(new, "new")
+    assert desc_a == "hf+scaled_fp8+fp8" and desc_b == "hf+fp8"
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # int8 weights with a scale (another quantisation scheme) get a clear refusal
+    bad = dict(legacy)
+    bad["encoder.block.0.layer.0.SelfAttention.q.weight"] = torch.zeros(HEADS * DKV, DIM, dtype=torch.int8)
+    save_file(bad, str(tmp_path / "umt5_int8.safetensors"))
+    with pytest.raises(MoGe4DInputError, match=r"umt5_int8\.safetensors: tensor 'encoder\.block\.0\.layer\.0\.SelfAttention\.q\.weight'.*not fp8"):
+        load_text_encoder(tmp_path / "umt5_int8.safetensors", dtype=torch.float32)

@@ -16,7 +16,7 @@ Accepted weight files (format detected from the key names, any common prefix tol
   linear weights in ``float8_e4m3fn`` with a float32 ``<layer>.scale_weight`` (optional
   ``<layer>.scale_input``, unused here). Dequantised as ``W = weight.float() * scale_weight``. The newer
   ComfyUI spelling ``<layer>.weight_scale`` (+ ``<layer>.comfy_quant``, ``input_scale``) is read the
-  same way; fp8 tensors without a scale are plain casts.
+  same way; fp8 tensors without a scale are plain casts (NaN codes -> 0, as ComfyUI's ``nan_to_num``).
 
 Wan -> transformers name map (``UMT5EncoderModel``): token_embedding -> shared; norm1 ->
 layer.0.layer_norm; attn.{q,k,v,o} -> layer.0.SelfAttention.{q,k,v,o}; pos_embedding.embedding ->
@@ -41,7 +41,7 @@ from ..models.text import SentencePieceT5Tokenizer, build_umt5_encoder, umt5_con
 from .common import check_keys, find_weights, load_file_state_dict
 
 __all__ = ["detect_text_format", "convert_text_state_dict", "load_umt5_tokenizer", "load_text_encoder",
-           "find_prefix", "dequantize_fp8", "build_with_weights"]
+           "find_prefix", "dequantize_fp8", "split_quantised", "build_with_weights"]
 
 ARCH = "umT5-XXL text encoder"
 _WAN_MARKER = "blocks.0.attn.q.weight"
@@ -76,8 +76,12 @@ def dequantize_fp8(weight: torch.Tensor, scale: Optional[torch.Tensor], name: st
         f"{tuple(weight.shape)}; only per-tensor or per-row fp8 scaling is supported. Use the fp16 / bf16 file.")
 
 
-def split_quantised(state: dict, file) -> tuple[dict, list[str]]:
-    """Dequantise ComfyUI scaled-fp8 tensors; drop markers and input scales. Returns (state, notes)."""
+def split_quantised(state: dict, file, dtype: torch.dtype = torch.float32, device="cpu") -> tuple[dict, list[str]]:
+    """Dequantise ComfyUI scaled-fp8 tensors to ``dtype`` on ``device``; drop markers and input scales.
+
+    Consumes ``state`` tensor by tensor, so a 5.7 B-parameter file never exists in float32 at once.
+    Returns ``(state, notes)`` where notes name the quantisation found ("scaled_fp8", "fp8").
+    """
     notes = []
     if "scaled_fp8" in state:
         notes.append("scaled_fp8")
@@ -94,7 +98,10 @@ def split_quantised(state: dict, file) -> tuple[dict, list[str]]:
         t = state.pop(k)
         s = scales.pop(k, None)
         if t.dtype in _FP8:
-            out[k] = dequantize_fp8(t, s, k, file)
+            w = dequantize_fp8(t.to(device), None if s is None else s.to(device), k, file)
+            # an fp8 NaN code (e.g. an out-of-range value cast without saturation) becomes 0, as ComfyUI's
+            # nan_to_num on the fp8 embedding output does
+            out[k] = torch.nan_to_num(w, nan=0.0).to(dtype)
             if "fp8" not in notes:
                 notes.append("fp8")
         elif s is not None:
@@ -180,9 +187,11 @@ def _wan_to_hf(state: dict) -> dict:
     return out
 
 
-def convert_text_state_dict(state: dict, file="<state dict>") -> tuple[dict, str, Optional[bytes]]:
-    """Any accepted layout -> transformers ``UMT5EncoderModel`` names (float32/bf16/fp16 as stored, fp8 dequantised).
+def convert_text_state_dict(state: dict, file="<state dict>", *, dtype: torch.dtype = torch.float32,
+                            device="cpu") -> tuple[dict, str, Optional[bytes]]:
+    """Any accepted layout -> transformers ``UMT5EncoderModel`` names.
 
+    Unquantised tensors keep their stored dtype; fp8 ones are dequantised to ``dtype`` on ``device``.
     Returns ``(state, format description, spiece_model bytes or None)``. Consumes ``state``.
     """
     try:
@@ -192,7 +201,7 @@ def convert_text_state_dict(state: dict, file="<state dict>") -> tuple[dict, str
     spiece = state.pop("spiece_model", None)
     spiece = spiece.cpu().numpy().tobytes() if isinstance(spiece, torch.Tensor) else None
     state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) or k == "scaled_fp8"}
-    state, notes = split_quantised(state, file)
+    state, notes = split_quantised(state, file, dtype=dtype, device=device)
     if fmt == "wan":
         state = _wan_to_hf(state)
     else:
@@ -287,7 +296,7 @@ def load_text_encoder(path: str | os.PathLike, tokenizer_dir: str | os.PathLike 
     file = find_weights(path)
     tokenizer = load_umt5_tokenizer(tokenizer_dir) if tokenizer_dir is not None else None  # cheap: fail early
     state = load_file_state_dict(file)
-    state, desc, spiece = convert_text_state_dict(state, file)
+    state, desc, spiece = convert_text_state_dict(state, file, dtype=dtype, device=device)
     config = _infer_config(state, file, desc)
     arch = f"{ARCH} (detected format {desc})"
     if tokenizer is None:
