@@ -238,3 +238,11 @@ def test_bad_images_are_refused(files):
         encode_image(model, torch.rand(1, 64, 64, 3) * 255)
     with pytest.raises(MoGe4DInputError, match="ClipVisionEncoder"):
         encode_image(files["ref"], torch.rand(1, 64, 64, 3))
+
+
+def test_output_can_feed_a_trained_layer(files):
+    model = load_clip_vision(files["paths"]["hf"], dtype=torch.float32, num_heads=HEADS)
+    tokens = encode_image(model, files["image"]).tokens
+    lin = torch.nn.Linear(D, 4)
+    lin(tokens).square().sum().backward()
+    assert lin.weight.grad is not None and not tokens.requires_grad

@@ -358,3 +358,13 @@ def test_new_comfy_quant_spelling_and_unsupported_quantisation(files, tmp_path):
     save_file(bad, str(tmp_path / "umt5_int8.safetensors"))
     with pytest.raises(MoGe4DInputError, match=r"umt5_int8\.safetensors: tensor 'encoder\.block\.0\.layer\.0\.SelfAttention\.q\.weight'.*not fp8"):
         load_text_encoder(tmp_path / "umt5_int8.safetensors", dtype=torch.float32)
+
+
+def test_output_can_feed_a_trained_layer(files):
+    """Training code puts the context through trainable layers: the output must not be an inference tensor."""
+    model, tok = load_text_encoder(files["paths"]["wan"], files["tok_dir"], dtype=torch.float32)
+    ctx = encode_text(model, tok, PROMPTS)
+    assert not ctx.embeddings.requires_grad
+    lin = torch.nn.Linear(DIM, 4)
+    lin(ctx.embeddings).square().sum().backward()
+    assert lin.weight.grad is not None and torch.isfinite(lin.weight.grad).all()

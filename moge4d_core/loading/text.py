@@ -116,27 +116,28 @@ def split_quantised(state: dict, file, dtype: torch.dtype = torch.float32, devic
 
 
 def build_with_weights(factory: Callable[[], torch.nn.Module], state: dict, file, arch: str, *,
-                       dtype: torch.dtype, device) -> torch.nn.Module:
+                       dtype: torch.dtype, device, aliases: Optional[Mapping[str, str]] = None) -> torch.nn.Module:
     """Build ``factory()`` with parameters on the meta device, check the keys, assign ``state`` cast to dtype/device.
 
-    ``state`` is consumed (tensors are cast one by one, so the weights are never held twice; a tensor
-    listed under two names is cast once and shared). Buffers are created normally (accelerate
-    ``init_empty_weights(include_buffers=False)``), so non-persistent buffers such as position ids stay valid.
+    ``state`` is consumed (tensors are cast one by one, so the weights are never held twice).
+    ``aliases`` maps a parameter name to the ``state`` key whose (cast) tensor it shares, for tied weights.
+    Buffers are created normally (accelerate ``init_empty_weights(include_buffers=False)``), so
+    non-persistent buffers such as position ids stay valid.
     Raises :class:`MoGe4DInputError` naming the file, ``arch`` and the first missing / unexpected keys.
     """
     from accelerate import init_empty_weights
 
     with init_empty_weights(include_buffers=False):
         model = factory()
-    check_keys(file, arch, model.state_dict().keys(), state.keys())
-    done: dict[int, torch.Tensor] = {}
+    expected = set(model.state_dict().keys())
+    aliases = {a: src for a, src in (aliases or {}).items() if src in state and a in expected}
+    check_keys(file, arch, expected, set(state.keys()) | set(aliases))
     cast = {}
     for k in list(state):
         t = state.pop(k)
-        if id(t) not in done:
-            done[id(t)] = t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
-        cast[k] = done[id(t)]
-    done.clear()
+        cast[k] = t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
+    for a, src in aliases.items():
+        cast[a] = cast[src]
     model.load_state_dict(cast, strict=True, assign=True)
     del cast
     return model.to(device).eval()
@@ -227,7 +228,7 @@ def _infer_config(state: Mapping[str, torch.Tensor], file, desc: str):
                                "encoder.block.0.layer.1.DenseReluDense.wi_0.weight") if k not in state]
         raise MoGe4DInputError(f"{file} (detected format {desc}): cannot read the encoder size; missing keys "
                                f"{missing[:5] or [str(exc)]}") from None
-    if layers > 1 and f"encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight" not in state:
+    if layers > 1 and "encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight" not in state:
         raise MoGe4DInputError(
             f"{file}: this is a T5 v1.1 encoder (one shared relative-position table, vocab {vocab}; e.g. t5xxl for "
             f"Flux / SD3), not umT5-XXL. The Wan models need umt5_xxl_fp16.safetensors, "
@@ -310,10 +311,8 @@ def load_text_encoder(path: str | os.PathLike, tokenizer_dir: str | os.PathLike 
             f"tokenizer ({tokenizer_dir or 'embedded'}) has {len(tokenizer)} tokens but {file} embeds only "
             f"{config.vocab_size}; they do not belong together. Give {_TOKENIZER_HELP}.")
 
-    state["encoder.embed_tokens.weight"] = state.get("shared.weight")   # tied to shared in UMT5EncoderModel
-    if state["encoder.embed_tokens.weight"] is None:
-        del state["encoder.embed_tokens.weight"]
-    model = build_with_weights(lambda: build_umt5_encoder(config), state, file, arch, dtype=dtype, device=device)
+    model = build_with_weights(lambda: build_umt5_encoder(config), state, file, arch, dtype=dtype, device=device,
+                               aliases={"encoder.embed_tokens.weight": "shared.weight"})  # tied in UMT5EncoderModel
     emb = getattr(getattr(model, "encoder", None), "embed_tokens", None)
     if emb is not None and emb.weight is not model.shared.weight:
         emb.weight = model.shared.weight   # one Parameter, so .to() never duplicates the 2 GB table

@@ -102,7 +102,7 @@ def preprocess_image(image: torch.Tensor, size: int = 224) -> torch.Tensor:
     return (x - mean) / std
 
 
-@torch.inference_mode()
+@torch.no_grad()   # not inference_mode: training code may save these outputs for backward
 def encode_image(model: ClipVisionEncoder, image: torch.Tensor) -> ImageContext:
     """image (B, H, W, 3) in [0, 1] -> :class:`ImageContext` (B, 257, 1280) float32 on the model's device."""
     if not isinstance(model, ClipVisionEncoder):

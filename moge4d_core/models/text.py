@@ -111,7 +111,7 @@ def _check_prompts(prompts) -> list[str]:
     return prompts
 
 
-@torch.inference_mode()
+@torch.no_grad()   # not inference_mode: training code may save these outputs for backward
 def encode_text(model, tokenizer, prompts: Sequence[str], *, max_length: int = TEXT_LEN,
                 out_dtype: torch.dtype = torch.float32) -> TextContext:
     """Encode prompts with umT5 the way Wan does -> :class:`TextContext` (B, 512, d_model), zero past each length.
