@@ -94,6 +94,19 @@ def test_adapter_matches_functional_float64_reference(encoder):
         assert bool(((got > 0) & (got < 1)).all())
 
 
+@pytest.mark.parametrize("encoder", [True, False])
+def test_frame_chunking_changes_nothing(encoder):
+    cls = TrajectoryEncoderAdapter if encoder else TrajectoryDecoderAdapter
+    m = _randomise(cls(TINY_ADAPTER), std=0.3, seed=2).double().eval()
+    x = torch.randn(2, 3, 5, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        m.frame_chunk = None
+        whole = m(x)
+        m.frame_chunk = 3                                  # 10 frames in chunks of 3, 3, 3, 1
+        chunked = m(x)
+    assert torch.allclose(whole, chunked, atol=1e-13, rtol=0)
+
+
 # --- latent normalisation ---------------------------------------------------------------------
 
 def test_constants_are_the_reference_values():

@@ -262,7 +262,8 @@ def merge_lora(model: nn.Module, lora: LoraSource, strength: float = OFFICIAL_ST
     """Fold the LoRA into ``model``'s weights in place: ``W += strength * (alpha/rank) * up @ down``.
 
     ``lora``: a file path, a kohya state dict or a parsed ``{name: LoraWeights}``. Arithmetic in float32
-    (float64 for float64 weights), the result cast back to the weight's dtype. Every module and shape is checked before any weight changes;
+    (float64 for float64 weights), the result cast back to the weight's dtype. On fp8-stored weights the
+    small delta is mostly lost to fp8 rounding: merge before casting to fp8, or use :func:`apply_lora_peft`. Every module and shape is checked before any weight changes;
     a mismatch raises :class:`MoGe4DInputError` naming the first unmatched modules and the model class.
     """
     return _apply_delta(model, lora, strength, name_map, +1.0)
