@@ -23,7 +23,9 @@ importing ComfyUI:
   the prompt tokens plus ``</s>`` = 1) and zeroes masked positions, so ``L`` is the prompt length;
   ``ConditioningConcat`` can make ``L`` longer, ``ConditioningZeroOut`` makes ``cond`` all zeros.
   Several pairs (``ConditioningCombine``) mean "average the model's predictions", which is not a
-  batch; :func:`from_comfy_conditioning` refuses them with an explanation.
+  batch; :func:`from_comfy_conditioning` refuses them with an explanation. (ComfyUI's own Wan model
+  appears to run ``text_embedding`` on the unpadded ``L`` tokens; the contract here pads to 512 as
+  Wan / VideoX-Fun do, which is what the released MoGe4D checkpoints saw in training.)
 * ``CLIP_VISION_OUTPUT`` (from ``CLIPVisionEncode``) is a ``comfy.clip_vision.Output`` object that
   supports both ``obj.name`` and ``obj["name"]``: ``last_hidden_state (B, 257, 1280)``,
   ``penultimate_hidden_states (B, 257, 1280)`` (encoder run with ``intermediate_output=-2``, i.e. the
