@@ -123,7 +123,8 @@ def parse_kohya_lora(state: Mapping[str, torch.Tensor], module_names: Optional[I
         raise MoGe4DInputError(f"{source}: holds no LoRA weights")
     candidates = list(module_names) if module_names is not None else _default_candidates(groups)
     if module_names is not None:
-        candidates += [c for c in _default_candidates(groups) if c not in set(candidates)]
+        given = set(candidates)
+        candidates += [c for c in _default_candidates(groups) if c not in given]
     table: dict[str, str] = {}
     ambiguous: dict[str, set[str]] = {}
     for name in candidates:
