@@ -153,6 +153,11 @@ def files(tmp_path_factory):
     return dict(ref=ref, wan_sd=wan, paths=paths, image=image)
 
 
+@pytest.fixture(scope="module")
+def hf_model(files):
+    return load_clip_vision(files["paths"]["hf"], dtype=torch.float32, device="cpu", num_heads=HEADS)
+
+
 def test_all_layouts_load_to_identical_penultimate_output(files):
     outs = {}
     for fmt, path in files["paths"].items():
@@ -166,9 +171,8 @@ def test_all_layouts_load_to_identical_penultimate_output(files):
     assert torch.equal(outs["hf"], outs["open_clip"])
 
 
-def test_matches_transformers_hidden_states_minus_two(files):
-    model = load_clip_vision(files["paths"]["hf"], dtype=torch.float32, device="cpu", num_heads=HEADS)
-    ours = encode_image(model, files["image"]).tokens
+def test_matches_transformers_hidden_states_minus_two(files, hf_model):
+    ours = encode_image(hf_model, files["image"]).tokens
     with torch.no_grad():
         out = files["ref"](pixel_values=_wan_preprocess(files["image"], torch.float32), output_hidden_states=True)
     torch.testing.assert_close(ours, out.hidden_states[-2], rtol=1e-6, atol=1e-6)
@@ -184,9 +188,9 @@ def test_matches_float64_wan_visual_use_31_block(files):
     assert err < 1e-5, float(err)
 
 
-def test_grey_image_gives_identical_tokens_for_any_input_size(files):
+def test_grey_image_gives_identical_tokens_for_any_input_size(files, hf_model):
     """MoGe4D stage 1 embeds a uniform (127,127,127) image: the result does not depend on its size."""
-    model = load_clip_vision(files["paths"]["hf"], dtype=torch.float32, device="cpu", num_heads=HEADS)
+    model = hf_model
     a = encode_image(model, torch.full((1, 224, 224, 3), 127 / 255)).tokens
     b = encode_image(model, torch.full((1, 480, 832, 3), 127 / 255)).tokens
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
@@ -230,8 +234,8 @@ def test_wrong_or_partial_files_are_named(files, tmp_path):
         load_clip_vision(tmp_path / "missing.safetensors")
 
 
-def test_bad_images_are_refused(files):
-    model = load_clip_vision(files["paths"]["hf"], dtype=torch.float32, num_heads=HEADS)
+def test_bad_images_are_refused(files, hf_model):
+    model = hf_model
     with pytest.raises(MoGe4DInputError, match=r"image: expected \(B, H, W, 3\)"):
         encode_image(model, torch.rand(1, 3, 64, 64))
     with pytest.raises(MoGe4DInputError, match=r"\[0, 1\]"):
@@ -240,8 +244,8 @@ def test_bad_images_are_refused(files):
         encode_image(files["ref"], torch.rand(1, 64, 64, 3))
 
 
-def test_output_can_feed_a_trained_layer(files):
-    model = load_clip_vision(files["paths"]["hf"], dtype=torch.float32, num_heads=HEADS)
+def test_output_can_feed_a_trained_layer(files, hf_model):
+    model = hf_model
     tokens = encode_image(model, files["image"]).tokens
     lin = torch.nn.Linear(D, 4)
     lin(tokens).square().sum().backward()
