@@ -22,11 +22,11 @@ from .errors import MoGe4DInputError
 
 
 def _progress(label: str):
-    def callback(i: int, n: int) -> None:
+    def callback(done: int, n: int) -> None:
         width = 30
-        done = int(width * (i + 1) / n)
-        sys.stderr.write(f"\r{label} [{'#' * done}{'.' * (width - done)}] {i + 1}/{n}")
-        if i + 1 == n:
+        bar = int(width * done / n)
+        sys.stderr.write(f"\r{label} [{'#' * bar}{'.' * (width - bar)}] {done}/{n}")
+        if done == n:
             sys.stderr.write("\n")
         sys.stderr.flush()
 
@@ -44,7 +44,7 @@ def _load_scene(args):
 
 
 def cmd_render(args) -> int:
-    from .geometry.camera_paths import make_camera_path
+    from .geometry.scene_camera import camera_path_for_scene
     from .io import save_trajectories_npz, write_mp4, write_ply_sequence
     from .render import render_trajectories
 
@@ -55,12 +55,9 @@ def cmd_render(args) -> int:
     t_scene = time.perf_counter() - t0
     out = Path(args.out)
     # Build every camera path before writing anything, so a bad preset writes nothing.
-    width = args.render_width or scene.width
-    height = args.render_height or scene.height
-    paths = [make_camera_path(name, scene.num_frames, width, height, points0=scene.points[0],
-                              K=scene.K if (args.fov is None and width == scene.width and height == scene.height) else None,
-                              fov_deg=args.fov)
-             for name in args.camera]
+    paths = [camera_path_for_scene(name, scene, width=args.render_width, height=args.render_height,
+                                   fov_deg=args.fov or 0.0) for name in args.camera]
+    width, height = paths[0].width, paths[0].height
     out.mkdir(parents=True, exist_ok=True)
     summary = [f"scene: {scene.num_frames} frames x {scene.num_points} points ({scene.height}x{scene.width}), "
                f"built in {t_scene:.2f} s"]
@@ -85,7 +82,8 @@ def cmd_presets(args) -> int:
     from .geometry.camera_paths import CAMERA_PRESETS
 
     for name, spec in CAMERA_PRESETS.items():
-        print(f"{name}: {getattr(spec, 'description', '')}")
+        params = ", ".join(f"{p.name}={p.default}" for p in spec.params)
+        print(f"{name}: {spec.doc}" + (f" [{params}]" if params else ""))
     return 0
 
 

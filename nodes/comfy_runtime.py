@@ -13,12 +13,13 @@ import folder_paths
 
 
 def progress_callback(total: int):
-    """A ``progress(i, total)`` callback for core loops: updates a ProgressBar and honours Cancel."""
+    """A ``progress(done, total)`` callback for core loops (``done`` = items finished so far):
+    updates a ProgressBar and honours Cancel."""
     bar = comfy.utils.ProgressBar(total)
 
-    def callback(i: int, n: int) -> None:
+    def callback(done: int, n: int) -> None:
         mm.throw_exception_if_processing_interrupted()
-        bar.update_absolute(i + 1, n)
+        bar.update_absolute(done, n)
 
     return callback
 
@@ -47,8 +48,8 @@ def input_path(name: str) -> str:
     return folder_paths.get_annotated_filepath(name)
 
 
-def output_folder(prefix: str) -> tuple[Path, str]:
-    """(folder, stem) for a new output under ComfyUI's output folder from a ``filename_prefix``.
+def output_folder(prefix: str) -> tuple[Path, str, str]:
+    """(folder, stem, subfolder) for a new output under ComfyUI's output folder from a ``filename_prefix``.
 
     The stem gets a counter so runs never overwrite each other; paths outside ``output/`` are refused
     by ComfyUI's own helper.
