@@ -133,6 +133,19 @@ class WanDiTConfig:
         return cls(**{k: v for k, v in src.items() if k in names})
 
 
+def infer_arch(in_dim: int, ref_conv_in_dim: Optional[int], image_dim: Optional[int]) -> str:
+    """Architecture name from the input channels and the presence of ``ref_conv`` / CLIP ``img_emb``."""
+    if in_dim == 64 and ref_conv_in_dim:
+        return ARCH_STRAG
+    if in_dim == 48:
+        return ARCH_CONTROL_V11 if ref_conv_in_dim else ARCH_CONTROL
+    if in_dim == 36 and image_dim:
+        return ARCH_INP
+    if in_dim == 16 and not image_dim:
+        return ARCH_T2V
+    return f"unknown(in_dim={in_dim})"
+
+
 def shipped_config(name: str) -> WanDiTConfig:
     """One of the JSON configs shipped in ``moge4d_core/models/configs`` (``name`` without ``.json``)."""
     p = CONFIG_DIR / f"{name}.json"

@@ -61,7 +61,7 @@ from diffusers.models.transformers.transformer_wan import (WanRotaryPosEmbed, Wa
                                                            WanTransformerBlock)
 
 from ...errors import MoGe4DInputError, require
-from .config import MPM_ALIGNMENTS, WanDiTConfig
+from .config import MPM_ALIGNMENTS, WanDiTConfig, infer_arch
 
 CLIP_TOKENS = 257
 
@@ -90,7 +90,8 @@ class MAdaNorm(nn.Module):
         every frame. Computed in float32 (``x`` is the float32 output of Wan's AdaLN).
         """
         lin = self.spatial_guide[1]
-        params = self.spatial_guide(features.to(lin.weight.dtype)).float()
+        # bias dtype = compute dtype (the weight may be fp8 storage, see models.memory)
+        params = self.spatial_guide(features.to(lin.bias.dtype)).float()
         scale, shift = params.chunk(2, dim=-1)  # (B, S, dim) each
         gate = self.gate.float()
         s = features.shape[1]
@@ -219,13 +220,15 @@ class WanDiT(WanTransformer3DModel):
     @classmethod
     def from_config_obj(cls, config: WanDiTConfig) -> "WanDiT":
         """Build (random weights, on the current default device) from a :class:`WanDiTConfig`."""
-        return cls(**config.diffusers_kwargs())
+        model = cls(**config.diffusers_kwargs())
+        model._moge4d_arch = config.arch
+        return model
 
     @property
     def wan_config(self) -> WanDiTConfig:
         """This model's :class:`WanDiTConfig` (arch as stored by the loader, else inferred)."""
         c = self.config
-        arch = getattr(self, "_moge4d_arch", None) or "unknown"
+        arch = getattr(self, "_moge4d_arch", None) or infer_arch(c.in_channels, c.ref_conv_in_dim, c.image_dim)
         return WanDiTConfig(
             arch=arch, dim=c.num_attention_heads * c.attention_head_dim, ffn_dim=c.ffn_dim,
             num_heads=c.num_attention_heads, num_layers=c.num_layers, in_dim=c.in_channels,

@@ -1,0 +1,148 @@
+"""Memory modes for the Wan 14B DiTs: fp8 weight storage, block offloading, gradient checkpointing.
+
+Thin wrappers over diffusers (``enable_layerwise_casting``, ``enable_group_offload``,
+``enable_gradient_checkpointing``), with one addition written here: **scaled** fp8 storage.
+
+Why a scaled variant: diffusers' layerwise casting (and VideoX-Fun's ``fp8_optimization``) store
+``weight.to(float8_e4m3fn)`` without a scale. e4m3fn has normal numbers only down to 2**-6 = 0.0156 and
+Wan's Linear weights are mostly smaller than that, so many land in the subnormal range and lose most of
+their mantissa. ComfyUI's ``*_fp8_scaled`` files store a per-tensor scale (``scale_weight`` /
+``weight_scale``) for exactly this reason. :func:`enable_fp8_storage` with ``scaled=True`` keeps
+``weight_fp8`` plus a float32 scalar ``weight_scale`` per Linear and computes
+``F.linear(x, (weight_fp8 * weight_scale).to(compute_dtype), bias)`` on the fly (a diffusers
+``ModelHook`` with ``new_forward``). Weights already in fp8 (loaded from a ComfyUI fp8 file) are kept
+as they are, with their file scale. Memory is saved, there is no speed-up (no fp8 matmul).
+
+Both fp8 modes are meant for inference. Modules matching diffusers' skip patterns (patch embedding,
+condition embedders, norms, ``proj_out``, ``ref_conv``, ``feature_adapter``) stay in the compute dtype.
+"""
+from __future__ import annotations
+
+import re
+from typing import Iterable, Mapping, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers.hooks.hooks import HookRegistry, ModelHook
+
+from ..errors import MoGe4DInputError
+
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+_HOOK_NAME = "moge4d_scaled_fp8"
+
+__all__ = ["FP8_DTYPES", "quantize_fp8", "fp8_skip_patterns", "fp8_eligible_linear_names", "enable_fp8_storage",
+           "enable_block_offload", "set_gradient_checkpointing", "is_fp8"]
+
+
+def is_fp8(dtype: torch.dtype) -> bool:
+    return dtype in FP8_DTYPES
+
+
+def quantize_fp8(weight: torch.Tensor, storage_dtype: torch.dtype = torch.float8_e4m3fn
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tensor scaled fp8: ``(w_fp8, scale)`` with ``w ~= w_fp8.float() * scale``, ``scale = amax / fp8_max``."""
+    w = weight.float()
+    amax = w.abs().max()
+    fmax = torch.finfo(storage_dtype).max
+    scale = (amax / fmax) if amax > 0 else torch.ones((), device=w.device)
+    scale = scale.reshape(()).float()
+    return (w / scale).clamp(-fmax, fmax).to(storage_dtype), scale
+
+
+def fp8_skip_patterns(model: nn.Module) -> tuple[str, ...]:
+    """The module-name regexes diffusers' ``enable_layerwise_casting`` skips for this model."""
+    from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
+
+    pats = list(DEFAULT_SKIP_MODULES_PATTERN)
+    pats += list(getattr(model, "_keep_in_fp32_modules", None) or [])
+    pats += list(getattr(model, "_skip_layerwise_casting_patterns", None) or [])
+    return tuple(dict.fromkeys(pats))
+
+
+def fp8_eligible_linear_names(model: nn.Module, skip_patterns: Optional[Iterable[str]] = None) -> list[str]:
+    """Names of the ``nn.Linear`` modules whose weights fp8 storage applies to."""
+    pats = tuple(skip_patterns) if skip_patterns is not None else fp8_skip_patterns(model)
+    return [n for n, m in model.named_modules()
+            if isinstance(m, nn.Linear) and not any(re.search(p, n) for p in pats)]
+
+
+class ScaledFP8LinearHook(ModelHook):
+    """diffusers ``ModelHook`` replacing an ``nn.Linear`` forward: fp8 weight times its float32 scale."""
+
+    def __init__(self, compute_dtype: torch.dtype):
+        super().__init__()
+        self.compute_dtype = compute_dtype
+
+    def new_forward(self, module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        w = (module.weight.float() * module.weight_scale).to(self.compute_dtype)
+        b = None if module.bias is None else module.bias.to(self.compute_dtype)
+        return F.linear(x.to(self.compute_dtype), w, b)
+
+
+def enable_fp8_storage(model: nn.Module, *, compute_dtype: torch.dtype = torch.bfloat16,
+                       storage_dtype: torch.dtype = torch.float8_e4m3fn, scaled: bool = True,
+                       scales: Optional[Mapping[str, torch.Tensor]] = None,
+                       skip_patterns: Optional[Iterable[str]] = None) -> list[str]:
+    """Store the big Linear weights in fp8 and upcast them layer by layer at compute time.
+
+    ``scaled=False``: diffusers ``model.enable_layerwise_casting(storage_dtype, compute_dtype)`` (plain
+    cast, no scale). ``scaled=True``: per-tensor scaled fp8 (see the module docstring). ``scales``
+    maps ``"<module name>"`` to the float32 scale of a weight that is *already* fp8 (from a ComfyUI
+    scaled file); already-fp8 weights without an entry get scale 1. Returns the names of the modules
+    now stored in fp8. Non-fp8 parameters should already be in ``compute_dtype`` (the loaders do that).
+    """
+    if not is_fp8(storage_dtype):
+        raise MoGe4DInputError(f"fp8 storage: storage_dtype must be one of {FP8_DTYPES}, got {storage_dtype}")
+    if not scaled:
+        if any(is_fp8(p.dtype) for p in model.parameters()):
+            raise MoGe4DInputError("fp8 storage: the model already holds fp8 weights; use scaled=True")
+        model.enable_layerwise_casting(storage_dtype=storage_dtype, compute_dtype=compute_dtype)
+        return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and m.weight.dtype == storage_dtype]
+    scales = dict(scales or {})
+    names = fp8_eligible_linear_names(model, skip_patterns)
+    modules = dict(model.named_modules())
+    for name in names:
+        lin = modules[name]
+        w = lin.weight
+        if is_fp8(w.dtype):
+            s = scales.get(name)
+            s = torch.ones((), dtype=torch.float32) if s is None else s.detach().float().reshape(())
+            w8 = w.detach()
+        else:
+            w8, s = quantize_fp8(w.detach(), storage_dtype)
+        lin.weight = nn.Parameter(w8, requires_grad=False)
+        if "weight_scale" in lin._buffers:
+            lin._buffers["weight_scale"] = s.to(w8.device)
+        else:
+            lin.register_buffer("weight_scale", s.to(w8.device), persistent=False)
+        registry = HookRegistry.check_if_exists_or_initialize(lin)
+        if registry.get_hook(_HOOK_NAME) is None:
+            registry.register_hook(ScaledFP8LinearHook(compute_dtype), _HOOK_NAME)
+    return names
+
+
+def enable_block_offload(model: nn.Module, onload_device: torch.device | str,
+                         offload_device: torch.device | str = "cpu", num_blocks_per_group: int = 1,
+                         use_stream: bool = False, non_blocking: bool = False,
+                         record_stream: bool = False, low_cpu_mem_usage: bool = False) -> None:
+    """Keep transformer blocks on ``offload_device`` and move ``num_blocks_per_group`` at a time to
+    ``onload_device`` for their forward (diffusers group offloading, ``offload_type="block_level"``).
+
+    ``use_stream=True`` (CUDA only) prefetches the next group on a side stream while the current one
+    computes. The model's parameters must be on ``offload_device`` before this call.
+    """
+    kwargs = dict(onload_device=torch.device(onload_device), offload_device=torch.device(offload_device),
+                  offload_type="block_level", num_blocks_per_group=num_blocks_per_group,
+                  non_blocking=non_blocking, use_stream=use_stream)
+    if use_stream:
+        kwargs.update(record_stream=record_stream, low_cpu_mem_usage=low_cpu_mem_usage)
+    model.enable_group_offload(**kwargs)
+
+
+def set_gradient_checkpointing(model: nn.Module, enabled: bool = True) -> None:
+    """Recompute each transformer block in the backward pass (saves activation memory in training)."""
+    if enabled:
+        model.enable_gradient_checkpointing()
+    else:
+        model.disable_gradient_checkpointing()
