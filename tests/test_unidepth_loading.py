@@ -223,3 +223,23 @@ def test_code_pickle_is_refused(tmp_path):
     torch.save({"pixel_encoder.cls_token": torch.zeros(1), "x": Evil()}, f)
     with pytest.raises(MoGe4DInputError, match="weights_only"):
         load_unidepth(f)
+
+
+def test_unrelated_sibling_config_json_is_ignored_but_folder_config_must_match(tmp_path):
+    from safetensors.torch import save_file
+
+    src = tiny("v2")
+    f = tmp_path / "unidepth-v2-tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in published(src).items()}, str(f))
+    other = {"model": {"name": "UniDepthV2old", "pixel_encoder": {"name": "dinov2_vitl14"}}}
+    (tmp_path / "config.json").write_text(json.dumps(other))
+    with pytest.warns(UserWarning, match="ignoring the config.json"):
+        model, cfg = load_unidepth(f)
+    assert cfg.version == "v2"
+    _same_output(src, model, "v2")
+    with pytest.raises(MoGe4DInputError, match="v2"):
+        load_unidepth(tmp_path)               # the folder's own config.json must describe its weights
+    (tmp_path / "config.json").write_text(json.dumps({"model": {"name": "UniDepthV2",
+                                                                "pixel_encoder": {"name": "dinov2_vitl14"}}}))
+    with pytest.raises(MoGe4DInputError, match="vitl14"):
+        load_unidepth(tmp_path)

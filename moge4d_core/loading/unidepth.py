@@ -16,13 +16,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Mapping, Optional, Union
 
 import torch
 
 from ..errors import MoGe4DInputError
-from ..models.unidepth.config import UniDepthConfig, parse_hub_config
+from ..models.unidepth.config import UniDepthConfig, backbone_name, parse_hub_config
 from ..models.unidepth.encoder import convert_dinov2_keys
 from ..models.unidepth.model import UniDepthV2, UniDepthV2Old, build_unidepth
 from .common import check_keys, find_weights, load_file_state_dict
@@ -86,6 +87,11 @@ def config_from_state(state: Mapping[str, torch.Tensor], source: str = "state di
                                f"('pixel_encoder.cls_token' / 'pixel_encoder.pos_embed' missing); only the ViT-14 "
                                f"backbones (vits14 / vitb14 / vitl14) are supported")
     embed_dim = int(cls.shape[-1])
+    named = overrides.get("backbone")
+    if named and named != "custom" and named != backbone_name(embed_dim):
+        raise MoGe4DInputError(f"{source}: config.json describes a {named} encoder but the weights are "
+                               f"{embed_dim} wide ({backbone_name(embed_dim)}); use the config.json that came with "
+                               f"these weights")
     if tuple(pos.shape) != (1, 1370, embed_dim):
         raise MoGe4DInputError(f"{source}: pixel_encoder.pos_embed has shape {tuple(pos.shape)}, expected "
                                f"(1, 1370, {embed_dim}) (DINOv2/14 at 518 px)")
@@ -192,13 +198,14 @@ def _read_json(path: Path) -> Optional[dict]:
     return data if isinstance(data, dict) else None
 
 
-def _hub_overrides(weights: Path, folder: Optional[Path]) -> dict:
-    for cand in ([folder / "config.json"] if folder else []) + [weights.parent / "config.json"]:
+def _hub_overrides(weights: Path, folder: Optional[Path]) -> tuple[dict, bool]:
+    """``(overrides, from_sibling)``: the folder's ``config.json``, else one next to the weights file."""
+    for cand, sibling in ([(folder / "config.json", False)] if folder else []) + [(weights.parent / "config.json", True)]:
         if cand.is_file():
             data = _read_json(cand)
             if data and ("model" in data or "config" in data):
-                return parse_hub_config(data)
-    return {}
+                return parse_hub_config(data), sibling and folder is None
+    return {}, False
 
 
 def load_unidepth(source: Union[str, os.PathLike, Mapping[str, torch.Tensor]], *, dtype: torch.dtype = torch.float32,
@@ -212,21 +219,31 @@ def load_unidepth(source: Union[str, os.PathLike, Mapping[str, torch.Tensor]], *
     fields) for anything the weights cannot tell, e.g. ``num_heads`` of a non-standard width.
     The model is built on the meta device and the tensors assigned, then moved to ``device`` / ``dtype``.
     """
+    sibling = False
     if isinstance(source, Mapping):
         label, raw, overrides = "state dict", dict(source), {}
+        if not all(isinstance(v, torch.Tensor) for v in raw.values()):
+            raise MoGe4DInputError("state dict: UniDepth weights must be a mapping of names to tensors")
     else:
         p = Path(source)
         weights = find_weights(p, preferred=PREFERRED_FILES)
         label = str(weights)
-        overrides = _hub_overrides(weights, p if p.is_dir() else None)
+        overrides, sibling = _hub_overrides(weights, p if p.is_dir() else None)
         raw = load_file_state_dict(weights)
     if not raw:
         raise MoGe4DInputError(f"{label}: the file holds no tensors")
     if isinstance(config, UniDepthConfig):
         config = config.to_dict()
-    overrides.update(config or {})
     state = convert_keys(raw)
-    cfg = config_from_state(state, label, overrides)
+    try:
+        cfg = config_from_state(state, label, {**overrides, **(config or {})})
+    except MoGe4DInputError as exc:
+        if not (sibling and overrides):
+            raise
+        # a config.json that merely sits in the same folder (e.g. a models/unidepth/ folder holding several
+        # files) and does not describe this file: ignore it and read everything from the weights
+        warnings.warn(f"{label}: ignoring the config.json next to it ({exc})")
+        cfg = config_from_state(state, label, dict(config or {}))
     with torch.device("meta"):
         model = build_unidepth(cfg)
     expected = model.state_dict()
