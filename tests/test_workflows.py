@@ -1,0 +1,101 @@
+"""Shipped workflows only use nodes and widgets that exist, with links whose types match.
+
+Our nodes are checked against their live schemas (via the ComfyUI stand-in); the core nodes the
+workflows use are listed here with their ComfyUI v0.21.0 inputs and outputs (from its /object_info).
+"""
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, load_nodes
+
+WORKFLOWS = ROOT / "workflows"
+ANY_3D = {"STRING", "FILE_3D", "FILE_3D_GLB", "FILE_3D_GLTF", "FILE_3D_FBX", "FILE_3D_OBJ", "FILE_3D_STL", "FILE_3D_USDZ"}
+
+# class_type -> (inputs {name: set of accepted types}, widget names in order, output types)
+CORE_NODES = {
+    "CreateVideo": ({"images": {"IMAGE"}, "fps": {"FLOAT"}, "audio": {"AUDIO"}}, ["fps"], ["VIDEO"]),
+    "SaveVideo": ({"video": {"VIDEO"}, "filename_prefix": {"STRING"}, "format": {"COMBO"}, "codec": {"COMBO"}},
+                  ["filename_prefix", "format", "codec"], []),
+    "MaskToImage": ({"mask": {"MASK"}}, [], ["IMAGE"]),
+    "PreviewImage": ({"images": {"IMAGE"}}, [], []),
+    "Preview3D": ({"model_file": ANY_3D, "camera_info": {"LOAD3D_CAMERA"}, "bg_image": {"IMAGE"}},
+                  ["model_file"], []),
+}
+WIDGETS = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+@pytest.fixture(scope="module")
+def specs(tmp_path_factory):
+    nodes = load_nodes(tmp_path_factory.mktemp("wf"))
+    out = dict(CORE_NODES)
+    for node in nodes.NODE_LIST:
+        s = node.define_schema()
+        inputs = {i.id: {i.io_type} for i in s.inputs}
+        widgets = [i.id for i in s.inputs if i.io_type in WIDGETS]
+        out[s.node_id] = (inputs, widgets, [o.io_type for o in s.outputs])
+    return out, {n.define_schema().node_id: n.define_schema() for n in nodes.NODE_LIST}
+
+
+def _api_files():
+    return sorted(WORKFLOWS.glob("*_api.json"))
+
+
+def test_every_workflow_has_both_formats():
+    api = {p.name[:-len("_api.json")] for p in _api_files()}
+    ui = {p.stem for p in WORKFLOWS.glob("*.json") if not p.name.endswith("_api.json")}
+    assert api and api == ui
+
+
+@pytest.mark.parametrize("path", _api_files(), ids=lambda p: p.name)
+def test_api_workflow_nodes_widgets_and_links(path, specs):
+    spec, schemas = specs
+    graph = json.loads(path.read_text())
+    for nid, node in graph.items():
+        ct = node["class_type"]
+        assert ct in spec, f"{path.name}: node {nid} uses unknown type {ct}"
+        inputs, _, _ = spec[ct]
+        for name, value in node["inputs"].items():
+            assert name in inputs, f"{path.name}: {ct} has no input {name!r}"
+            if isinstance(value, list):
+                src, idx = value
+                src_outputs = spec[graph[src]["class_type"]][2]
+                assert idx < len(src_outputs), f"{path.name}: {ct}.{name} links to a missing output"
+                assert src_outputs[idx] in inputs[name], \
+                    f"{path.name}: {ct}.{name} expects {inputs[name]}, linked to {src_outputs[idx]}"
+        if ct in schemas:
+            for inp in schemas[ct].inputs:
+                if not inp.optional:
+                    assert inp.id in node["inputs"], f"{path.name}: {ct} misses required input {inp.id}"
+                value = node["inputs"].get(inp.id)
+                if inp.io_type == "COMBO" and not isinstance(value, list) and inp.id != "file":
+                    assert value in inp.options, f"{path.name}: {ct}.{inp.id}={value!r} not in {inp.options}"
+                if inp.io_type in ("INT", "FLOAT") and value is not None and not isinstance(value, list):
+                    assert inp.min <= value <= inp.max, f"{path.name}: {ct}.{inp.id}={value} out of range"
+
+
+@pytest.mark.parametrize("path", _api_files(), ids=lambda p: p.name)
+def test_ui_twin_matches_api(path, specs):
+    spec, _ = specs
+    api = json.loads(path.read_text())
+    ui = json.loads((WORKFLOWS / (path.name[:-len("_api.json")] + ".json")).read_text())
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    assert sorted(n["type"] for n in nodes.values()) == sorted(n["class_type"] for n in api.values())
+    for link_id, src, src_slot, dst, dst_slot, typ in ui["links"]:
+        src_type = nodes[src]["type"]
+        assert spec[src_type][2][src_slot] == typ, f"link {link_id}: {src_type} output {src_slot} is not {typ}"
+        dst_inputs = spec[nodes[dst]["type"]][0]
+        name = nodes[dst]["inputs"][dst_slot]["name"]
+        assert typ in dst_inputs[name], f"link {link_id}: {nodes[dst]['type']}.{name} does not take {typ}"
+    for node in nodes.values():
+        _, widgets, _ = spec[node["type"]]
+        values = node.get("widgets_values", [])
+        # Preview3D's file widget becomes a socket when linked; others keep every widget value in order
+        if node["type"] in {"Preview3D", "PreviewImage", "MaskToImage"}:
+            continue
+        assert len(values) == len(widgets), f"{node['type']}: {len(values)} widget values for {widgets}"
+        api_node = next(n for n in api.values() if n["class_type"] == node["type"]
+                        and n["_meta"]["title"] == node.get("title", n["_meta"]["title"]))
+        for name, value in zip(widgets, values):
+            assert api_node["inputs"][name] == value, f"{node['type']}.{name}: UI {value!r} vs API"
