@@ -259,6 +259,17 @@ def test_comfyui_fp8_scaled_kept_as_fp8_storage(tmp_path, strag):
     assert torch.allclose(run(m2, STRAG_IN), y_ref, atol=1e-5, rtol=1e-5)
 
 
+def test_fp8_storage_from_a_full_precision_file(tmp_path, strag):
+    m, sd, y0 = strag
+    f = tmp_path / "s.safetensors"
+    save_file(sd, str(f))
+    m2, _, _ = load_strag(f, dtype=FP8, compute_dtype=torch.float32, config=heads())
+    assert m2.blocks[0].ffn.net[0].proj.weight.dtype == FP8 and m2.blocks[0].attn1.to_q.bias.dtype == torch.float32
+    y = run(m2, STRAG_IN)
+    err = ((y - y0).norm() / y0.norm()).item()
+    assert 1e-4 < err < 0.08
+
+
 def test_own_output_with_metadata_and_alignment(tmp_path):
     m = tiny(seed=3)
     m.set_mpm_alignment("corrected")
