@@ -1,0 +1,131 @@
+"""Public rendering API: :func:`render_points` and :func:`render_trajectories`.
+
+A 4D point set (points ``(T,N,3)`` in the world frame = first-frame camera, OpenCV axes, colours
+``(N,3)``) is rendered along a :class:`~moge4d_core.types.CameraPath`: frame ``t`` of the points with
+camera ``t`` (either side may have one frame, shared by all frames of the other). Points with camera
+depth ``z <= near`` or projecting outside the image are dropped.
+
+Two modes:
+
+* ``"points"`` -- hard z-buffer (:mod:`.points`): each point covers the pixel its projection falls in
+  (or a ``point_size x point_size`` block), nearest wins; ``holes`` = no point landed (a genuinely
+  black point is *not* a hole, unlike the official ``rgb == 0`` mask).
+* ``"gaussians"`` -- each point an isotropic 3D Gaussian, EWA-projected and alpha-composited front to
+  back like the official 3DGS render (:mod:`.gaussians`); ``holes`` = accumulated alpha < 0.5.
+
+Backends: ``"auto"`` picks Triton (points) / gsplat (gaussians) on CUDA when available, else PyTorch;
+``"torch"`` forces the PyTorch code (CPU or GPU); ``"triton"`` (points only) and ``"gsplat"``
+(gaussians only) force those and raise :class:`MoGe4DInputError` when they cannot run.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from ..errors import MoGe4DInputError, require
+from ..types import CameraPath, RenderResult, Trajectories
+from . import gaussians as _gaussians
+from . import points as _points
+from .projection import check_background, prepare_frames
+
+MODES = ("points", "gaussians")
+BACKENDS = ("auto", "torch", "triton", "gsplat")
+
+
+def render_points(points: torch.Tensor, colors: torch.Tensor, camera: CameraPath, *, mode: str = "points",
+                  point_size: int = 1, depth_scaled_size: bool = False, max_point_size: Optional[int] = None,
+                  gaussian_scale: float = 1e-4, opacity: float = 1.0,
+                  background: Sequence[float] = (0.0, 0.0, 0.0), near: float = 1e-3, backend: str = "auto",
+                  point_mask: Optional[torch.Tensor] = None,
+                  progress: Optional[Callable[[int, int], None]] = None) -> RenderResult:
+    """Render points along a camera path.
+
+    Args:
+        points: (T,N,3) or (N,3) float, world coordinates (world = first-frame camera, OpenCV axes).
+        colors: (N,3) float in [0,1], one colour per point, constant over time.
+        camera: :class:`CameraPath` with T or 1 cameras (c2w (T,4,4), pixel K (T,3,3), width, height).
+        mode: ``"points"`` (hard z-buffer) or ``"gaussians"`` (alpha-composited 3D Gaussians).
+        point_size: points mode, footprint side k in pixels (the k x k block of pixels whose centres are
+            nearest to the projection; 1 = the pixel containing it).
+        depth_scaled_size: points mode, scale the footprint with depth: side
+            ``clamp(round(point_size * z0 / z), 1, max_point_size)`` where ``z0`` is the point's depth in
+            the first-frame camera (its first-frame world z) and ``z`` its depth in the rendered camera, so
+            a point keeps its world size when the camera moves closer (assumes the rendering focal length
+            is the one the points were sampled with).
+        max_point_size: cap for the depth-scaled footprint (default ``4 * point_size``).
+        gaussian_scale: gaussians mode, isotropic standard deviation in world units (official 1e-4).
+        opacity: gaussians mode, opacity of every Gaussian, in (0, 1].
+        background: RGB in [0,1] for pixels without points (and behind translucent Gaussians).
+        near: points with camera-space z <= near are dropped (> 0).
+        backend: ``"auto"``, ``"torch"``, ``"triton"`` (points) or ``"gsplat"`` (gaussians).
+        point_mask: optional (T,N) or (N,) bool; False drops the point in that frame.
+        progress: ``progress(i, T)`` is called once per frame, after frame ``i`` (1-based) is done. An
+            exception raised by it propagates unchanged (use it for cancellation); nothing is kept.
+
+    Returns:
+        :class:`RenderResult` with rgb (T,H,W,3) float32 in [0,1], depth (T,H,W) camera z (0 in holes),
+        holes (T,H,W) float32 (1 = hole), on ``points.device``. ``extras``: ``"backend"`` (str, what
+        ran), points mode ``"point_index"`` (T,H,W) int32 (-1 in holes), gaussians mode ``"alpha"``
+        (T,H,W) float32.
+    """
+    require(mode in MODES, f"render: mode must be one of {MODES}, got {mode!r}")
+    require(backend in BACKENDS, f"render: backend must be one of {BACKENDS}, got {backend!r}")
+    require(isinstance(point_size, int) and not isinstance(point_size, bool) and 1 <= point_size <= 64,
+            f"render: point_size must be an integer in [1, 64], got {point_size!r}")
+    if max_point_size is not None:
+        require(isinstance(max_point_size, int) and point_size <= max_point_size <= 64,
+                f"render: max_point_size must be an integer in [point_size, 64], got {max_point_size!r}")
+    require(float(gaussian_scale) > 0, f"render: gaussian_scale must be > 0 (world units), got {gaussian_scale}")
+    require(0.0 < float(opacity) <= 1.0, f"render: opacity must be in (0, 1], got {opacity}")
+    require(float(near) > 0, f"render: near must be > 0, got {near}")
+    require(progress is None or callable(progress), "render: progress must be a callable (i, T) or None")
+    bg = check_background(background)
+    setup = prepare_frames(points, colors, camera, point_mask)
+    device = setup.points.device
+
+    if mode == "points":
+        if backend == "gsplat":
+            raise MoGe4DInputError("render: backend 'gsplat' renders Gaussians; use mode='gaussians' or "
+                                   "backend 'auto' / 'torch' / 'triton' for points")
+        try:
+            chosen = _points.choose_backend(backend, device)
+        except RuntimeError:
+            raise MoGe4DInputError(
+                f"render: backend 'triton' needs CUDA tensors and the triton package (points are on {device}); "
+                "use backend 'auto' or 'torch'") from None
+        rgb, depth, holes, index, used = _points.render_points_zbuffer(
+            setup, backend=chosen, point_size=point_size, depth_scaled_size=depth_scaled_size,
+            max_point_size=max_point_size, near=float(near), background=bg, progress=progress,
+            fallback_allowed=(backend == "auto"))
+        return RenderResult(rgb=rgb, depth=depth, holes=holes, extras={"backend": used, "point_index": index})
+
+    if backend == "triton":
+        raise MoGe4DInputError("render: backend 'triton' is for mode='points'; Gaussians use 'auto', 'torch' "
+                               "or 'gsplat'")
+    try:
+        rgb, depth, holes, alpha, used = _gaussians.render_gaussians(
+            setup, backend=backend, scale=float(gaussian_scale), opacity=float(opacity), near=float(near),
+            background=bg, progress=progress)
+    except RuntimeError as exc:
+        if backend == "gsplat" and "gsplat" in str(exc):
+            raise MoGe4DInputError(f"render: backend 'gsplat' cannot run here: {exc}. Install gsplat with a "
+                                   "CUDA toolkit and use CUDA tensors, or use backend 'auto' / 'torch'") from exc
+        raise
+    return RenderResult(rgb=rgb, depth=depth, holes=holes, extras={"backend": used, "alpha": alpha})
+
+
+def render_trajectories(traj: Trajectories, camera: CameraPath, *, use_visibility: bool = False,
+                        **kwargs) -> RenderResult:
+    """Render a :class:`Trajectories` along ``camera`` (see :func:`render_points` for ``kwargs``).
+
+    ``use_visibility``: drop points whose ``traj.visibility`` is False in a frame (off by default: a
+    point occluded in the source video still exists and the z-buffer decides what the new view sees).
+    """
+    if not isinstance(traj, Trajectories):
+        raise MoGe4DInputError(f"render_trajectories: expected Trajectories, got {type(traj).__name__}")
+    if use_visibility and traj.visibility is not None:
+        if kwargs.get("point_mask") is not None:
+            raise MoGe4DInputError("render_trajectories: give either use_visibility or point_mask, not both")
+        kwargs["point_mask"] = traj.visibility.to(torch.bool)
+    return render_points(traj.points, traj.colors, camera, **kwargs)
