@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from moge4d_core.errors import MoGe4DInputError
 from moge4d_core.loading import wan_keys
-from moge4d_core.models.wan_dit import (MAdaNorm, STraGDiT, ViSMDiT, WanDiT, WanDiTConfig, list_shipped_configs,
+from moge4d_core.models.wan_dit import (MAdaNorm, STraGDiT, ViSMDiT, WanDiTConfig, list_shipped_configs,
                                         shipped_config)
 
 torch.set_num_threads(1)

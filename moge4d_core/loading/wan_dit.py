@@ -40,7 +40,7 @@ import torch
 
 from ..errors import MoGe4DInputError
 from ..models import memory
-from ..models.wan_dit.config import (ARCH_CONTROL, ARCH_CONTROL_V11, ARCH_INP, ARCH_STRAG, ARCH_T2V, ARCHS,
+from ..models.wan_dit.config import (ARCH_CONTROL_V11, ARCH_INP, ARCH_STRAG, ARCHS,
                                      KNOWN_WIDTHS, WanDiTConfig, infer_arch)
 from ..models.wan_dit.model import STraGDiT, ViSMDiT, WanDiT
 from . import wan_keys
@@ -528,6 +528,9 @@ def save_wan_dit(model: WanDiT, path: Union[str, Path], *, config: Optional[WanD
                  extra_tensors: Optional[Mapping[str, torch.Tensor]] = None,
                  extra_metadata: Optional[Mapping[str, str]] = None) -> Path:
     """Write ``model`` as safetensors in the original Wan names with our metadata (arch + config).
+
+    The config includes ``mpm_alignment``: a model trained with the corrected MPM alignment must have
+    ``model.set_mpm_alignment("corrected")`` before saving, so the loaders use it again.
 
     ``extra_tensors`` (e.g. ``{"omnimae_extractor.<k>": t}``) are stored as given. fp8-stored models are
     refused (their scales are not part of the state dict); save before enabling fp8 storage.
