@@ -122,3 +122,13 @@ def test_render_points_triton_backend_matches_torch():
 def test_triton_gpu_equals_torch_gpu(case, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     _compare("cuda", case, T=4, N=5000)
+
+
+def test_workspace_reuse_across_shapes():
+    """One TorchWorkspace reused for different frame counts and point counts gives fresh results."""
+    pts, cam, mask, _ = _scene(3, 300, seed=5)
+    work = zb.TorchWorkspace()
+    for t, n in [(3, 300), (1, 300), (2, 120), (3, 300), (3, 40)]:
+        p = pts[:t, :n].contiguous()
+        got = zb.scatter_keys_torch(p, cam[:t], H, W, point_size=2, work=work).clone()
+        assert torch.equal(got, zb.scatter_keys_torch(p, cam[:t], H, W, point_size=2))

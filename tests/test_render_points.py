@@ -113,6 +113,18 @@ def test_zbuffer_matches_brute_force(point_size, depth_scaled):
     assert torch.equal(idx < 0, holes.bool())
 
 
+def test_frame_batching_does_not_change_the_result(monkeypatch):
+    from moge4d_core.render import points as P
+    T = 3
+    cam = _camera(T)
+    pts, colors = random_scene(T, 60, seed=7, cam=cam)
+    whole = render_points(pts, colors, cam, point_size=2)
+    monkeypatch.setattr(P, "CPU_POINTS_PER_BATCH", pts.shape[1] * 2)  # 2 frames, then 1
+    batched = render_points(pts, colors, cam, point_size=2)
+    for a, b in ((whole.rgb, batched.rgb), (whole.depth, batched.depth), (whole.holes, batched.holes)):
+        assert torch.equal(a, b)
+
+
 def test_black_point_is_not_a_hole_and_ties_keep_lower_index():
     cam = _camera(1)
     K = cam.K[0].double()

@@ -88,7 +88,7 @@ class TorchWorkspace:
 
     def __init__(self) -> None:
         self._bufs: dict = {}
-        self.key_index_for = None  # data_ptr of the key buffer whose low words hold the point indices
+        self.key_index_for = None  # (data_ptr, N, frames) of the key scratch whose low words hold point indices
 
     def get(self, name: str, shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
         numel = 1
@@ -196,9 +196,10 @@ def _scatter_padded_torch(points, cam, buf, near, point_size, max_point_size, re
     v.masked_fill_(dropped, -1e6)  # dropped points go to the border row
     # packed key: int64 little-endian = (low word: point index, high word: float32 bits of z)
     key32 = work.get("key", (Tc, N, 2), torch.int32, dev)
-    if work.key_index_for != key32.data_ptr():  # the low words only change with the buffer
+    have = work.key_index_for  # (data_ptr, N, frames) whose low words already hold the point indices
+    if have is None or have[0] != key32.data_ptr() or have[1] != N or have[2] < Tc:
         key32[..., 0].copy_(torch.arange(N, device=dev, dtype=torch.int32))
-        work.key_index_for = key32.data_ptr()
+        work.key_index_for = (key32.data_ptr(), N, Tc)
     key32[..., 1].copy_(zc.view(torch.int32))
     key = key32.view(torch.int64).view(-1)
     base = ((torch.arange(Tc, device=dev, dtype=f32) * float(Hp * Wp)) + float(Wp + 1))[:, None]
@@ -417,11 +418,18 @@ def scatter_keys_triton(points: torch.Tensor, cam: torch.Tensor, height: int, wi
     ref = ref_depth.contiguous() if ref_depth is not None else points
     steps = max_point_size if ref_depth is not None else point_size
     grid = (triton.cdiv(N, block), Tc)
-    scatter_kernel[grid](points, pts_tstride, mask_u8, mask_tstride, ref, cam, keys, N, H, W,
-                         float(near), float(point_size), float(max_point_size),
-                         HAS_MASK=point_mask is not None, SCALED=ref_depth is not None, STEPS=steps,
-                         BLOCK=block, enable_fp_fusion=False)
+    with _on_device(points.device):
+        scatter_kernel[grid](points, pts_tstride, mask_u8, mask_tstride, ref, cam, keys, N, H, W,
+                             float(near), float(point_size), float(max_point_size),
+                             HAS_MASK=point_mask is not None, SCALED=ref_depth is not None, STEPS=steps,
+                             BLOCK=block, enable_fp_fusion=False)
     return keys
+
+
+def _on_device(device):
+    """Launch on the tensors' GPU (Triton launches on the current CUDA device)."""
+    import contextlib
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def resolve_keys_triton(keys: torch.Tensor, colors: torch.Tensor, background=(0.0, 0.0, 0.0), *,
@@ -444,6 +452,7 @@ def resolve_keys_triton(keys: torch.Tensor, colors: torch.Tensor, background=(0.
     assert all(o.is_contiguous() for o in out)
     P = T * H * W
     bg = [float(b) for b in background]
-    resolve_kernel[(triton.cdiv(P, block),)](keys, colors, rgb, depth, holes, index, P, bg[0], bg[1], bg[2],
-                                            BLOCK=block)
+    with _on_device(keys.device):
+        resolve_kernel[(triton.cdiv(P, block),)](keys, colors, rgb, depth, holes, index, P, bg[0], bg[1], bg[2],
+                                                BLOCK=block)
     return rgb, depth, holes, index

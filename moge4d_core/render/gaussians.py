@@ -193,16 +193,22 @@ def _composite_batch(fields, col_sorted, a, b, Wp, pad, opacity, rgb_acc, acc, d
     dev = acc.device
     f32, f64 = torch.float32, torch.float64
     reach = fields["reach"][a:b]
-    perm = torch.argsort(reach, descending=True, stable=True)  # ring m uses a prefix of perm
-    reach = reach[perm]
-    u, v = fields["u"][a:b][perm], fields["v"][a:b][perm]
-    ca, cc = fields["ca"][a:b][perm], fields["cc"][a:b][perm]
-    cb2 = 2.0 * fields["cb"][a:b][perm]
+    if int(reach.min()) == int(reach.max()):  # the usual case: every Gaussian has the same reach
+        perm = torch.arange(b - a, device=dev)
+        sel = slice(a, b)
+    else:  # ring m uses a prefix of perm
+        perm = torch.argsort(reach, descending=True, stable=True)
+        sel = perm + a
+    reach = fields["reach"][sel]
+    u, v = fields["u"][sel], fields["v"][sel]
+    ca, cc = fields["ca"][sel], fields["cc"][sel]
+    cb2 = 2.0 * fields["cb"][sel]
     c0, r0 = torch.floor(u), torch.floor(v)
     fu = c0 + 0.5 - u  # pixel-centre offset of the mean's own pixel, in (-0.5, 0.5]
     fv = r0 + 0.5 - v
     base_pix = (r0 + pad).to(torch.int64) * Wp + (c0 + pad).to(torch.int64)
     rank = (perm + a).to(torch.int64)  # depth rank of each Gaussian (index into the depth-sorted arrays)
+    rank_key = rank  # low bits of the sort key
     max_reach = int(reach[0]) if reach.numel() else -1
     # number of Gaussians with reach >= m, for m = 0..max_reach (reach is sorted descending)
     counts = torch.searchsorted(-reach, -torch.arange(max_reach + 1, device=dev), right=True).tolist()
@@ -224,13 +230,13 @@ def _composite_batch(fields, col_sorted, a, b, Wp, pad, opacity, rgb_acc, acc, d
             continue
         ring = dx.numel()
         who = torch.div(idx, ring, rounding_mode="floor")
-        pix = base_pix[who] + (dy * Wp + dx)[idx - who * ring]
-        keys_l.append((pix << 32) | rank[who])
-        alpha_l.append(alpha.view(-1)[idx])
+        pix = torch.index_select(base_pix, 0, who) + torch.index_select(dy * Wp + dx, 0, idx - who * ring)
+        keys_l.append((pix << 32) | torch.index_select(rank_key, 0, who))
+        alpha_l.append(torch.index_select(alpha.view(-1), 0, idx))
     if not keys_l:
         return
     key, order = torch.sort(torch.cat(keys_l))
-    alpha = torch.cat(alpha_l)[order].to(f64)
+    alpha = torch.index_select(torch.cat(alpha_l), 0, order).to(f64)
     pix = key >> 32
     rank = key & 0xFFFFFFFF
     la = torch.log1p(-alpha)
@@ -239,11 +245,11 @@ def _composite_batch(fields, col_sorted, a, b, Wp, pad, opacity, rgb_acc, acc, d
     first[1:] = pix[1:] != pix[:-1]
     start = torch.where(first, torch.arange(pix.numel(), device=dev), 0)
     start = torch.cummax(start, 0).values  # index of the first pair of each pair's pixel
-    t_before = torch.exp(log_t[pix] + (excl - excl[start]))
+    t_before = torch.exp(torch.index_select(log_t, 0, pix) + (excl - torch.index_select(excl, 0, start)))
     w = torch.where(t_before * (1.0 - alpha) >= T_MIN, alpha * t_before, 0.0).to(f32)
     acc.index_add_(0, pix, w)
-    rgb_acc.index_add_(0, pix, w[:, None] * col_sorted[rank])
-    dep_acc.index_add_(0, pix, w * fields["z"][rank])
+    rgb_acc.index_add_(0, pix, w[:, None] * torch.index_select(col_sorted, 0, rank))
+    dep_acc.index_add_(0, pix, w * torch.index_select(fields["z"], 0, rank))
     log_t.index_add_(0, pix, la)
 
 
