@@ -182,18 +182,36 @@ def rasterize_frame_torch(points: torch.Tensor, colors: torch.Tensor, w2c: torch
     return rgb, depth, alpha
 
 
+def _pair_alpha(fu, fv, ca, cb2, cc, dx, dy, opacity):
+    """alpha (n, B) of n Gaussians at B pixel offsets; fu, fv: (n,) pixel-centre minus mean of the
+    mean's own pixel; dx, dy: (B,) integer offsets; conic [[ca, cb2/2], [cb2/2, cc]]."""
+    du = fu[:, None] + dx.to(torch.float32)  # pixel centre minus mean
+    dv = fv[:, None] + dy.to(torch.float32)
+    q = ca[:, None] * (du * du)
+    q += cc[:, None] * (dv * dv)
+    du.mul_(dv).mul_(cb2[:, None])
+    q += du  # q = d^T Sigma2^-1 d
+    return torch.exp(q.mul_(-0.5)).mul_(opacity).clamp_(max=ALPHA_MAX)
+
+
 def _composite_batch(fields, col_sorted, a, b, Wp, pad, opacity, rgb_acc, acc, dep_acc, log_t):
     """Composite the depth-ordered Gaussians [a, b) into the padded accumulators (front to back).
 
     A Gaussian with reach ``r`` touches the pixels ``(floor(v) + dy, floor(u) + dx)`` with
-    ``|dx|, |dy| <= r``, enumerated ring by ring (``max(|dx|, |dy|) = m``); the pairs with
-    ``alpha >= 1/255`` are kept, sorted by (pixel, depth rank) and composited with a segmented cumulative
-    sum of ``log(1 - alpha)``.
+    ``|dx|, |dy| <= r``; the pairs with ``alpha >= 1/255`` are kept, ordered by (pixel, depth rank) and
+    composited with a segmented cumulative sum of ``log(1 - alpha)``.
+
+    When all Gaussians of the batch have the same reach (the usual case: the official 1e-4 splats are
+    all 0.3-px^2 dilation) the pairs are emitted Gaussian by Gaussian, i.e. already in depth order, and a
+    stable sort on the int32 pixel index orders them; otherwise they are enumerated ring by ring
+    (``max(|dx|, |dy|) = m``, each ring over the Gaussians that reach it) and sorted on a packed
+    (pixel, rank) int64 key.
     """
     dev = acc.device
     f32, f64 = torch.float32, torch.float64
     reach = fields["reach"][a:b]
-    if int(reach.min()) == int(reach.max()):  # the usual case: every Gaussian has the same reach
+    uniform = int(reach.min()) == int(reach.max())
+    if uniform:
         perm = torch.arange(b - a, device=dev)
         sel = slice(a, b)
     else:  # ring m uses a prefix of perm
@@ -207,38 +225,46 @@ def _composite_batch(fields, col_sorted, a, b, Wp, pad, opacity, rgb_acc, acc, d
     fu = c0 + 0.5 - u  # pixel-centre offset of the mean's own pixel, in (-0.5, 0.5]
     fv = r0 + 0.5 - v
     base_pix = (r0 + pad).to(torch.int64) * Wp + (c0 + pad).to(torch.int64)
-    rank = (perm + a).to(torch.int64)  # depth rank of each Gaussian (index into the depth-sorted arrays)
-    rank_key = rank  # low bits of the sort key
     max_reach = int(reach[0]) if reach.numel() else -1
-    # number of Gaussians with reach >= m, for m = 0..max_reach (reach is sorted descending)
-    counts = torch.searchsorted(-reach, -torch.arange(max_reach + 1, device=dev), right=True).tolist()
-    keys_l, alpha_l = [], []
-    for m in range(max_reach + 1):
-        n = counts[m]
-        if n == 0:
-            continue
-        dx, dy = _ring_offsets(m, dev)
-        du = fu[:n, None] + dx.to(f32)  # (n, ring): pixel centre minus mean
-        dv = fv[:n, None] + dy.to(f32)
-        q = ca[:n, None] * (du * du)
-        q += cc[:n, None] * (dv * dv)
-        du.mul_(dv).mul_(cb2[:n, None])
-        q += du  # q = d^T Sigma2^-1 d
-        alpha = torch.exp(q.mul_(-0.5)).mul_(opacity).clamp_(max=ALPHA_MAX)
-        idx = torch.nonzero((alpha >= ALPHA_MIN).view(-1)).squeeze(1)
+    rings = [_ring_offsets(m, dev) for m in range(max_reach + 1)]
+    if uniform:
+        dx = torch.cat([r[0] for r in rings])
+        dy = torch.cat([r[1] for r in rings])
+        block = dx.numel()
+        alpha = _pair_alpha(fu, fv, ca, cb2, cc, dx, dy, opacity)
+        idx = torch.nonzero((alpha >= ALPHA_MIN).view(-1)).squeeze(1)  # Gaussian-major = depth order
         if idx.numel() == 0:
-            continue
-        ring = dx.numel()
-        who = torch.div(idx, ring, rounding_mode="floor")
-        pix = torch.index_select(base_pix, 0, who) + torch.index_select(dy * Wp + dx, 0, idx - who * ring)
-        keys_l.append((pix << 32) | torch.index_select(rank_key, 0, who))
-        alpha_l.append(torch.index_select(alpha.view(-1), 0, idx))
-    if not keys_l:
-        return
-    key, order = torch.sort(torch.cat(keys_l))
-    alpha = torch.index_select(torch.cat(alpha_l), 0, order).to(f64)
-    pix = key >> 32
-    rank = key & 0xFFFFFFFF
+            return
+        who = torch.div(idx, block, rounding_mode="floor")
+        pix = torch.index_select(base_pix, 0, who) + torch.index_select(dy * Wp + dx, 0, idx - who * block)
+        pix32, order = torch.sort(pix.to(torch.int32), stable=True)
+        pix = pix32.to(torch.int64)
+        alpha = torch.index_select(torch.index_select(alpha.view(-1), 0, idx), 0, order).to(f64)
+        rank = torch.index_select(who, 0, order) + a
+    else:
+        rank_b = (perm + a).to(torch.int64)  # depth rank of each Gaussian (index into the depth-sorted arrays)
+        # number of Gaussians with reach >= m, for m = 0..max_reach (reach is sorted descending)
+        counts = torch.searchsorted(-reach, -torch.arange(max_reach + 1, device=dev), right=True).tolist()
+        keys_l, alpha_l = [], []
+        for m, (dx, dy) in enumerate(rings):
+            n = counts[m]
+            if n == 0:
+                continue
+            alpha = _pair_alpha(fu[:n], fv[:n], ca[:n], cb2[:n], cc[:n], dx, dy, opacity)
+            idx = torch.nonzero((alpha >= ALPHA_MIN).view(-1)).squeeze(1)
+            if idx.numel() == 0:
+                continue
+            ring = dx.numel()
+            who = torch.div(idx, ring, rounding_mode="floor")
+            pix = torch.index_select(base_pix, 0, who) + torch.index_select(dy * Wp + dx, 0, idx - who * ring)
+            keys_l.append((pix << 32) | torch.index_select(rank_b, 0, who))
+            alpha_l.append(torch.index_select(alpha.view(-1), 0, idx))
+        if not keys_l:
+            return
+        key, order = torch.sort(torch.cat(keys_l))
+        alpha = torch.index_select(torch.cat(alpha_l), 0, order).to(f64)
+        pix = key >> 32
+        rank = key & 0xFFFFFFFF
     la = torch.log1p(-alpha)
     excl = torch.cumsum(la, 0) - la  # sum of log(1-alpha) of everything before, over the whole batch
     first = torch.ones_like(pix, dtype=torch.bool)
