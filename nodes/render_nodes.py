@@ -31,7 +31,7 @@ class MoGe4DRender(io.ComfyNode):
                              tooltip="points mode: each point covers a k x k pixel footprint."),
                 io.Float.Input("gaussian_scale", default=1e-4, min=1e-6, max=1.0, step=1e-5, advanced=True,
                                tooltip="gaussians mode: Gaussian radius in scene units (official 1e-4)."),
-                io.Float.Input("opacity", default=1.0, min=0.0, max=1.0, step=0.01, advanced=True,
+                io.Float.Input("opacity", default=1.0, min=0.01, max=1.0, step=0.01, advanced=True,
                                tooltip="gaussians mode: opacity of every Gaussian (official 1.0)."),
             ],
             outputs=[
