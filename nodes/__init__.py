@@ -16,10 +16,11 @@ if _PACK_ROOT not in sys.path:
 from comfy_api.latest import ComfyExtension, io  # noqa: E402
 
 from .camera_nodes import CAMERA_NODES  # noqa: E402
+from .encoder_nodes import ENCODER_NODES  # noqa: E402
 from .render_nodes import RENDER_NODES  # noqa: E402
 from .scene_nodes import SCENE_NODES  # noqa: E402
 
-NODE_LIST: list[type[io.ComfyNode]] = [*SCENE_NODES, *CAMERA_NODES, *RENDER_NODES]
+NODE_LIST: list[type[io.ComfyNode]] = [*SCENE_NODES, *CAMERA_NODES, *RENDER_NODES, *ENCODER_NODES]
 
 
 class MoGe4DExtension(ComfyExtension):

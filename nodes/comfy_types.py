@@ -7,6 +7,9 @@
 | MOGE4D_MOTION          | :class:`moge4d_core.types.Motion`             |
 | MOGE4D_TRAJECTORIES    | :class:`moge4d_core.types.Trajectories`       |
 | MOGE4D_CAMERA_PATH     | :class:`moge4d_core.types.CameraPath`         |
+| MOGE4D_UNIDEPTH        | ModelPatcher holding a UniDepthV2 / V2old     |
+| MOGE4D_OMNIMAE         | ModelPatcher holding an OmniMAEEncoder        |
+| MOGE_GEOMETRY          | ComfyUI's MoGe output dict (native in newer ComfyUI) |
 """
 from comfy_api.latest import io
 
@@ -15,6 +18,9 @@ MotionFeatures = io.Custom("MOGE4D_MOTION_FEATURES")
 Motion = io.Custom("MOGE4D_MOTION")
 Trajectories = io.Custom("MOGE4D_TRAJECTORIES")
 CameraPath = io.Custom("MOGE4D_CAMERA_PATH")
+UniDepth = io.Custom("MOGE4D_UNIDEPTH")
+OmniMAE = io.Custom("MOGE4D_OMNIMAE")
+MoGeGeometry = io.Custom("MOGE_GEOMETRY")  # a type name is just a string: works on any ComfyUI
 
 # Types that only newer ComfyUI releases define: None when the running ComfyUI lacks them.
 Splat = getattr(io, "Splat", None)

@@ -12,13 +12,16 @@ DOCUMENTED_CUSTOM = {"MOGE4D_GEOMETRY", "MOGE4D_MOTION_FEATURES", "MOGE4D_MOTION
                      "MOGE4D_CAMERA_PATH", "MOGE4D_STRAG_MODEL", "MOGE4D_MOTION_VAE", "MOGE4D_VISM_MODEL",
                      "MOGE4D_UNIDEPTH", "MOGE4D_OMNIMAE"}
 NATIVE = {"IMAGE", "MASK", "INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", "LATENT", "CONDITIONING",
-          "CLIP_VISION_OUTPUT", "SAMPLER", "SIGMAS", "VIDEO", "FILE_3D", "TRACKS", "LOAD3D_CAMERA", "MODEL", "VAE"}
+          "CLIP_VISION_OUTPUT", "SAMPLER", "SIGMAS", "VIDEO", "FILE_3D", "TRACKS", "LOAD3D_CAMERA", "MODEL", "VAE",
+          "MOGE_GEOMETRY"}
 
 # Node ids and widget order are a contract with saved workflows: only ever append.
 STABLE_IDS = {
     "MoGe4DLoadTrajectories", "MoGe4DDemoScene", "MoGe4DSavePLYSequence", "MoGe4DSaveTrajectories",
     "MoGe4DToTracks", "MoGe4DCameraPath", "MoGe4DCameraPathFromJSON", "MoGe4DCameraFromLoad3D",
     "MoGe4DCameraToLoad3D", "MoGe4DRender",
+    "MoGe4DLoadUniDepth", "MoGe4DDepth", "MoGe4DGeometryFromMoGe", "MoGe4DGeometryFromDepth", "MoGe4DLoadOmniMAE",
+    "MoGe4DMotionFeatures",
 }
 WIDGET_PREFIX = {
     "MoGe4DCameraPath": ["preset", "frames", "width", "height", "fov", "magnitude", "easing", "params"],
@@ -26,6 +29,11 @@ WIDGET_PREFIX = {
     "MoGe4DSavePLYSequence": ["filename_prefix", "format", "splat_scale", "axes"],
     "MoGe4DLoadTrajectories": ["file", "allow_unsafe_pickle"],
     "MoGe4DDemoScene": ["width", "height", "frames"],
+    "MoGe4DLoadUniDepth": ["file", "precision"],
+    "MoGe4DDepth": ["resolution_level", "fov_override", "width", "height", "intrinsics"],
+    "MoGe4DGeometryFromMoGe": ["index", "metric", "width", "height"],
+    "MoGe4DGeometryFromDepth": ["fov", "depth_kind", "near", "far", "width", "height"],
+    "MoGe4DLoadOmniMAE": ["file", "precision"],
 }
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 

@@ -212,7 +212,6 @@ def resize_geometry(geom: Geometry, width: int = DEFAULT_WIDTH, height: int = DE
     K = geom.K.clone().float()
     K[0, :] *= width / geom.width
     K[1, :] *= height / geom.height
-    K[2] = torch.tensor([0.0, 0.0, 1.0])
     return Geometry(image=img, depth=depth, K=K, points=backproject_depth(depth, K), valid=valid, metric=geom.metric)
 
 
@@ -261,6 +260,14 @@ def depth_preview(depth: torch.Tensor, valid: torch.Tensor | None = None) -> tor
     return out[..., None].expand(-1, -1, 3).contiguous()
 
 
+def confidence_mask(confidence: torch.Tensor) -> torch.Tensor:
+    """UniDepth confidence ``(..., H, W)`` -> ``[0, 1]`` mask: divided by its maximum (V2's ``exp(logc)`` is a
+    ranking, not a probability; V2old's sigmoid keeps its order too). Non-finite -> 0."""
+    c = torch.nan_to_num(confidence.float(), nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0)
+    peak = c.amax(dim=(-2, -1), keepdim=True)
+    return torch.where(peak > 0, c / peak.clamp_min(1e-12), torch.zeros_like(c))
+
+
 def token_norm_preview(tokens: torch.Tensor, grid: tuple[int, int], height: int, width: int) -> torch.Tensor:
     """Patch tokens ``(G_h*G_w, C)`` -> heat map ``(height,width,3)`` in [0,1] of each token's L2 norm
     (min -> 0, max -> 1), bilinearly upsampled to the image size; grey scale repeated to RGB."""
@@ -274,4 +281,4 @@ def token_norm_preview(tokens: torch.Tensor, grid: tuple[int, int], height: int,
 
 __all__ = ["DEPTH_KINDS", "DEFAULT_WIDTH", "DEFAULT_HEIGHT", "as_rgb", "geometry_from_depth", "geometry_from_moge",
            "check_working_size", "min_pool_depth", "resize_geometry", "official_pixel_K",
-           "with_official_intrinsics", "depth_preview", "token_norm_preview"]
+           "with_official_intrinsics", "depth_preview", "confidence_mask", "token_norm_preview"]

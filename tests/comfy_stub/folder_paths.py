@@ -42,3 +42,37 @@ def add_model_folder_path(folder_name, full_folder_path, is_default=False):
     paths, exts = folder_names_and_paths.setdefault(folder_name, ([], set()))
     if full_folder_path not in paths:
         (paths.insert(0, full_folder_path) if is_default else paths.append(full_folder_path))
+
+
+# model folders (same signatures as ComfyUI v0.21's folder_paths)
+models_dir = None  # tests set this to a tmp folder
+
+
+def get_folder_paths(folder_name):
+    return folder_names_and_paths[folder_name][0][:]
+
+
+def get_filename_list(folder_name):
+    paths, exts = folder_names_and_paths[folder_name]
+    found = set()
+    for root in paths:
+        if not os.path.isdir(root):
+            continue
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            dirnames[:] = [d for d in dirnames if d != ".git"]
+            for f in filenames:
+                rel = os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, "/")
+                if not exts or os.path.splitext(f)[-1].lower() in exts:
+                    found.add(rel)
+    return sorted(found)
+
+
+def get_full_path(folder_name, filename):
+    if folder_name not in folder_names_and_paths:
+        return None
+    filename = os.path.relpath(os.path.join("/", filename), "/")
+    for root in folder_names_and_paths[folder_name][0]:
+        full = os.path.join(root, filename)
+        if os.path.isfile(full):
+            return full
+    return None

@@ -32,3 +32,18 @@ def intermediate_device():
 
 def unet_offload_device():
     return torch.device("cpu")
+
+
+loaded_models_log = []  # every list passed to load_models_gpu
+
+
+def load_models_gpu(models, memory_required=0, force_patch_weights=False, minimum_memory_required=None,
+                    force_full_load=False):
+    loaded_models_log.append(list(models))
+    for m in models:
+        m.patch_model(m.load_device)
+
+
+def unet_dtype(device=None, model_params=0, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32],
+               weight_dtype=None):
+    return torch.float32
