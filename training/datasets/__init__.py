@@ -1,0 +1,5 @@
+"""Training datasets: the TrajScene-60K reader and a seeded synthetic TrajScene-layout generator."""
+from .samples import TrajSceneSample, prepare_sample
+from .trajscene import TrajSceneDataset
+
+__all__ = ["TrajSceneDataset", "TrajSceneSample", "prepare_sample"]
