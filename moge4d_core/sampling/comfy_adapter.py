@@ -1,0 +1,157 @@
+"""Drive a MoGe4D velocity model with a ComfyUI ``SAMPLER`` (duck-typed; ComfyUI is never imported here).
+
+ComfyUI's ``KSAMPLER.sample(model_wrap, sigmas, extra_args, callback, noise, latent_image, denoise_mask,
+disable_pbar)`` (comfy/samplers.py, v0.21) expects ``model_wrap`` to be a *denoiser*:
+``model_wrap(x, sigma (B,), model_options=..., seed=...) -> denoised x0``, and touches
+
+* ``model_wrap.inner_model.model_sampling`` — ``noise_scaling`` / ``inverse_noise_scaling`` / ``sigma_max``
+  (KSAMPLER.sample, max_denoise), and, through ``KSamplerX0Inpaint``, ``model_wrap.inner_model.
+  scale_latent_inpaint`` when a denoise mask is given;
+* in the k-diffusion samplers ``model.inner_model.inner_model.model_sampling`` (an ``isinstance(...,
+  comfy.model_sampling.CONST)`` test selects the rectified-flow variants of the ancestral/SDE samplers) and
+  ``model.inner_model.model_patcher.get_model_object("model_sampling")`` (the log-SNR based samplers).
+
+:class:`ComfyFlowDenoiser` provides all of these for the flow convention of ``comfy.model_sampling.CONST`` +
+``ModelSamplingDiscreteFlow`` (``x = (1 − σ)·x0 + σ·ε``, ``denoised = x − σ·v``, ``timestep = 1000·σ``).  The
+built-in :class:`FlowModelSampling` is a duck-typed copy of those two classes; because it is not a subclass of
+``comfy.model_sampling.CONST``, the node layer (which may import ComfyUI) should pass a real instance, e.g.
+``type("MS", (ModelSamplingDiscreteFlow, CONST), {})()`` with ``set_parameters(shift=5.0)``, as
+``model_sampling=`` so ancestral/SDE samplers take their flow branch.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+
+from ..errors import require
+from .schedules import time_shift
+
+__all__ = ["FlowModelSampling", "ComfyFlowDenoiser", "sample_with_comfy_sampler"]
+
+VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _reshape_sigma(sigma, ndim: int):
+    if isinstance(sigma, torch.Tensor) and sigma.numel() > 1:
+        return sigma.reshape(sigma.shape[:1] + (1,) * (ndim - 1))
+    return sigma
+
+
+class FlowModelSampling(torch.nn.Module):
+    """Duck-typed ``ModelSamplingDiscreteFlow`` + ``CONST`` (discrete flow, ``shift``, multiplier 1000)."""
+
+    def __init__(self, shift: float = 5.0, multiplier: float = 1000.0, timesteps: int = 1000):
+        super().__init__()
+        self.shift = float(shift)
+        self.multiplier = float(multiplier)
+        t = torch.arange(1, timesteps + 1, dtype=torch.float32) / timesteps
+        self.register_buffer("sigmas", time_shift(t, self.shift) if self.shift != 1.0 else t)
+
+    @property
+    def sigma_min(self) -> torch.Tensor:
+        return self.sigmas[0]
+
+    @property
+    def sigma_max(self) -> torch.Tensor:
+        return self.sigmas[-1]
+
+    def timestep(self, sigma):
+        return sigma * self.multiplier
+
+    def sigma(self, timestep):
+        t = timestep / self.multiplier
+        return time_shift(t, self.shift) if self.shift != 1.0 else t
+
+    def percent_to_sigma(self, percent: float) -> float:
+        if percent <= 0.0:
+            return 1.0
+        if percent >= 1.0:
+            return 0.0
+        return float(time_shift(1.0 - percent, self.shift))
+
+    # CONST
+    def calculate_input(self, sigma, noise):
+        return noise
+
+    def calculate_denoised(self, sigma, model_output, model_input):
+        return model_input - model_output * _reshape_sigma(sigma, model_output.ndim)
+
+    def noise_scaling(self, sigma, noise, latent_image, max_denoise: bool = False):
+        sigma = _reshape_sigma(sigma, noise.ndim)
+        return sigma * noise + (1.0 - sigma) * latent_image
+
+    def inverse_noise_scaling(self, sigma, latent):
+        return latent / (1.0 - _reshape_sigma(sigma, latent.ndim))
+
+
+class _Patcher:
+    """The one ``ModelPatcher`` method the k-diffusion samplers call."""
+
+    def __init__(self, owner: "ComfyFlowDenoiser"):
+        self._owner = owner
+
+    def get_model_object(self, name: str) -> Any:
+        return getattr(self._owner, name)
+
+
+class ComfyFlowDenoiser:
+    """Flow denoiser ``(x, sigma (B,) or scalar) -> x − σ·v(x, σ)`` with the attributes ComfyUI samplers use.
+
+    ``model_fn(x (B, ...), sigma) -> v`` is our velocity model; it receives a 0-dim σ tensor when all batch
+    items share one σ (always, for ComfyUI's samplers) and the ``(B,)`` tensor otherwise.  ``progress`` is
+    not handled here (see :func:`sample_with_comfy_sampler`).
+    """
+
+    def __init__(self, model_fn: VelocityFn, *, shift: float = 5.0, model_sampling: Optional[Any] = None):
+        self.model_fn = model_fn
+        self.model_sampling = model_sampling if model_sampling is not None else FlowModelSampling(shift)
+        self.inner_model = self          # KSAMPLER: model_wrap.inner_model.model_sampling
+        self.model_patcher = _Patcher(self)
+        self.model_options: dict = {}
+
+    def __call__(self, x: torch.Tensor, sigma, model_options: Optional[dict] = None, seed=None, **_: Any):
+        sigma = torch.as_tensor(sigma, device=x.device)
+        flat = sigma.reshape(-1)
+        s = flat[0] if bool((flat == flat[0]).all()) else flat
+        v = self.model_fn(x, s.to(torch.float32)).to(x.dtype)
+        return self.model_sampling.calculate_denoised(sigma.to(x.dtype), v, x)
+
+    def scale_latent_inpaint(self, sigma, noise, latent_image, **_: Any):
+        return self.model_sampling.noise_scaling(torch.as_tensor(sigma).reshape(-1)[:1].to(noise), noise,
+                                                 latent_image)
+
+    def process_latent_in(self, latent):
+        return latent
+
+    def process_latent_out(self, latent):
+        return latent
+
+
+def sample_with_comfy_sampler(sampler: Any, sigmas: torch.Tensor, model_fn: VelocityFn, noise: torch.Tensor, *,
+                              latent_image: Optional[torch.Tensor] = None,
+                              denoise_mask: Optional[torch.Tensor] = None,
+                              callback: Optional[Callable[[int, int], None]] = None, seed: int = 0,
+                              shift: float = 5.0, model_sampling: Optional[Any] = None,
+                              disable_pbar: bool = True) -> torch.Tensor:
+    """Run a ComfyUI ``SAMPLER`` (anything with KSAMPLER's ``.sample``) on our velocity model.
+
+    ``sigmas`` 1-D (ComfyUI ``SIGMAS``), ``noise``/``latent_image`` (B, ...); the sampler itself starts from
+    ``σ0·noise + (1 − σ0)·latent_image`` (latent defaults to zeros).  ``callback(done, total)`` is called after
+    each step (ComfyUI's callback ``(i, denoised, x, total)`` is adapted) and may raise to cancel.
+    """
+    sigmas = torch.as_tensor(sigmas)
+    require(sigmas.ndim == 1 and sigmas.shape[0] >= 2,
+            f"SIGMAS: expected a 1-D tensor with >= 2 values, got shape {tuple(sigmas.shape)}")
+    require(hasattr(sampler, "sample"), f"SAMPLER: expected a ComfyUI sampler object with .sample(...), got "
+                                        f"{type(sampler).__name__}")
+    sigmas = sigmas.to(noise.device)
+    if latent_image is None:
+        latent_image = torch.zeros_like(noise)
+    denoiser = ComfyFlowDenoiser(model_fn, shift=shift, model_sampling=model_sampling)
+    extra_args = {"model_options": {"transformer_options": {"sample_sigmas": sigmas}}, "seed": seed}
+    k_cb = None
+    if callback is not None:
+        def k_cb(i, denoised, x, total):
+            callback(int(i) + 1, int(total))
+    return sampler.sample(denoiser, sigmas, extra_args, k_cb, noise, latent_image, denoise_mask, disable_pbar)
