@@ -161,3 +161,12 @@ def test_previews_are_images_in_unit_range():
     tok[3] = 2.0
     hm = token_norm_preview(tok, (2, 2), 20, 30)
     assert hm.shape == (20, 30, 3) and hm[-1, -1, 0] == pytest.approx(1.0) and hm[0, 0, 0] == 0.0
+
+
+def test_confidence_mask_scales_by_the_maximum():
+    from moge4d_core.geometry.sources import confidence_mask
+
+    c = torch.tensor([[[0.5, 2.0], [float("nan"), 4.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    m = confidence_mask(c)
+    torch.testing.assert_close(m[0], torch.tensor([[0.125, 0.5], [0.0, 1.0]]))
+    assert torch.equal(m[1], torch.zeros(2, 2))
