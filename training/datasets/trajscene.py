@@ -9,8 +9,10 @@ Archives are read with the standard library :mod:`tarfile`: the member list of e
 indexed once (at construction), and a sample's members are read on demand through
 ``TarFile.extractfile`` (nothing is extracted to disk except one member at a time into a temporary
 file for the pickle / video decoders, which take paths). A gzip stream has no random access, so
-reading a member decompresses the archive up to it; for heavy training, extract the archives once
-and point the dataset at the folder (same layout, same results).
+reading a member decompresses the archive from its start (or from the last member read, when reading
+forward: the last archive stays open per process, so iterating in order is a single pass). For
+shuffled training, extract the archives once and point the dataset at the folder (same layout, same
+results).
 
 Each item is a :class:`~training.datasets.samples.TrajSceneSample` built by
 :func:`~training.datasets.samples.prepare_sample` (49 frames truncate / repeat last, centre crop
@@ -109,6 +111,7 @@ class TrajSceneDataset(torch.utils.data.Dataset):
         self.skip_large_coords, self.coord_limit = skip_large_coords, float(coord_limit)
         self.load_video, self.load_render, self.video_stride = load_video, load_render, video_stride
         self.skipped: dict[str, str] = {}
+        self._handle: Optional[tuple] = None
         self._entries = self._index()
         if not self._entries:
             raise MoGe4DInputError(
@@ -189,11 +192,41 @@ class TrajSceneDataset(torch.utils.data.Dataset):
         if e.archive is None:
             return self._build(e, _FolderReader(e))
         try:
-            tf = tarfile.open(e.archive, "r:*")
+            return self._build(e, _TarReader(e, self._archive(e.archive)))
+        except BaseException:
+            self.close()           # a failed read may leave the stream mid-member
+            raise
+
+    def _archive(self, path: Path) -> tarfile.TarFile:
+        """The open archive, kept between items (per process) so in-order reads only go forward."""
+        key = (os.getpid(), path)
+        if self._handle is not None and self._handle[0] == key:
+            return self._handle[1]
+        self.close()
+        try:
+            tf = tarfile.open(path, "r:*")
         except _READ_ERRORS as exc:
-            raise MoGe4DInputError(f"{e.archive}: cannot open the archive ({exc})") from None
-        with tf:
-            return self._build(e, _TarReader(e, tf))
+            raise MoGe4DInputError(f"{path}: cannot open the archive ({exc})") from None
+        self._handle = (key, tf)
+        return tf
+
+    def close(self) -> None:
+        """Close the archive kept open by the last read (also done when pickled for DataLoader workers)."""
+        if self._handle is not None:
+            if self._handle[0][0] == os.getpid():
+                self._handle[1].close()
+            self._handle = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_handle"] = None
+        return state
 
     def _build(self, e: _Entry, reader: "_Reader") -> Optional[TrajSceneSample]:
         if "caption" not in e.members:
