@@ -238,3 +238,25 @@ def test_synthetic_cli_writes_a_range_archive(tmp_path):
                                                          "_mask_render.mp4", "_meta.json"))
     s = TrajSceneDataset(tmp_path, frames=3, crop=None, grid=(16, 24))
     assert len(s) == 2 and s[1].points.shape == (3, 16, 24, 3)
+
+
+def test_collate_and_dataloader(data):
+    from training.datasets import collate_samples
+    ds = TrajSceneDataset(data["archive"], frames=T, crop=CROP, grid=GRID)
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=collate_samples)
+    batch = next(iter(loader))
+    assert batch["delta_hat"].shape == (2, T, *CROP, 3) and batch["control"].shape == (2, T, *CROP, 3)
+    assert batch["id"] == ["synth3_000000", "synth3_000001"] and batch["video"] is None
+    assert torch.equal(batch["points"][1], ds[1].points)
+    with pytest.raises(MoGe4DInputError, match="different shapes"):
+        collate_samples([ds[0], TrajSceneDataset(data["archive"], frames=T + 1, crop=CROP, grid=GRID)[0]])
+
+
+def test_nonfinite_points_raise_or_are_sanitised(tmp_path):
+    coords = np.ones((3, 6, 3), np.float32)
+    coords[1, 2, 0] = np.nan
+    arc = _tar_with(tmp_path / "n.tar.gz", {"n1.txt": b"cap", "n1_dt3d_pred.pkl": _pkl(coords)})
+    with pytest.raises(MoGe4DInputError, match=r"n\.tar\.gz::n1_dt3d_pred\.pkl.*NaN"):
+        TrajSceneDataset(arc, frames=3, crop=None, grid=(2, 3))[0]
+    s = TrajSceneDataset(arc, frames=3, crop=None, grid=(2, 3), sanitize=True)[0]
+    assert torch.isfinite(s.points).all() and not bool(s.visibility[1, 0, 2]) and bool(s.visibility[1, 0, 1])

@@ -15,6 +15,7 @@ The sample filter ``coords.max() > 500`` (over raw x, y, z and all frames, befor
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -25,7 +26,7 @@ from moge4d_core.errors import MoGe4DInputError
 from moge4d_core.geometry.normalization import normalize_motion, official_spec
 from moge4d_core.types import NormalizationSpec
 
-__all__ = ["TrajSceneSample", "fit_frames", "center_crop", "exceeds_coordinate_limit", "prepare_sample",
+__all__ = ["TrajSceneSample", "collate_samples", "fit_frames", "center_crop", "exceeds_coordinate_limit", "prepare_sample",
            "OFFICIAL_FRAMES", "OFFICIAL_CROP", "COORD_LIMIT"]
 
 OFFICIAL_FRAMES = 49
@@ -124,3 +125,28 @@ def prepare_sample(points: torch.Tensor, colors: torch.Tensor, visibility: Optio
     return TrajSceneSample(id=sample_id, caption=caption, points=pts, colors=col, delta_hat=delta,
                            first_frame_points=pts[0].clone(), control=control, visibility=vis, spec=spec,
                            source=source, original_frames=t0)
+
+
+def collate_samples(batch: list[TrajSceneSample]) -> dict:
+    """DataLoader ``collate_fn``: a list of samples -> dict of batched tensors (B leading) and lists.
+
+    Tensor fields present in every sample are stacked (``points``, ``delta_hat``, ``control``, ...);
+    optional fields missing in any sample become None; ``id``, ``caption``, ``source`` and ``spec``
+    become lists. Videos of different native sizes cannot be stacked and raise MoGe4DInputError.
+    """
+    if not batch:
+        raise MoGe4DInputError("collate_samples: empty batch")
+    out: dict = {}
+    for f in dataclasses.fields(TrajSceneSample):
+        values = [getattr(s, f.name) for s in batch]
+        if all(isinstance(v, torch.Tensor) for v in values):
+            shapes = {tuple(v.shape) for v in values}
+            if len(shapes) > 1:
+                raise MoGe4DInputError(f"collate_samples: field {f.name!r} has different shapes {sorted(shapes)} "
+                                       f"in the batch (ids {[s.id for s in batch]}); use batch size 1 or one size")
+            out[f.name] = torch.stack(values)
+        elif any(v is None for v in values) and f.name in ("visibility", "video", "render", "mask"):
+            out[f.name] = None
+        else:
+            out[f.name] = values
+    return out

@@ -92,13 +92,15 @@ class TrajSceneDataset(torch.utils.data.Dataset):
         load_video / load_render: also decode ``<id>.mp4`` / the render and mask videos (required
             to exist when asked for).
         video_stride: keep every n-th source frame (official STraG uses 2 for its RGB frames).
+        sanitize: NaN / inf point positions are replaced by the point's frame-0 position and marked
+            not visible (:func:`moge4d_core.io.trajectories_from_dict`); by default they raise.
     """
 
     def __init__(self, root: Union[str, os.PathLike], *, frames: int = OFFICIAL_FRAMES,
                  crop: Optional[tuple[int, int]] = OFFICIAL_CROP, grid: Optional[tuple[int, int]] = None,
                  allow_unsafe_pickle: bool = False, skip_large_coords: bool = True,
                  coord_limit: float = COORD_LIMIT, load_video: bool = False, load_render: bool = False,
-                 video_stride: int = 1) -> None:
+                 video_stride: int = 1, sanitize: bool = False) -> None:
         self.root = Path(root)
         if int(frames) < 1:
             raise MoGe4DInputError(f"TrajSceneDataset: frames must be >= 1, got {frames}")
@@ -110,6 +112,7 @@ class TrajSceneDataset(torch.utils.data.Dataset):
         self.allow_unsafe_pickle = allow_unsafe_pickle
         self.skip_large_coords, self.coord_limit = skip_large_coords, float(coord_limit)
         self.load_video, self.load_render, self.video_stride = load_video, load_render, video_stride
+        self.sanitize = sanitize
         self.skipped: dict[str, str] = {}
         self._handle: Optional[tuple] = None
         self._entries = self._index()
@@ -235,7 +238,7 @@ class TrajSceneDataset(torch.utils.data.Dataset):
         pkl_where = e.where("pkl")
         data = reader.with_file("pkl", ".pkl", lambda p: load_pickle(p, allow_unsafe=self.allow_unsafe_pickle))
         h, w = self.grid if self.grid is not None else (None, None)
-        traj = trajectories_from_dict(data, source=pkl_where, height=h, width=w)
+        traj = trajectories_from_dict(data, source=pkl_where, height=h, width=w, sanitize=self.sanitize)
         if self.skip_large_coords and exceeds_coordinate_limit(traj.points, self.coord_limit):
             self.skipped[e.id] = (f"{pkl_where}: coords.max() = {float(traj.points.max()):.4g} > "
                                   f"{self.coord_limit:g}")
