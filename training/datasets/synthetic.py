@@ -325,11 +325,12 @@ def write_sample_files(sample: SyntheticSample, folder: str | os.PathLike, *, to
 
 def write_synthetic_dataset(out: str | os.PathLike, count: int, *, height: int = 64, width: int = 96,
                             frames: int = 17, seed: int = 0, tar: bool = False, per_archive: int = 50,
-                            torch_pkl_ids: tuple[int, ...] = ()) -> list[Path]:
+                            torch_pkl_ids: tuple[int, ...] = (), compresslevel: int = 1) -> list[Path]:
     """Generate ``count`` samples into ``out``: flat files, or range ``.tar.gz`` archives with ``tar=True``.
 
     Returns the written sample folders' files (folder mode) or the archive paths (tar mode).
     ``torch_pkl_ids``: sample indices whose pkl holds torch tensors instead of numpy arrays.
+    ``compresslevel``: gzip level of the archives (1 = fast; float trajectories barely compress).
     """
     require(count >= 1, f"synthetic: count must be >= 1, got {count}")
     require(per_archive >= 1, f"synthetic: per_archive must be >= 1, got {per_archive}")
@@ -350,7 +351,7 @@ def write_synthetic_dataset(out: str | os.PathLike, count: int, *, height: int =
                 s = make_synthetic_sample(i, seed=seed, height=height, width=width, frames=frames)
                 names += write_sample_files(s, tmp, torch_pkl=i in torch_pkl_ids)
             part = Path(tmp) / "archive.tar.gz"
-            with tarfile.open(part, "w:gz") as tf:
+            with tarfile.open(part, "w:gz", compresslevel=compresslevel) as tf:
                 for p in names:
                     tf.add(p, arcname=p.name)
             os.replace(part, final)
