@@ -260,3 +260,10 @@ def test_nonfinite_points_raise_or_are_sanitised(tmp_path):
         TrajSceneDataset(arc, frames=3, crop=None, grid=(2, 3))[0]
     s = TrajSceneDataset(arc, frames=3, crop=None, grid=(2, 3), sanitize=True)[0]
     assert torch.isfinite(s.points).all() and not bool(s.visibility[1, 0, 2]) and bool(s.visibility[1, 0, 1])
+
+
+def test_missing_caption_in_a_folder_names_the_file(tmp_path):
+    (tmp_path / "f1_dt3d_pred.pkl").write_bytes(_pkl(np.ones((2, 6, 3), np.float32)))
+    with pytest.raises(MoGe4DInputError, match=r"f1\.txt: missing caption") as err:
+        TrajSceneDataset(tmp_path, frames=2, crop=None, grid=(2, 3))[0]
+    assert str(tmp_path) in str(err.value)

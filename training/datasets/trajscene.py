@@ -72,7 +72,9 @@ class _Entry:
     def where(self, kind: str) -> str:
         m = self.members.get(kind)
         if self.archive is None:
-            return str(m) if m is not None else f"{self.id}{dict((k, s) for s, k in _KINDS)[kind]}"
+            if m is not None:
+                return str(m)
+            return str(Path(self.members["pkl"]).parent / f"{self.id}{dict((k, s) for s, k in _KINDS)[kind]}")
         name = m.name if m is not None else f"{self.id}{dict((k, s) for s, k in _KINDS)[kind]}"
         return f"{self.archive}::{name}"
 
