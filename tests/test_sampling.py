@@ -259,3 +259,33 @@ def test_comfy_denoiser_and_model_sampling():
     assert abs(ms.percent_to_sigma(0.5) - 2.5 / 3.0) < 1e-9
     with pytest.raises(MoGe4DInputError):
         sample_with_comfy_sampler(object(), flow_sigmas(2), linear_field, x)
+
+
+@pytest.mark.parametrize("solver", ["unipc", "dpmpp_2m"])
+def test_multistep_stepping_matches_native_diffusers_loop(solver):
+    # our σ-override must not change the algorithm: on the scheduler's own σ grid, sample_flow == the plain
+    # diffusers loop (which starts from σ0·noise here, as sample_flow does when σ0 < 1)
+    from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+    kw = dict(num_train_timesteps=1000, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0,
+              final_sigmas_type="zero", solver_order=2)
+    sch = (UniPCMultistepScheduler(**kw) if solver == "unipc"
+           else DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", **kw))
+    sch.set_timesteps(12)
+    v = gaussian_flow(0.7, 0.6)
+    noise = make_noise((1, 4, 6), 2)
+    x = noise * sch.sigmas[0]
+    for i, t in enumerate(sch.timesteps):
+        x = sch.step(v(x, sch.sigmas[i]), t, x, return_dict=False)[0]
+    ours = sample_flow(v, noise, sch.sigmas.clone(), solver=solver)
+    assert (ours - x).abs().max() < 1e-5
+
+
+def test_comfy_adapter_protects_caller_sigmas():
+    class Mutating(FakeKSampler):
+        def sample(self, model_wrap, sigmas, *a, **k):
+            sigmas[0] = 0.9999  # like ComfyUI's log-SNR samplers may do
+            return super().sample(model_wrap, sigmas, *a, **k)
+    sig = flow_sigmas(3, 5.0)
+    before = sig.clone()
+    sample_with_comfy_sampler(Mutating(), sig, linear_field, make_noise((1, 2, 3), 0))
+    assert torch.equal(sig, before)

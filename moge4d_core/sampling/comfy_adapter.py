@@ -145,7 +145,8 @@ def sample_with_comfy_sampler(sampler: Any, sigmas: torch.Tensor, model_fn: Velo
             f"SIGMAS: expected a 1-D tensor with >= 2 values, got shape {tuple(sigmas.shape)}")
     require(hasattr(sampler, "sample"), f"SAMPLER: expected a ComfyUI sampler object with .sample(...), got "
                                         f"{type(sampler).__name__}")
-    sigmas = sigmas.to(noise.device)
+    # some ComfyUI samplers edit SIGMAS in place (e.g. the first σ offset of the log-SNR samplers): work on a copy
+    sigmas = sigmas.to(noise.device).clone()
     if latent_image is None:
         latent_image = torch.zeros_like(noise)
     denoiser = ComfyFlowDenoiser(model_fn, shift=shift, model_sampling=model_sampling)
