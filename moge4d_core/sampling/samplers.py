@@ -88,7 +88,9 @@ def sample_flow(model_fn: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor,
     ``sigmas`` 1-D decreasing (``steps + 1`` values, see :mod:`.schedules`).  With ``uncond_fn`` and
     ``cfg != 1`` sequential classifier-free guidance is applied (for batched CFG pass
     :func:`~.guidance.batched_guided_velocity` as ``model_fn``).  ``latent_image`` (same shape as noise) starts
-    from ``σ0·noise + (1 − σ0)·latent`` (partial denoise).  Returns x at ``sigmas[-1]`` in ``noise.dtype``.
+    from ``σ0·noise + (1 − σ0)·latent`` (partial denoise); without it the start is ``σ0·noise`` (= noise for
+    the official σ0 = 1; ComfyUI's CONST noise scaling with an empty latent).  Returns x at ``sigmas[-1]`` in
+    ``noise.dtype``; a run stopped early (``sigmas[-1] > 0``) returns the still-noisy latent as is.
     """
     require(solver in SOLVERS, f"solver: expected one of {SOLVERS}, got {solver!r}")
     sigmas = torch.as_tensor(sigmas)
