@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from timing import timed  # noqa: E402
 
 from moge4d_core.models.omnimae import OmniMAEEncoder, extract_motion_features  # noqa: E402
 from moge4d_core.models.unidepth import UniDepthConfig, build_unidepth  # noqa: E402
@@ -43,21 +43,6 @@ def random_model(factory, device, dtype):
     return model.to(dtype).eval().requires_grad_(False)
 
 
-def timed(fn, device, warmup, reps):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def run(device: torch.device, dtypes, cases, warmup, reps):
     for version in ("v2", "v2old"):
         if version == "v2old" and device.type == "cpu":
@@ -68,14 +53,14 @@ def run(device: torch.device, dtypes, cases, warmup, reps):
             params = sum(p.numel() for p in model.parameters())
             for (h, w), level in cases:
                 img = torch.rand(1, 3, h, w, device=device)
-                sec = timed(lambda: model.infer(img, resolution_level=level), device, warmup, reps)
+                sec, _ = timed(lambda: model.infer(img, resolution_level=level), device, warmup, reps)
                 print(f"{device.type:4s} UniDepth{version}-L ({params / 1e6:.1f}M) {str(dtype)[6:]:8s} {h}x{w} "
                       f"level={level}: {sec * 1000:9.1f} ms")
             del model
     for dtype in dtypes:
         model = random_model(lambda: OmniMAEEncoder(768, 12, 12), device, dtype)
         img = torch.rand(368, 512, 3, device=device)
-        sec = timed(lambda: extract_motion_features(model, img), device, warmup, reps)
+        sec, _ = timed(lambda: extract_motion_features(model, img), device, warmup, reps)
         print(f"{device.type:4s} OmniMAE-B (86M) {str(dtype)[6:]:8s} 368x512 -> 224x224: {sec * 1000:9.1f} ms")
         del model
 

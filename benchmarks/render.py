@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from timing import timed  # noqa: E402
 
 from moge4d_core.ops import zbuffer as zb  # noqa: E402
 from moge4d_core.render import render_points  # noqa: E402
@@ -54,21 +54,6 @@ def make_scene(device: torch.device):
     K = torch.tensor([[f, 0, W / 2], [0, f, H / 2], [0, 0, 1.0]]).repeat(T, 1, 1)
     cam = CameraPath(c2w=c2w, K=K, width=W, height=H, name="bench")
     return points.to(device), colors.to(device), cam
-
-
-def timed(fn, device, warmup, reps):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 def line(label, seconds, frames, res):
