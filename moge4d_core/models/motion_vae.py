@@ -119,7 +119,40 @@ class AdapterConfig:
     dropout: float = 0.0
 
 
-class TrajectoryEncoderAdapter(nn.Module):
+class _FrameAdapter(nn.Module):
+    """Shared trunk of both adapters, per frame: ``conv_out(silu(norm_out(res^n(conv_in(x)))))``.
+
+    The res blocks live under ``<level_name>.0.block`` (``down`` for the encoder, ``up`` for the decoder),
+    matching the official key names. Built in the official registration order, so seeded random
+    initialisation is unchanged. ``frame_chunk``: frames processed at once (memory only; None = all).
+    """
+
+    level_name: str
+    frame_chunk: Optional[int] = 8
+
+    def __init__(self, cfg: AdapterConfig, num_blocks: int) -> None:
+        super().__init__()
+        ch, cin = cfg.channels, cfg.in_channels
+        self.conv_in = nn.Conv2d(cin, ch, 3, padding=1)
+        setattr(self, self.level_name, nn.ModuleList([_Level(ch, num_blocks, cfg.groups, cfg.dropout)]))
+        self.norm_out = _group_norm(ch, cfg.groups)
+        self.conv_out = nn.Conv2d(ch, cin, 3, padding=1)
+
+    def _trunk(self, x2: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x2)
+        for blk in getattr(self, self.level_name)[0].block:
+            h = blk(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+    def _frames(self, x2: torch.Tensor) -> torch.Tensor:
+        return self._trunk(x2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, t, _, _ = x.shape
+        return _batch_to_frames(_per_frame_chunks(self._frames, _frames_to_batch(x), self.frame_chunk), b, t)
+
+
+class TrajectoryEncoderAdapter(_FrameAdapter):
     """Official ``VAEEncoderadaptor``: per frame, ``sigmoid(conv_out(silu(norm_out(res(conv_in(x))))) + x)``.
 
     Input (B,3,T,H,W) normalised motion (any real values); output (B,3,T,H,W) in (0,1).
@@ -127,57 +160,29 @@ class TrajectoryEncoderAdapter(nn.Module):
     ``frame_chunk``: frames processed at once (memory only; None = all).
     """
 
+    level_name = "down"
+
     def __init__(self, cfg: AdapterConfig = AdapterConfig(), zero_init: bool = True) -> None:
-        super().__init__()
-        ch, cin = cfg.channels, cfg.in_channels
-        self.conv_in = nn.Conv2d(cin, ch, 3, padding=1)
-        self.down = nn.ModuleList([_Level(ch, cfg.encoder_blocks, cfg.groups, cfg.dropout)])
-        self.norm_out = _group_norm(ch, cfg.groups)
-        self.conv_out = nn.Conv2d(ch, cin, 3, padding=1)
+        super().__init__(cfg, cfg.encoder_blocks)
         if zero_init:
             nn.init.zeros_(self.conv_out.weight)
             nn.init.zeros_(self.conv_out.bias)
 
-    frame_chunk: Optional[int] = 8
-
     def _frames(self, x2: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(x2)
-        for blk in self.down[0].block:
-            h = blk(h)
-        h = self.conv_out(F.silu(self.norm_out(h)))
-        return torch.sigmoid(h + x2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, _, t, _, _ = x.shape
-        return _batch_to_frames(_per_frame_chunks(self._frames, _frames_to_batch(x), self.frame_chunk), b, t)
+        return torch.sigmoid(self._trunk(x2) + x2)
 
 
-class TrajectoryDecoderAdapter(nn.Module):
+class TrajectoryDecoderAdapter(_FrameAdapter):
     """Official ``VAEDecoderadaptor``: per frame ``conv_out(silu(norm_out(res(res(conv_in(x))))))``.
 
     Input (B,3,T,H,W) Wan VAE output in [-1,1]; output (B,3,T,H,W) normalised motion, no activation.
     ``frame_chunk``: frames processed at once (memory only; None = all).
     """
 
+    level_name = "up"
+
     def __init__(self, cfg: AdapterConfig = AdapterConfig()) -> None:
-        super().__init__()
-        ch, cin = cfg.channels, cfg.in_channels
-        self.conv_in = nn.Conv2d(cin, ch, 3, padding=1)
-        self.up = nn.ModuleList([_Level(ch, cfg.decoder_blocks, cfg.groups, cfg.dropout)])
-        self.norm_out = _group_norm(ch, cfg.groups)
-        self.conv_out = nn.Conv2d(ch, cin, 3, padding=1)
-
-    frame_chunk: Optional[int] = 8
-
-    def _frames(self, x2: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(x2)
-        for blk in self.up[0].block:
-            h = blk(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, _, t, _, _ = x.shape
-        return _batch_to_frames(_per_frame_chunks(self._frames, _frames_to_batch(x), self.frame_chunk), b, t)
+        super().__init__(cfg, cfg.decoder_blocks)
 
 
 def _per_channel(values, like: torch.Tensor) -> torch.Tensor:

@@ -98,12 +98,19 @@ def _check_K(K: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
 
 
 class _UniDepthBase(nn.Module):
+    """DINOv2 encoder + the generation's decoder (``version`` and ``decoder_cls`` set by each subclass)."""
+
     config: UniDepthConfig
+    version: str
+    decoder_cls: type
 
     def __init__(self, config: UniDepthConfig) -> None:
+        if config.version != self.version:
+            raise ValueError(f"{type(self).__name__} needs a {self.version} config, got {config.version}")
         super().__init__()
         self.config = config
         self.pixel_encoder = DinoV2Encoder(config.embed_dim, config.depth, config.num_heads)
+        self.pixel_decoder = self.decoder_cls(config)
 
     @property
     def device(self) -> torch.device:
@@ -117,11 +124,8 @@ class _UniDepthBase(nn.Module):
 class UniDepthV2(_UniDepthBase):
     """UniDepthV2 (2025 release): DINOv2 encoder + :class:`~.decoder_v2.DecoderV2`."""
 
-    def __init__(self, config: UniDepthConfig) -> None:
-        if config.version != "v2":
-            raise ValueError(f"UniDepthV2 needs a v2 config, got {config.version}")
-        super().__init__(config)
-        self.pixel_decoder = DecoderV2(config)
+    version = "v2"
+    decoder_cls = DecoderV2
 
     def forward_network(self, x: torch.Tensor, rays_gt: Optional[torch.Tensor] = None) -> dict:
         """Network pass on a normalised input ``(B, 3, H, W)``, H and W multiples of 14 (see DecoderV2)."""
@@ -168,11 +172,8 @@ class UniDepthV2(_UniDepthBase):
 class UniDepthV2Old(_UniDepthBase):
     """UniDepthV2old (2024 release, the class MoGe4D imports): DINOv2 encoder + :class:`~.decoder_v2old.DecoderV2old`."""
 
-    def __init__(self, config: UniDepthConfig) -> None:
-        if config.version != "v2old":
-            raise ValueError(f"UniDepthV2Old needs a v2old config, got {config.version}")
-        super().__init__(config)
-        self.pixel_decoder = DecoderV2old(config)
+    version = "v2old"
+    decoder_cls = DecoderV2old
 
     def forward_network(self, x: torch.Tensor, rays_gt: Optional[torch.Tensor] = None) -> dict:
         """Network pass on a normalised input ``(B, 3, H, W)``, H and W multiples of 14 (see DecoderV2old)."""
