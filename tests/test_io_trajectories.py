@@ -32,6 +32,17 @@ def _scene(seed: int = 0):
     return coords, colors, vis
 
 
+def _write_with(writer: str, data, path) -> None:
+    """Write ``data`` as a plain pickle, a torch zip file or a legacy (non-zip) torch file."""
+    if writer == "pickle":
+        with open(path, "wb") as fh:
+            pickle.dump(data, fh)
+    elif writer == "torch_zip":
+        torch.save(data, path)
+    else:
+        torch.save(data, path, _use_new_zipfile_serialization=False)
+
+
 def _check(traj: Trajectories, coords, colors, vis):
     assert isinstance(traj, Trajectories)
     assert (traj.height, traj.width) == (H, W)
@@ -70,13 +81,7 @@ def test_pkl_torch_roundtrip(tmp_path, batched, writer):
     data = {"coords": c[None] if batched else c, "colors": k[None] if batched else k,
             "vis": v[None] if batched else v}
     path = tmp_path / "t_dt3d_pred.pkl"
-    if writer == "pickle":
-        with open(path, "wb") as fh:
-            pickle.dump(data, fh)
-    elif writer == "torch_zip":
-        torch.save(data, path)
-    else:
-        torch.save(data, path, _use_new_zipfile_serialization=False)
+    _write_with(writer, data, path)
     _check(read_trajectory_pkl(path, height=H, width=W), coords, colors, vis)
 
 
@@ -137,13 +142,7 @@ def test_refuses_code_execution(tmp_path, writer):
     coords, colors, _ = _scene()
     data = {"coords": coords, "colors": colors, "evil": _Exploit(marker)}
     path = tmp_path / "evil.pkl"
-    if writer == "pickle":
-        with open(path, "wb") as fh:
-            pickle.dump(data, fh)
-    elif writer == "torch_zip":
-        torch.save(data, path)
-    else:
-        torch.save(data, path, _use_new_zipfile_serialization=False)
+    _write_with(writer, data, path)
     with pytest.raises(MoGe4DInputError) as err:
         read_trajectory_pkl(path, height=H, width=W)
     msg = str(err.value)

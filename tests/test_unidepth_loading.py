@@ -15,14 +15,15 @@ from moge4d_core.models.unidepth import UniDepthConfig, UniDepthV2, UniDepthV2Ol
 torch.set_num_threads(1)
 
 
-def tiny(version, embed_dim=128, heads=2, seed=0):
+def tiny(version, embed_dim=128, heads=2, seed=0, scale=0.05):
+    """A 4-block UniDepth of ``version`` with seeded random weights of std ``scale``."""
     cfg = UniDepthConfig(version=version, embed_dim=embed_dim, depth=4, num_heads=heads, hidden_dim=32, out_dim=8,
                          output_idx=(1, 2, 3, 4), decoder_depths=(2, 2, 2) if version == "v2" else (2, 0, 0))
     torch.manual_seed(seed)
     model = build_unidepth(cfg).eval()
     with torch.no_grad():
         for p in model.parameters():
-            p.copy_(torch.randn_like(p) * 0.05)
+            p.copy_(torch.randn_like(p) * scale)
     return model
 
 

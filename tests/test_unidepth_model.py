@@ -14,6 +14,7 @@ from moge4d_core.models.unidepth.layers import AttentionBlock, fourier_features,
 from moge4d_core.models.unidepth.shapes import (v2_network_shape, v2_pixel_bounds, v2old_network_shape,
                                                 v2old_token_budget)
 from moge4d_core.types import Geometry
+from test_unidepth_loading import tiny as _tiny
 
 torch.set_num_threads(1)
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -21,14 +22,7 @@ STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
 
 def tiny(version, embed_dim=64, heads=2, scale=0.2, seed=0):
-    cfg = UniDepthConfig(version=version, embed_dim=embed_dim, depth=4, num_heads=heads, hidden_dim=32, out_dim=8,
-                         output_idx=(1, 2, 3, 4), decoder_depths=(2, 2, 2) if version == "v2" else (2, 0, 0))
-    torch.manual_seed(seed)
-    model = build_unidepth(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn_like(p) * scale)
-    return model
+    return _tiny(version, embed_dim=embed_dim, heads=heads, seed=seed, scale=scale)
 
 
 # ------------------------------------------------------------------------------------------------ encoder
