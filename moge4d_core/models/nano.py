@@ -1,0 +1,103 @@
+"""Small MoGe4D model configurations: the shipped *nano* model and the *tiny* ones used by tests.
+
+They are the same classes as the 14B models (same module tree, hence the same checkpoint key names), only
+narrower: a nano checkpoint goes through exactly the loaders the released files use.  ``strag_config`` /
+``vism_config`` give :class:`WanDiTConfig` objects, ``wan_vae_kwargs`` the diffusers ``AutoencoderKLWan``
+arguments, ``motion_vae_config`` a :class:`MotionVAEConfig`.  ``build_*`` make seeded random models.
+
+Sizes (parameters): ``NANO`` ≈ 1.4 M (STraG) + 1.4 M (ViSM) + 2 × 0.9 M (pixel VAE, motion VAE), for
+96×64 pixels and 17 frames; ``TINY`` a few hundred thousand in all, for 16×16-pixel CPU tests.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .motion_vae import AdapterConfig, MotionVAE, MotionVAEConfig
+from .wan_dit import STraGDiT, ViSMDiT
+from .wan_dit.config import ARCH_INP, ARCH_STRAG, WanDiTConfig
+
+__all__ = ["ModelSize", "NANO", "TINY", "strag_config", "vism_config", "wan_vae_kwargs", "motion_vae_config",
+           "build_strag", "build_vism", "build_wan_vae", "build_motion_vae", "randomize_"]
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """Widths of one small model family. ``text_dim``/``image_dim``: context widths (umT5 4096 / CLIP 1280
+    in the real models); ``mpm_dim``: OmniMAE width for the Motion Perception Module (None = no MPM)."""
+
+    dim: int = 64
+    ffn_dim: int = 128
+    num_heads: int = 4
+    num_layers: int = 4
+    text_dim: int = 32
+    image_dim: int = 32
+    freq_dim: int = 32
+    mpm_dim: int | None = None
+    vae_base_dim: int = 16
+    adapter_channels: int = 32
+    adapter_groups: int = 32
+
+
+NANO = ModelSize()
+TINY = ModelSize(dim=24, ffn_dim=48, num_heads=2, num_layers=2, text_dim=16, image_dim=16, freq_dim=16, mpm_dim=16,
+                 vae_base_dim=4, adapter_channels=32)
+
+
+def _common(s: ModelSize) -> dict:
+    return dict(dim=s.dim, ffn_dim=s.ffn_dim, num_heads=s.num_heads, num_layers=s.num_layers, text_dim=s.text_dim,
+                freq_dim=s.freq_dim, image_dim=s.image_dim)
+
+
+def strag_config(s: ModelSize = NANO) -> WanDiTConfig:
+    return WanDiTConfig(arch=ARCH_STRAG, in_dim=64, ref_conv_in_dim=16, mpm_feature_dim=s.mpm_dim,
+                        mpm_alignment="corrected", **_common(s))
+
+
+def vism_config(s: ModelSize = NANO) -> WanDiTConfig:
+    return WanDiTConfig(arch=ARCH_INP, in_dim=36, **_common(s))
+
+
+def wan_vae_kwargs(s: ModelSize = NANO) -> dict:
+    return dict(base_dim=s.vae_base_dim, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
+                temperal_downsample=[False, True, True])
+
+
+def motion_vae_config(s: ModelSize = NANO) -> MotionVAEConfig:
+    return MotionVAEConfig(vae=wan_vae_kwargs(s),
+                           adapter=AdapterConfig(channels=s.adapter_channels, groups=s.adapter_groups))
+
+
+def randomize_(model: torch.nn.Module, seed: int, scale: float = 0.05) -> torch.nn.Module:
+    """Overwrite every parameter with seeded N(0, scale²) noise (1 + noise for norm weights); returns model."""
+    g = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g) * scale
+            p.copy_((1 + noise) if name.endswith("norm.weight") or ".norm" in name and name.endswith("weight")
+                    else noise)
+    return model
+
+
+def build_strag(s: ModelSize = NANO, seed: int = 0, random: bool = True) -> STraGDiT:
+    torch.manual_seed(seed)
+    m = STraGDiT.from_config_obj(strag_config(s))
+    return randomize_(m, seed) if random else m
+
+
+def build_vism(s: ModelSize = NANO, seed: int = 0, random: bool = True) -> ViSMDiT:
+    torch.manual_seed(seed)
+    m = ViSMDiT.from_config_obj(vism_config(s))
+    return randomize_(m, seed) if random else m
+
+
+def build_wan_vae(s: ModelSize = NANO, seed: int = 0):
+    from diffusers import AutoencoderKLWan
+    torch.manual_seed(seed)
+    return AutoencoderKLWan(**wan_vae_kwargs(s))
+
+
+def build_motion_vae(s: ModelSize = NANO, seed: int = 0) -> MotionVAE:
+    torch.manual_seed(seed)
+    return MotionVAE(motion_vae_config(s))

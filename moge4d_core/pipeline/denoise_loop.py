@@ -1,0 +1,40 @@
+"""One flow-matching run of a Wan DiT with CFG, shared by the trajectory and inpainting stages.
+
+``run_dit_sampling(model, shape, cond, uncond, settings, native=None, callback=None)``: noise (drawn on the CPU
+from ``settings.seed``) → our solver or a ComfyUI ``SAMPLER`` → final latent ``shape`` float32.
+``cond`` / ``uncond`` are keyword inputs of the model's ``forward`` (text + latent conditions), batch 1.
+Cancel: ``callback(done, total)`` may raise; the exception propagates and nothing is kept between runs
+(every call builds its own noise, schedule and solver state).
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping, Optional
+
+import torch
+
+from ..sampling import dit_velocity, make_noise, sample_flow, sample_with_comfy_sampler
+from .settings import NativeSampler, SamplerSettings
+
+__all__ = ["run_dit_sampling", "model_device_dtype"]
+
+
+def model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    p = next(model.parameters())
+    return p.device, p.dtype
+
+
+def run_dit_sampling(model: torch.nn.Module, shape: tuple, cond: Mapping, uncond: Optional[Mapping],
+                     settings: SamplerSettings, *, native: Optional[NativeSampler] = None,
+                     callback: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+    device, _ = model_device_dtype(model)
+    noise = make_noise(shape, settings.seed, device=device)
+    use_cfg = uncond is not None and float(settings.cfg) != 1.0
+    velocity = dit_velocity(model, cond, uncond if use_cfg else None, settings.cfg, batched=settings.batched_cfg)
+    with torch.no_grad():
+        if native is None:
+            return sample_flow(velocity, noise, settings.sigmas(), solver=settings.solver, callback=callback).float()
+        sigmas = settings.sigmas() if native.sigmas is None else torch.as_tensor(native.sigmas, dtype=torch.float32)
+        out = sample_with_comfy_sampler(native.sampler, sigmas, velocity, noise, callback=callback,
+                                        seed=settings.seed, shift=settings.shift,
+                                        model_sampling=native.model_sampling)
+        return out.float()

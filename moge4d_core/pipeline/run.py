@@ -1,0 +1,158 @@
+"""The whole pipeline in one call (used by the CLI, the demo, the benchmarks and the end-to-end test).
+
+image (H,W,3) [0,1] → geometry (UniDepthV2, or given) → optional OmniMAE features → 4D-STraG motion →
+de-normalised :class:`Trajectories` → for each camera path: render (points z-buffer) + hole mask →
+optional 4D-ViSM inpainting → frames.  :class:`StageTimes` records wall time and peak memory per stage.
+
+``compat=True`` reproduces the released inference (reference §J): the official pseudo-intrinsics for the
+first-frame back-projection, the official motion normalisation, reference tokens from the image, MPM off,
+Euler / shift 5 / 50 steps / CFG 6, inpainting seed = seed + 1 — with the de-normalisation applied.
+"""
+from __future__ import annotations
+
+import contextlib
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+
+from ..errors import require
+from ..geometry.scene_camera import camera_path_for_scene
+from ..geometry.sources import resize_geometry, with_official_intrinsics
+from ..models.conditioning import ImageContext, TextContext
+from ..render.api import render_trajectories
+from ..types import CameraPath, Geometry, Motion, MotionFeatures, RenderResult, Trajectories
+from .image_vae import ImageVAE
+from .inpaint import inpaint
+from .settings import NativeSampler, SamplerSettings, compat_settings
+from .trajectory import TrajectoryOptions, denormalize, generate_motion
+
+__all__ = ["StageTimes", "NovelView", "SceneResult", "estimate_geometry", "motion_features_of",
+           "compat_options", "run_pipeline"]
+
+Progress = Callable[[str, int, int], None]
+
+
+def _peak_bytes() -> int:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return int(torch.cuda.max_memory_allocated())
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(r if sys.platform == "darwin" else r * 1024)
+
+
+@dataclass
+class StageTimes:
+    """Per stage: (name, wall seconds, peak memory in bytes: CUDA max allocated, else process max RSS)."""
+
+    rows: list = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.rows.append((name, time.perf_counter() - t0, _peak_bytes()))
+
+    def summary(self) -> str:
+        lines = [f"{'stage':<28}{'wall s':>10}{'peak MiB':>12}"]
+        for name, sec, peak in self.rows:
+            lines.append(f"{name:<28}{sec:>10.2f}{peak / 2 ** 20:>12.0f}")
+        lines.append(f"{'total':<28}{sum(r[1] for r in self.rows):>10.2f}")
+        return "\n".join(lines)
+
+
+@dataclass
+class NovelView:
+    """One camera path's output: render (rgb, depth, holes), inpainted frames (T,H,W,3) [0,1] or None."""
+
+    camera: CameraPath
+    render: RenderResult
+    frames: Optional[torch.Tensor] = None
+
+
+@dataclass
+class SceneResult:
+    geometry: Geometry
+    motion: Motion
+    trajectories: Trajectories
+    views: list
+    times: StageTimes
+
+
+def estimate_geometry(unidepth, image: torch.Tensor, width: int, height: int) -> Geometry:
+    """UniDepthV2 on ``image`` (H,W,3) [0,1] → :class:`Geometry` at ``width x height`` (multiples of 16)."""
+    from ..models.unidepth import to_geometry
+    p = next(unidepth.parameters())
+    with torch.no_grad():
+        res = unidepth.infer(image.permute(2, 0, 1)[None].to(p.device))
+    return resize_geometry(to_geometry(res, image), width=width, height=height)
+
+
+def motion_features_of(omnimae, image: torch.Tensor) -> MotionFeatures:
+    from ..models.omnimae import extract_motion_features
+    with torch.no_grad():
+        return extract_motion_features(omnimae, image)
+
+
+def compat_options(frames: int = 49) -> TrajectoryOptions:
+    return TrajectoryOptions(frames=frames, normalization="official", reference=True, mpm=False)
+
+
+def _step_progress(progress: Optional[Progress], name: str):
+    if progress is None:
+        return None
+    return lambda done, total: progress(name, done, total)
+
+
+def run_pipeline(*, image: torch.Tensor, strag, motion_vae, image_vae: ImageVAE, positive: TextContext,
+                 negative: Optional[TextContext] = None, geometry: Optional[Geometry] = None, unidepth=None,
+                 omnimae=None, vism=None, vism_positive: Optional[TextContext] = None,
+                 cameras: Sequence[Union[str, CameraPath]] = ("orbit_left",),
+                 trajectory_settings: SamplerSettings = SamplerSettings(),
+                 inpaint_settings: SamplerSettings = SamplerSettings(seed=1),
+                 options: TrajectoryOptions = TrajectoryOptions(), clip: Optional[ImageContext] = None,
+                 compat: bool = False, size: Optional[tuple[int, int]] = None, fps: float = 8.0,
+                 render_kwargs: Optional[dict] = None, native: Optional[NativeSampler] = None,
+                 progress: Optional[Progress] = None) -> SceneResult:
+    """Run every stage; see the module docstring. ``size`` = (width, height) of the working grid (default: the
+    geometry's, or the image's rounded down to multiples of 16). ``progress(stage, done, total)``."""
+    times = StageTimes()
+    if compat:
+        trajectory_settings, inpaint_settings = compat_settings(trajectory_settings.seed)
+        options = compat_options(options.frames)
+    if geometry is None:
+        require(unidepth is not None, "no geometry: pass a UniDepth model or a Geometry (depth + intrinsics)")
+        w, h = size or (image.shape[1] // 16 * 16, image.shape[0] // 16 * 16)
+        with times.stage("depth (UniDepthV2)"):
+            geometry = estimate_geometry(unidepth, image, w, h)
+    elif size is not None:
+        geometry = resize_geometry(geometry, width=size[0], height=size[1])
+    if compat:
+        geometry = with_official_intrinsics(geometry)
+    features = None
+    if omnimae is not None and options.mpm:
+        with times.stage("motion features (OmniMAE)"):
+            features = motion_features_of(omnimae, geometry.image)
+    with times.stage("trajectories (4D-STraG)"):
+        motion = generate_motion(strag, motion_vae, image_vae, geometry, positive, negative,
+                                 settings=trajectory_settings, options=options, clip=clip,
+                                 motion_features=features, native=native,
+                                 callback=_step_progress(progress, "trajectories"))
+    with times.stage("de-normalise"):
+        traj = denormalize(motion, fps=fps)
+    views = []
+    for cam in cameras:
+        path = cam if isinstance(cam, CameraPath) else camera_path_for_scene(cam, traj)
+        with times.stage(f"render {path.name}"):
+            rend = render_trajectories(traj, path, **(render_kwargs or {}))
+        frames = None
+        if vism is not None:
+            with times.stage(f"inpaint {path.name} (4D-ViSM)"):
+                frames = inpaint(vism, image_vae, rend.rgb, rend.holes, vism_positive or positive, negative,
+                                 settings=inpaint_settings, callback=_step_progress(progress, f"inpaint {path.name}"))
+        views.append(NovelView(camera=path, render=rend, frames=frames))
+    return SceneResult(geometry=geometry, motion=motion, trajectories=traj, views=views, times=times)

@@ -1,0 +1,166 @@
+"""Stage 3–4: 4D-STraG sampling → motion VAE decode → :class:`Motion`, then de-normalisation → :class:`Trajectories`.
+
+``generate_motion`` runs the released recipe (reference §A4–A8, §J): conditions from
+:mod:`.conditioning`, flow-matching sampling with CFG on the text only (the negative prompt's context
+replaces the text, everything else is shared), the motion VAE decode with both latent normalisations, giving
+the normalised relative motion ΔP̂ (T,H,W,3) with frame 0 = 0.
+
+``denormalize`` applies the depth-guided inverse the released inference omits (reference §B):
+``ΔX = Δx̂·z0/αx, ΔY = Δŷ·z0/αy, ΔZ = Δẑ·z0``, ``P_t = P0 + ΔP_t`` with ``P0`` the geometry's first-frame
+points (OpenCV camera, world = first-frame camera).  ``normalization="official"`` uses the fixed
+pseudo-intrinsics the released checkpoints were trained with (αx = 1.043478, αy = 1 at 368×512);
+``"real_k"`` the geometry's own K (the paper's formulation; for checkpoints trained that way).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from ..errors import MoGe4DInputError, require
+from ..geometry.normalization import apply_motion, official_spec, real_k_spec
+from ..models.conditioning import ImageContext, TextContext
+from ..types import Geometry, Motion, MotionFeatures, NormalizationSpec, Trajectories
+from .conditioning import StragConditions, check_frames, check_size, encode_strag_conditions
+from .denoise_loop import model_device_dtype, run_dit_sampling
+from .image_vae import ImageVAE
+from .settings import NativeSampler, SamplerSettings
+
+__all__ = ["NORMALIZATIONS", "TrajectoryOptions", "normalization_spec", "check_text", "strag_inputs",
+           "sample_motion_latent", "decode_motion", "generate_motion", "denormalize", "motion_preview"]
+
+NORMALIZATIONS = ("official", "real_k")
+
+
+@dataclass(frozen=True)
+class TrajectoryOptions:
+    """frames: T = 4k+1 (release 49); normalization: ``official`` | ``real_k`` (see module docstring);
+    reference: feed the image to ``ref_conv`` (official inference) — False gives the zero reference of
+    official training; mpm: use the Motion Perception Module when features are given (needs its weights)."""
+
+    frames: int = 49
+    normalization: str = "official"
+    reference: bool = True
+    mpm: bool = True
+
+    def __post_init__(self) -> None:
+        check_frames(self.frames)
+        require(self.normalization in NORMALIZATIONS,
+                f"normalization: expected one of {NORMALIZATIONS}, got {self.normalization!r}")
+
+
+def normalization_spec(geometry: Geometry, mode: str) -> NormalizationSpec:
+    if mode == "official":
+        return official_spec(geometry.height, geometry.width)
+    return real_k_spec(geometry.K.float(), geometry.width, geometry.height)
+
+
+def check_text(model: torch.nn.Module, ctx: TextContext, name: str) -> torch.Tensor:
+    """Text context (1,512,D) checked against the DiT's text width -> embeddings tensor."""
+    if not isinstance(ctx, TextContext):
+        raise MoGe4DInputError(f"{name}: expected text conditioning (umT5 embeddings), got {type(ctx).__name__}")
+    want = int(model.config.text_dim)
+    if ctx.dim != want:
+        raise MoGe4DInputError(
+            f"{name}: text embeddings are {ctx.dim} wide but this model takes {want} (umT5-XXL gives 4096); "
+            f"encode the prompt with ComfyUI's CLIPLoader(type=wan) + umt5_xxl, not a CLIP/T5 of another model")
+    require(ctx.batch_size == 1, f"{name}: one prompt expected, got a batch of {ctx.batch_size}")
+    return ctx.embeddings
+
+
+def _clip_tokens(model: torch.nn.Module, clip: Optional[ImageContext]) -> Optional[torch.Tensor]:
+    if clip is None:
+        return None
+    want = model.config.image_dim
+    if want is None:
+        raise MoGe4DInputError("clip_vision_output: this model has no CLIP image input; disconnect it")
+    if clip.dim != int(want):
+        raise MoGe4DInputError(f"clip_vision_output: features are {clip.dim} wide, the model takes {want} "
+                               f"(CLIP ViT-H/14 penultimate tokens, clip_vision_h.safetensors)")
+    return clip.tokens[:1]
+
+
+def _features(model: torch.nn.Module, features: Optional[MotionFeatures], use: bool) -> Optional[torch.Tensor]:
+    if features is None or not use:
+        return None
+    if getattr(model, "feature_adapter", None) is None:
+        raise MoGe4DInputError("motion_features: this STraG checkpoint has no Motion Perception Module weights "
+                               "(feature_adapter / spatial_guidance_*); disconnect the features or turn mpm off")
+    return features.tokens[None]
+
+
+def strag_inputs(model, image_vae: ImageVAE, geometry: Geometry, options: TrajectoryOptions, *,
+                 clip: Optional[ImageContext] = None,
+                 motion_features: Optional[MotionFeatures] = None) -> StragConditions:
+    """Latent conditions for ``geometry`` (image + depth) plus CLIP tokens and OmniMAE features."""
+    check_size(geometry.height, geometry.width, "geometry")
+    conds = encode_strag_conditions(image_vae, geometry.image, geometry.depth, options.frames,
+                                    reference=options.reference)
+    conds.clip = _clip_tokens(model, clip)
+    conds.motion_features = _features(model, motion_features, options.mpm)
+    return conds
+
+
+def sample_motion_latent(model, conds: StragConditions, positive: TextContext, negative: Optional[TextContext],
+                         settings: SamplerSettings, *, native: Optional[NativeSampler] = None,
+                         callback: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+    """Sample the STraG latent (1,16,F,h,w) float32 (CFG on the text only; negative None = empty zeros)."""
+    device, dtype = model_device_dtype(model)
+    pos = check_text(model, positive, "positive")
+    neg = check_text(model, negative, "negative") if negative is not None else torch.zeros_like(pos)
+    shared = conds.model_kwargs(device=device, dtype=torch.float32)
+    cond = dict(text=pos.to(device), **shared)
+    uncond = dict(text=neg.to(device), **shared)
+    return run_dit_sampling(model, tuple(conds.control.shape), cond, uncond, settings, native=native,
+                            callback=callback)
+
+
+def decode_motion(motion_vae, latent: torch.Tensor) -> torch.Tensor:
+    """Motion latent (1,16,F,h,w) -> normalised motion (T,H,W,3) float32 with frame 0 set to 0."""
+    p = next(motion_vae.parameters())
+    with torch.no_grad():
+        delta = motion_vae.decode(latent.to(p.device, p.dtype), traj_norm=True)
+    delta = delta[0].float().permute(1, 2, 3, 0).contiguous()
+    delta[0] = 0
+    return delta
+
+
+def generate_motion(model, motion_vae, image_vae: ImageVAE, geometry: Geometry, positive: TextContext,
+                    negative: Optional[TextContext] = None, *, settings: SamplerSettings = SamplerSettings(),
+                    options: TrajectoryOptions = TrajectoryOptions(), clip: Optional[ImageContext] = None,
+                    motion_features: Optional[MotionFeatures] = None, native: Optional[NativeSampler] = None,
+                    callback: Optional[Callable[[int, int], None]] = None) -> Motion:
+    """Image + geometry -> :class:`Motion` (normalised ΔP̂ (T,H,W,3), the spec to undo it, the geometry)."""
+    conds = strag_inputs(model, image_vae, geometry, options, clip=clip, motion_features=motion_features)
+    latent = sample_motion_latent(model, conds, positive, negative, settings, native=native, callback=callback)
+    delta = decode_motion(motion_vae, latent)
+    return Motion(delta=delta.cpu(), norm=normalization_spec(geometry, options.normalization), geometry=geometry)
+
+
+def denormalize(motion: Motion, fps: float = 8.0) -> Trajectories:
+    """:class:`Motion` -> :class:`Trajectories` (T, H·W points, row-major; colours from the image).
+
+    Points whose first-frame depth is invalid keep their de-normalised motion but are marked not visible.
+    """
+    g = motion.geometry
+    p0 = g.points.float()
+    pts = apply_motion(motion.delta.float(), p0, motion.norm, time_dim=0)          # (T,H,W,3)
+    t = pts.shape[0]
+    bad = ~torch.isfinite(pts).all(dim=-1)
+    if bool(bad.any()):
+        pts = torch.where(bad[..., None], p0.expand_as(pts), pts)
+    vis = (g.valid[None] & ~bad).reshape(t, -1)
+    return Trajectories(points=pts.reshape(t, -1, 3).contiguous(), colors=g.image.reshape(-1, 3).float().clamp(0, 1),
+                        height=g.height, width=g.width, visibility=vis, K=g.K.float(), fps=fps)
+
+
+def motion_preview(motion: Motion) -> torch.Tensor:
+    """(T,H,W,3) in [0,1]: direction of the normalised image-plane motion as hue-like colour (x → red/cyan,
+    y → green/magenta), brightness = |ΔP̂| over the whole clip's maximum. Frame 0 is black."""
+    d = motion.delta.float()
+    mag = d.norm(dim=-1)
+    scale = mag.max().clamp_min(1e-8)
+    n = d / scale
+    rgb = torch.stack([0.5 + 0.5 * n[..., 0], 0.5 + 0.5 * n[..., 1], 0.5 + 0.5 * n[..., 2]], dim=-1)
+    return (rgb * (mag / scale)[..., None]).clamp(0, 1)
