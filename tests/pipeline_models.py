@@ -12,6 +12,7 @@ written the way the real files are published, so the tests load them through the
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -25,7 +26,7 @@ from moge4d_core.models.nano import TINY, build_motion_vae, build_strag, build_v
 from moge4d_core.models.omnimae import OmniMAEEncoder
 from moge4d_core.models.unidepth import UniDepthConfig, build_unidepth
 
-HEADS = {"num_heads": TINY.num_heads}
+HEADS = {"num_heads": TINY.num_heads}   # also written to config.json beside the DiT files (as the Fun releases ship)
 
 
 def _original(model) -> dict:
@@ -33,10 +34,17 @@ def _original(model) -> dict:
 
 
 def _tiny_unidepth(seed: int = 3):
-    cfg = UniDepthConfig(version="v2", embed_dim=64, depth=4, num_heads=2, hidden_dim=32, out_dim=8,
+    cfg = UniDepthConfig(version="v2", embed_dim=64, depth=4, num_heads=1, hidden_dim=32, out_dim=8,
                          output_idx=(1, 2, 3, 4), decoder_depths=(2, 2, 2))
     torch.manual_seed(seed)
     return randomize_(build_unidepth(cfg).eval(), seed, 0.05)
+
+
+def _config_json(weights: Path, model) -> None:
+    c = model.wan_config
+    d = {"dim": c.dim, "ffn_dim": c.ffn_dim, "num_heads": c.num_heads, "num_layers": c.num_layers, "in_dim": c.in_dim,
+         "out_dim": c.out_dim, "text_len": c.text_len, "freq_dim": c.freq_dim, "eps": c.eps}
+    (weights.parent / "config.json").write_text(json.dumps(d))
 
 
 def omnimae_published(model: OmniMAEEncoder) -> dict:
@@ -60,12 +68,13 @@ def write_tiny_models(root: Path, seed: int = 0) -> dict:
     root = Path(root)
     paths = {}
     strag = build_strag(TINY, seed)
-    omni = randomize_(OmniMAEEncoder(embed_dim=TINY.mpm_dim, depth=1, num_heads=2), seed + 1)
+    omni = randomize_(OmniMAEEncoder(embed_dim=TINY.mpm_dim, depth=1, num_heads=1), seed + 1)
     sd = _original(strag)
     sd.update({"omnimae_extractor." + k: v for k, v in omnimae_published(omni).items()})
     (root / "4D-STraG").mkdir(parents=True, exist_ok=True)
     paths["strag"] = root / "4D-STraG" / "diffusion_pytorch_model.safetensors"
     save_file(sd, str(paths["strag"]))
+    _config_json(paths["strag"], strag)
 
     mvae = build_motion_vae(TINY, seed + 2)
     randomize_(mvae.decoder_adapter, seed + 2, 0.02)
@@ -80,6 +89,7 @@ def write_tiny_models(root: Path, seed: int = 0) -> dict:
     (root / "Wan2.1-Fun-InP").mkdir(parents=True, exist_ok=True)
     paths["vism_base"] = root / "Wan2.1-Fun-InP" / "diffusion_pytorch_model.safetensors"
     save_file(_original(vism), str(paths["vism_base"]))
+    _config_json(paths["vism_base"], vism)
     g = torch.Generator().manual_seed(seed + 5)
     shapes = {k[: -len(".weight")]: v.shape for k, v in _original(vism).items() if k.endswith(".weight") and v.ndim == 2}
     lora = {}

@@ -21,7 +21,7 @@ from moge4d_core.pipeline.settings import COMPAT_TRAJECTORY, SamplerSettings, co
 from moge4d_core.pipeline.trajectory import TrajectoryOptions, denormalize, generate_motion
 from moge4d_core.sampling import flow_sigmas
 from moge4d_core.types import Motion
-from pipeline_models import HEADS, write_tiny_models
+from pipeline_models import write_tiny_models
 
 torch.set_num_threads(1)
 
@@ -29,13 +29,13 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     p = write_tiny_models(tmp_path_factory.mktemp("models"))
-    strag, _, _ = load_strag(p["strag"], dtype=torch.float32, config=HEADS)
+    strag, _, _ = load_strag(p["strag"], dtype=torch.float32)
     mvae, _ = load_motion_vae(p["motion_vae"])
     vae, _ = load_wan_vae(p["wan_vae"])
-    vism, _ = load_vism_base(p["vism_base"], dtype=torch.float32, config=HEADS)
+    vism, _ = load_vism_base(p["vism_base"], dtype=torch.float32)
     merge_lora(vism, p["vism_lora"], 0.55)
-    unidepth, _ = load_unidepth(p["unidepth"], config={"num_heads": 2})
-    omni = load_omnimae(p["strag"], num_heads=2)
+    unidepth, _ = load_unidepth(p["unidepth"])
+    omni = load_omnimae(p["strag"])
     return dict(strag=strag, motion_vae=mvae, image_vae=WanImageVAE(vae), vism=vism, unidepth=unidepth, omnimae=omni,
                 paths=p)
 

@@ -41,7 +41,7 @@ class ModelSize:
 
 
 NANO = ModelSize()
-TINY = ModelSize(dim=24, ffn_dim=48, num_heads=2, num_layers=2, text_dim=16, image_dim=16, freq_dim=16, mpm_dim=16,
+TINY = ModelSize(dim=24, ffn_dim=48, num_heads=2, num_layers=2, text_dim=16, image_dim=16, freq_dim=16, mpm_dim=64,
                  vae_base_dim=4, adapter_channels=32)
 
 
