@@ -196,7 +196,19 @@ def _a(word: str) -> str:
     return ("an " if word[0] in "aeiou" else "a ") + word
 
 
-def _random_scene(rng: np.random.Generator) -> tuple[dict, list[dict], list[str]]:
+MOTION_RULES = ("random", "by_colour")
+
+# ``motion_rule="by_colour"``: every object's translation direction is fixed by its colour name (the kind of
+# motion stays random), so the motion can be predicted from the first frame alone. This is the learnable world
+# of the nano model, which has no text encoder: with ``"random"`` directions only the caption says where an
+# object goes, and an image-only model cannot do better than the mean (no motion).
+_COLOUR_DIRECTIONS = {
+    "red": (1.0, 0.0, 0.0), "blue": (0.0, -0.4, 0.0), "green": (-1.0, 0.0, 0.0), "yellow": (0.0, 0.4, 0.0),
+    "purple": (0.0, 0.0, 0.8), "orange": (0.0, 0.0, -0.8), "white": (0.7, -0.28, 0.0), "cyan": (-0.7, -0.28, 0.0),
+}
+
+
+def _random_scene(rng: np.random.Generator, motion_rule: str = "random") -> tuple[dict, list[dict], list[str]]:
     scene = {
         "wall_z": float(rng.uniform(7.0, 10.0)), "floor_y": float(rng.uniform(1.2, 1.8)),
         "wall_freq": float(rng.uniform(0.8, 2.5)), "floor_freq": float(rng.uniform(0.6, 1.6)),
@@ -214,6 +226,8 @@ def _random_scene(rng: np.random.Generator) -> tuple[dict, list[dict], list[str]
         z = float(rng.uniform(3.5, 6.5))
         centre = np.array([rng.uniform(-0.45, 0.45) * z, rng.uniform(-0.1, 0.15) * z, z])
         v = rng.uniform(-1.0, 1.0, 3) * np.array([1.0, 0.4, 0.8])
+        if motion_rule == "by_colour":
+            v = np.asarray(_COLOUR_DIRECTIONS[cname]) * float(rng.uniform(0.8, 1.0))
         size = float(rng.uniform(0.35, 0.8))
         if kind == "articulated":
             half = (size, size * 0.6, size * 0.6)
@@ -248,7 +262,8 @@ def _random_scene(rng: np.random.Generator) -> tuple[dict, list[dict], list[str]
 
 
 def make_synthetic_sample(index: int = 0, *, seed: int = 0, height: int = 64, width: int = 96, frames: int = 17,
-                          sample_id: Optional[str] = None, novel_view: str = "orbit_left") -> SyntheticSample:
+                          sample_id: Optional[str] = None, novel_view: str = "orbit_left",
+                          motion_rule: str = "random") -> SyntheticSample:
     """Generate scene ``index`` of the stream seeded by ``seed`` (deterministic in (seed, index)).
 
     Shapes: coords (frames, height*width, 3); colours 0..255; see :class:`SyntheticSample`.
@@ -256,7 +271,8 @@ def make_synthetic_sample(index: int = 0, *, seed: int = 0, height: int = 64, wi
     require(height >= 2 and width >= 2, f"synthetic: height and width must be >= 2, got {height}x{width}")
     require(frames >= 1, f"synthetic: frames must be >= 1, got {frames}")
     rng = np.random.default_rng([int(seed), int(index)])
-    scene, prims, phrases = _random_scene(rng)
+    require(motion_rule in MOTION_RULES, f"synthetic: motion_rule must be one of {MOTION_RULES}, got {motion_rule!r}")
+    scene, prims, phrases = _random_scene(rng, motion_rule)
     fov = float(rng.uniform(50.0, 70.0))
     K = K_from_fov(fov, width, height, dtype=torch.float64).numpy()
     v, u = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
@@ -325,7 +341,8 @@ def write_sample_files(sample: SyntheticSample, folder: str | os.PathLike, *, to
 
 def write_synthetic_dataset(out: str | os.PathLike, count: int, *, height: int = 64, width: int = 96,
                             frames: int = 17, seed: int = 0, tar: bool = False, per_archive: int = 50,
-                            torch_pkl_ids: tuple[int, ...] = (), compresslevel: int = 1) -> list[Path]:
+                            torch_pkl_ids: tuple[int, ...] = (), compresslevel: int = 1,
+                            motion_rule: str = "random") -> list[Path]:
     """Generate ``count`` samples into ``out``: flat files, or range ``.tar.gz`` archives with ``tar=True``.
 
     Returns the written sample folders' files (folder mode) or the archive paths (tar mode).
@@ -339,7 +356,8 @@ def write_synthetic_dataset(out: str | os.PathLike, count: int, *, height: int =
     written: list[Path] = []
     if not tar:
         for i in range(count):
-            s = make_synthetic_sample(i, seed=seed, height=height, width=width, frames=frames)
+            s = make_synthetic_sample(i, seed=seed, height=height, width=width, frames=frames,
+                                          motion_rule=motion_rule)
             written += write_sample_files(s, out, torch_pkl=i in torch_pkl_ids)
         return written
     for start in range(0, count, per_archive):
@@ -348,7 +366,8 @@ def write_synthetic_dataset(out: str | os.PathLike, count: int, *, height: int =
         with tempfile.TemporaryDirectory(dir=out) as tmp:
             names: list[Path] = []
             for i in range(start, stop):
-                s = make_synthetic_sample(i, seed=seed, height=height, width=width, frames=frames)
+                s = make_synthetic_sample(i, seed=seed, height=height, width=width, frames=frames,
+                                          motion_rule=motion_rule)
                 names += write_sample_files(s, tmp, torch_pkl=i in torch_pkl_ids)
             part = Path(tmp) / "archive.tar.gz"
             with tarfile.open(part, "w:gz", compresslevel=compresslevel) as tf:
@@ -368,6 +387,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--width", type=int, default=96)
     ap.add_argument("--frames", type=int, default=17)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--motion-rule", choices=MOTION_RULES, default="random",
+                    help="by_colour: an object's direction follows its colour (learnable from the image alone)")
     ap.add_argument("--tar", action="store_true", help="write range .tar.gz archives instead of flat files")
     ap.add_argument("--per-archive", type=int, default=50, help="samples per archive with --tar (official 50)")
     args = ap.parse_args(argv)
@@ -375,7 +396,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         paths = write_synthetic_dataset(args.out, args.count, height=args.height, width=args.width,
                                         frames=args.frames, seed=args.seed, tar=args.tar,
-                                        per_archive=args.per_archive)
+                                        per_archive=args.per_archive, motion_rule=args.motion_rule)
     except MoGe4DInputError as exc:
         ap.error(str(exc))
     print(f"wrote {args.count} samples ({len(paths)} files) to {args.out} in {time.perf_counter() - t0:.2f} s")
