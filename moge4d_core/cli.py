@@ -9,6 +9,19 @@ Commands
                  python -m moge4d_core render --demo --camera orbit_left --out out/
                  python -m moge4d_core render --trajectories sample_dt3d_pred.pkl --camera dolly_in --out out/
 
+``generate`` the whole pipeline from one image: depth (UniDepthV2, or ``--depth`` + ``--fov``) → 4D-STraG
+             trajectories → de-normalisation → render along each ``--camera`` → 4D-ViSM inpainting; writes the
+             4D scene (npz + PLY sequence), renders, hole masks, inpainted MP4s, a contact sheet and timings::
+
+                 python -m moge4d_core generate --image IMG --prompt TEXT --models DIR --camera orbit_left --out out/
+
+             ``--models`` layout: see :mod:`moge4d_core.pipeline.model_dir` (release folders as published).
+
+``demo``     ``generate`` with the nano model shipped in ``moge4d_core/nano_model`` on its synthetic test image
+             and depth, on the CPU in a few minutes (it shows the pipeline, not the released model's quality)::
+
+                 python -m moge4d_core demo --out out/
+
 ``presets``  list the camera presets and their parameters.
 """
 from __future__ import annotations
@@ -78,6 +91,141 @@ def cmd_render(args) -> int:
     return 0
 
 
+def _read_image(path) -> "torch.Tensor":
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    p = Path(path)
+    if not p.is_file():
+        raise MoGe4DInputError(f"--image {p}: no such file")
+    try:
+        arr = np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255.0
+    except Exception as exc:  # PIL raises many types
+        raise MoGe4DInputError(f"--image {p}: cannot read it as an image ({exc})") from None
+    return torch.from_numpy(arr)
+
+
+def _read_depth(path) -> "torch.Tensor":
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    p = Path(path)
+    if not p.is_file():
+        raise MoGe4DInputError(f"--depth {p}: no such file")
+    if p.suffix == ".npy":
+        arr = np.load(p, allow_pickle=False).astype(np.float32)
+    else:
+        arr = np.asarray(Image.open(p), dtype=np.float32)
+    if arr.ndim == 3:
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        raise MoGe4DInputError(f"--depth {p}: expected an (H,W) depth map, got shape {arr.shape}")
+    return torch.from_numpy(arr)
+
+
+def _generate(args, *, models_dir, image_path, depth_path=None, fov=None, depth_kind="metric") -> int:
+    import torch
+
+    from .geometry.sources import geometry_from_depth
+    from .pipeline.model_dir import encode_prompts, find_model_files, load_models, strag_clip_context
+    from .pipeline.outputs import write_outputs
+    from .pipeline.run import run_pipeline
+    from .pipeline.settings import SamplerSettings
+    from .pipeline.trajectory import TrajectoryOptions
+
+    t0 = time.perf_counter()
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    options = TrajectoryOptions(frames=args.frames, normalization=args.normalization, reference=not args.no_reference)
+    traj_settings = SamplerSettings(steps=args.steps, cfg=args.cfg, shift=args.shift, seed=args.seed, solver=args.solver)
+    inp_settings = traj_settings.replace(steps=args.inpaint_steps or args.steps, seed=args.seed + 1)
+    image = _read_image(image_path)
+    geometry = None
+    if depth_path is not None:
+        if fov is None:
+            raise MoGe4DInputError("--depth needs --fov (horizontal field of view in degrees)")
+        depth = _read_depth(depth_path)
+        geometry = geometry_from_depth(image, depth[..., None].expand(*depth.shape, 3), fov, depth_kind=depth_kind)
+    files = find_model_files(models_dir)
+    if geometry is None and files.unidepth is None:
+        raise MoGe4DInputError(f"{models_dir}: no UniDepthV2 folder (unidepth-v2-vitl14/); add it, or pass "
+                               f"--depth FILE --fov DEG")
+    models = load_models(files, device=args.device, dtype=dtype, inpaint=not args.no_inpaint,
+                         depth=geometry is None, lora_strength=args.lora_strength)
+    positive, negative = encode_prompts(models, args.prompt or "", args.negative_prompt)
+    t_load = time.perf_counter() - t0
+    bars = {}
+
+    def progress(stage, done, total):
+        bars.setdefault(stage, _progress(stage))(done, total)
+
+    result = run_pipeline(image=image, strag=models.strag, motion_vae=models.motion_vae, image_vae=models.image_vae,
+                          positive=positive, negative=negative, geometry=geometry, unidepth=models.unidepth,
+                          omnimae=models.omnimae if args.mpm else None, vism=models.vism, cameras=args.camera,
+                          trajectory_settings=traj_settings, inpaint_settings=inp_settings, options=options,
+                          clip=strag_clip_context(models, args.height, args.width), compat=args.compat,
+                          size=(args.width, args.height), fps=args.fps, progress=progress)
+    written = write_outputs(result, args.out, fps=args.fps)
+    print(f"models loaded in {t_load:.1f} s from {files.root}")
+    print(result.times.summary())
+    print(f"wrote {len(written)} outputs to {args.out}: " + ", ".join(p.name for p in written))
+    return 0
+
+
+def cmd_generate(args) -> int:
+    if not args.image:
+        raise MoGe4DInputError("generate: pass --image IMG")
+    if not args.models:
+        raise MoGe4DInputError("generate: pass --models DIR (the folder with 4D-STraG/, 4D-ViSM/, VAE/, ...)")
+    return _generate(args, models_dir=args.models, image_path=args.image, depth_path=args.depth, fov=args.fov,
+                     depth_kind=args.depth_kind)
+
+
+def cmd_demo(args) -> int:
+    import json
+
+    from .pipeline.nano import NANO_DIR
+
+    spec_file = NANO_DIR / "demo.json"
+    if not spec_file.is_file():
+        raise MoGe4DInputError(f"{NANO_DIR}: the nano model files are missing (demo.json); reinstall the pack")
+    spec = json.loads(spec_file.read_text())
+    for key, value in spec["settings"].items():
+        if getattr(args, key, None) in (None, 0):
+            setattr(args, key, value)
+    return _generate(args, models_dir=NANO_DIR, image_path=NANO_DIR / spec["image"],
+                     depth_path=NANO_DIR / spec["depth"], fov=spec["fov_deg"], depth_kind="metric")
+
+
+def _add_generate_args(g, demo: bool) -> None:
+    g.add_argument("--out", required=True, help="output folder")
+    g.add_argument("--camera", action="append", default=None,
+                   help="camera preset (repeatable); see `python -m moge4d_core presets`")
+    g.add_argument("--prompt", default="" if demo else None, help="caption of the image (umT5)")
+    g.add_argument("--negative-prompt", default="", help="negative prompt (release: empty)")
+    d = 0 if demo else None
+    g.add_argument("--frames", type=int, default=d or 49, help="frames, 4k+1 (release 49)")
+    g.add_argument("--width", type=int, default=d or 512, help="working width, multiple of 16 (release 512)")
+    g.add_argument("--height", type=int, default=d or 368, help="working height, multiple of 16 (release 368)")
+    g.add_argument("--steps", type=int, default=d or 50, help="trajectory sampling steps (release 50)")
+    g.add_argument("--inpaint-steps", type=int, default=0, help="inpainting steps (0: same as --steps)")
+    g.add_argument("--cfg", type=float, default=d or 6.0, help="classifier-free guidance (release 6)")
+    g.add_argument("--shift", type=float, default=d or 5.0, help="flow schedule shift (release 5)")
+    g.add_argument("--seed", type=int, default=0, help="seed (inpainting uses seed + 1)")
+    g.add_argument("--solver", choices=["euler", "unipc", "dpmpp_2m"], default="euler")
+    g.add_argument("--fps", type=float, default=8.0)
+    g.add_argument("--normalization", choices=["official", "real_k"], default="official",
+                   help="motion (de)normalisation constants: the release's pseudo-intrinsics or the real K")
+    g.add_argument("--no-reference", action="store_true", help="zero reference tokens (as in release training)")
+    g.add_argument("--mpm", action="store_true", help="use the Motion Perception Module (needs its weights)")
+    g.add_argument("--compat", action="store_true", help="the released inference settings (reference J)")
+    g.add_argument("--no-inpaint", action="store_true", help="skip 4D-ViSM (renders and masks only)")
+    g.add_argument("--lora-strength", type=float, default=0.55, help="4D-ViSM LoRA strength (release 0.55)")
+    g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    g.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="model weights dtype")
+
+
 def cmd_presets(args) -> int:
     from .geometry.camera_paths import CAMERA_PRESETS
 
@@ -112,6 +260,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow arbitrary objects in pkl files (only for files you trust)")
     r.set_defaults(func=cmd_render)
 
+    g = sub.add_parser("generate", help="image -> 4D scene -> novel-view videos (the whole pipeline)")
+    g.add_argument("--image", help="input image")
+    g.add_argument("--models", help="model folder (4D-STraG/, 4D-ViSM/, VAE/, Wan2.1-Fun-V1.1-14B-InP/, ...)")
+    g.add_argument("--depth", help="depth map (.npy metric, or an image) instead of UniDepthV2; needs --fov")
+    g.add_argument("--fov", type=float, default=None, help="horizontal field of view of --depth, degrees")
+    g.add_argument("--depth-kind", choices=["metric", "relative", "relative_inverse"], default="metric")
+    _add_generate_args(g, demo=False)
+    g.set_defaults(func=cmd_generate)
+
+    dm = sub.add_parser("demo", help="run the whole pipeline with the shipped nano model on the CPU")
+    _add_generate_args(dm, demo=True)
+    dm.set_defaults(func=cmd_demo)
+
     p = sub.add_parser("presets", help="list camera presets")
     p.set_defaults(func=cmd_presets)
     return parser
@@ -119,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "camera", "unused") is None:
+    if getattr(args, "camera", "unused") is None and args.command != "demo":
         args.camera = ["orbit_left"]
     try:
         return args.func(args)

@@ -6,7 +6,7 @@ written the way the real files are published, so the tests load them through the
 * ``4D-STraG/diffusion_pytorch_model.safetensors``: original Wan key names, no metadata, MPM + OmniMAE keys;
 * ``VAE/{encoder_prompt,decoder_prompt,vae}/pytorch_model.bin``: the MoGe4D release motion-VAE layout;
 * ``Wan2.1_VAE.pth``: the Wan original VAE key names;
-* ``Wan2.1-Fun-InP/diffusion_pytorch_model.safetensors`` + ``4D-ViSM/lora_diffusion_pytorch_model.safetensors``
+* ``Wan2.1-Fun-V1.1-14B-InP/diffusion_pytorch_model.safetensors`` + ``4D-ViSM/lora_diffusion_pytorch_model.safetensors``
   (kohya ``lora_unet__`` keys, bf16, rank 4 alpha 2);
 * ``unidepth/model.safetensors`` (published UniDepthV2 names); OmniMAE weights inside the STraG file.
 """
@@ -86,8 +86,8 @@ def write_tiny_models(root: Path, seed: int = 0) -> dict:
     torch.save(wan_vae_diffusers_to_original(vae.state_dict(), dict(vae.config)), paths["wan_vae"])
 
     vism = build_vism(TINY, seed + 4)
-    (root / "Wan2.1-Fun-InP").mkdir(parents=True, exist_ok=True)
-    paths["vism_base"] = root / "Wan2.1-Fun-InP" / "diffusion_pytorch_model.safetensors"
+    (root / "Wan2.1-Fun-V1.1-14B-InP").mkdir(parents=True, exist_ok=True)
+    paths["vism_base"] = root / "Wan2.1-Fun-V1.1-14B-InP" / "diffusion_pytorch_model.safetensors"
     save_file(_original(vism), str(paths["vism_base"]))
     _config_json(paths["vism_base"], vism)
     g = torch.Generator().manual_seed(seed + 5)

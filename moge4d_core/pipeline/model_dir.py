@@ -1,0 +1,170 @@
+"""Find and load every model of the pipeline from one folder (the CLI's ``--models DIR``).
+
+Accepted layouts (first match per component wins; ``*`` = any file name the loader accepts):
+
+=================  =======================================================================================
+component          where
+=================  =======================================================================================
+4D-STraG           ``4D-STraG/`` (release: ``diffusion_pytorch_model.safetensors``) or ``strag.safetensors``
+STraG base         ``Wan2.1-Fun-V1.1-14B-Control/`` (optional: fills keys the STraG file lacks)
+motion VAE         ``VAE/`` (release: ``encoder_prompt/ decoder_prompt/ vae/``) or ``motion_vae.safetensors``
+4D-ViSM base       ``Wan2.1-Fun-V1.1-14B-InP/`` (transformer files + ``config.json``) or ``vism.safetensors``
+4D-ViSM LoRA       ``4D-ViSM/lora_diffusion_pytorch_model.safetensors`` (optional for ``vism.safetensors``)
+Wan VAE            ``Wan2.1_VAE.pth`` in the InP / Control folder or at the top, or ``vae.safetensors``
+umT5               ``models_t5_umt5-xxl-enc-bf16.pth`` (InP / Control folder or top) + ``google/umt5-xxl/``
+CLIP ViT-H/14      ``models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth`` (InP / Control folder or top)
+UniDepthV2         ``unidepth-v2-vitl14/`` (``model.safetensors`` + ``config.json``) or ``unidepth/``
+OmniMAE            ``omnimae/vitb_pretrain.torch`` (optional; the STraG file's own extractor is preferred)
+=================  =======================================================================================
+
+The nano model shipped in ``moge4d_core/nano_model/`` uses the short names (our safetensors with metadata).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..errors import MoGe4DInputError
+from ..models.conditioning import ImageContext, TextContext
+from .conditioning import gray_image
+from .image_vae import WanImageVAE
+
+__all__ = ["ModelFiles", "LoadedModels", "find_model_files", "load_models", "encode_prompts", "strag_clip_context"]
+
+INP = "Wan2.1-Fun-V1.1-14B-InP"
+CONTROL = "Wan2.1-Fun-V1.1-14B-Control"
+UMT5 = "models_t5_umt5-xxl-enc-bf16.pth"
+CLIP = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
+
+
+@dataclass
+class ModelFiles:
+    root: Path
+    strag: Path
+    motion_vae: Path
+    wan_vae: Path
+    strag_base: Optional[Path] = None
+    vism_base: Optional[Path] = None
+    vism_lora: Optional[Path] = None
+    umt5: Optional[Path] = None
+    tokenizer: Optional[Path] = None
+    clip: Optional[Path] = None
+    unidepth: Optional[Path] = None
+    omnimae: Optional[Path] = None
+
+
+def _first(root: Path, *candidates: str) -> Optional[Path]:
+    for c in candidates:
+        p = root / c
+        if p.exists():
+            return p
+    return None
+
+
+def _need(p: Optional[Path], what: str, where: str, root: Path) -> Path:
+    if p is None:
+        raise MoGe4DInputError(f"{root}: {what} not found; put it at {root}/{where} (see `python -m moge4d_core "
+                               f"generate --help` for the folder layout)")
+    return p
+
+
+def find_model_files(root) -> ModelFiles:
+    root = Path(root)
+    if not root.is_dir():
+        raise MoGe4DInputError(f"--models {root}: not a folder (expected the folder holding 4D-STraG/, VAE/, ...)")
+    bases = [INP, CONTROL, "."]
+    files = ModelFiles(
+        root=root,
+        strag=_need(_first(root, "4D-STraG", "strag.safetensors"), "the 4D-STraG checkpoint", "4D-STraG/", root),
+        motion_vae=_need(_first(root, "VAE", "motion_vae.safetensors"), "the MoGe4D motion VAE", "VAE/", root),
+        wan_vae=_need(_first(root, "vae.safetensors", *[f"{b}/Wan2.1_VAE.pth" for b in bases]),
+                      "the Wan2.1 VAE", f"{INP}/Wan2.1_VAE.pth", root),
+        strag_base=_first(root, CONTROL),
+        vism_base=_first(root, "vism.safetensors", INP),
+        vism_lora=_first(root, "4D-ViSM/lora_diffusion_pytorch_model.safetensors", "4D-ViSM"),
+        umt5=_first(root, *[f"{b}/{UMT5}" for b in bases]),
+        tokenizer=_first(root, *[f"{b}/google/umt5-xxl" for b in bases]),
+        clip=_first(root, *[f"{b}/{CLIP}" for b in bases]),
+        unidepth=_first(root, "unidepth-v2-vitl14", "unidepth"),
+        omnimae=_first(root, "omnimae/vitb_pretrain.torch"),
+    )
+    if files.vism_base is not None and files.vism_base.is_dir() and files.vism_lora is None:
+        raise MoGe4DInputError(f"{root}: found the Wan2.1-Fun-InP base but not the 4D-ViSM LoRA; put it at "
+                               f"{root}/4D-ViSM/lora_diffusion_pytorch_model.safetensors")
+    return files
+
+
+@dataclass
+class LoadedModels:
+    strag: torch.nn.Module
+    motion_vae: torch.nn.Module
+    image_vae: WanImageVAE
+    vism: Optional[torch.nn.Module] = None
+    text: Optional[tuple] = None          # (umT5 model, tokenizer)
+    clip: Optional[torch.nn.Module] = None
+    unidepth: Optional[torch.nn.Module] = None
+    omnimae: Optional[torch.nn.Module] = None
+
+
+def load_models(files: ModelFiles, *, device="cpu", dtype: torch.dtype = torch.float32, inpaint: bool = True,
+                depth: bool = True, lora_strength: float = 0.55) -> LoadedModels:
+    """Load what ``files`` names (ViSM only when ``inpaint``, UniDepth only when ``depth``)."""
+    from ..loading.lora import merge_lora
+    from ..loading.motion_vae import load_motion_vae, load_wan_vae
+    from ..loading.wan_dit import load_strag, load_vism_base
+
+    strag, _, extras = load_strag(files.strag, dtype=dtype, device=device, base=files.strag_base)
+    mvae, _ = load_motion_vae(files.motion_vae, device=device)
+    vae, _ = load_wan_vae(files.wan_vae, device=device)
+    out = LoadedModels(strag=strag.eval(), motion_vae=mvae.eval(), image_vae=WanImageVAE(vae.eval()))
+    if inpaint:
+        base = files.vism_base
+        if base is None:
+            raise MoGe4DInputError(f"{files.root}: no 4D-ViSM base ({INP}/ or vism.safetensors); add it or run "
+                                   f"with --no-inpaint")
+        vism, _ = load_vism_base(base, dtype=dtype, device=device)
+        if files.vism_lora is not None:
+            merge_lora(vism, files.vism_lora, lora_strength)
+        out.vism = vism.eval()
+    if files.umt5 is not None:
+        from ..loading.text import load_text_encoder
+        out.text = load_text_encoder(files.umt5, files.tokenizer, dtype=dtype, device=device)
+    if files.clip is not None:
+        from ..loading.clip import load_clip_vision
+        out.clip = load_clip_vision(files.clip, dtype=dtype, device=device)
+    if depth and files.unidepth is not None:
+        from ..loading.unidepth import load_unidepth
+        out.unidepth = load_unidepth(files.unidepth, device=device)[0]
+    if extras.get("omnimae_state_dict"):
+        from ..loading.omnimae import load_omnimae
+        out.omnimae = load_omnimae(extras["omnimae_state_dict"], device=device)
+    elif files.omnimae is not None and getattr(strag, "feature_adapter", None) is not None:
+        from ..loading.omnimae import load_omnimae
+        out.omnimae = load_omnimae(files.omnimae, device=device)
+    return out
+
+
+def encode_prompts(models: LoadedModels, prompt: str, negative: str = "") -> tuple[TextContext, TextContext]:
+    """umT5 contexts of the prompt and the negative prompt; without a text encoder, empty (all-zero) contexts
+    of the model's text width (only allowed for small models trained without text, e.g. the nano model)."""
+    width = int(models.strag.config.text_dim)
+    if models.text is None:
+        if width == 4096:
+            raise MoGe4DInputError(f"no umT5 text encoder found: put {UMT5} and google/umt5-xxl/ in the {INP} folder")
+        empty = TextContext.from_embeddings(torch.zeros(1, 1, width))
+        return empty, empty
+    from ..models.text import encode_text
+    model, tok = models.text
+    ctx = encode_text(model, tok, [prompt, negative])
+    return (TextContext(ctx.embeddings[:1], ctx.lengths[:1]), TextContext(ctx.embeddings[1:], ctx.lengths[1:]))
+
+
+def strag_clip_context(models: LoadedModels, height: int, width: int) -> Optional[ImageContext]:
+    """CLIP features of the gray-127 image (the release's STraG CLIP input); None (= zeros) without CLIP."""
+    if models.clip is None:
+        return None
+    from ..models.clip import encode_image
+    return encode_image(models.clip, gray_image(height, width)[None])
