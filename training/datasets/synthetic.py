@@ -20,7 +20,9 @@ Files written per sample (TrajScene layout, reference ``moge4d_official.md`` F):
 * ``<id>.txt``              a caption describing the objects and their motions;
 * ``<id>_dt3d_pred.pkl``    ``{"coords": float32 (T,N,3), "colors": uint8-valued float32 (N,3) 0..255,
                             "vis": bool (T,N)}`` as numpy arrays (``torch_pkl=True``: torch tensors);
-* ``<id>_dt3d_render.mp4``  the moving points rendered along a small novel camera path (``orbit_left``);
+* ``<id>_dt3d_render.mp4``  the moving points rendered along a small novel camera path (``orbit_left``), or with
+                            ``novel_view="source"`` from the source camera itself with holes black (then render,
+                            mask and video are a same-view inpainting triplet, as ViSM trains on);
 * ``<id>_mask_render.mp4``  that render's hole mask (white = hole);
 * ``<id>_meta.json``        extras not in TrajScene: pixel K, fov, object list (ignored by the reader).
 
@@ -301,8 +303,11 @@ def make_synthetic_sample(index: int = 0, *, seed: int = 0, height: int = 64, wi
     for i in range(frames):
         hit = index_map[i][index_map[i] >= 0].numpy()
         vis[i, hit] = True
-    novel = make_camera_path(novel_view, frames, width, height, points0=pts[0], K=Kt, angle_deg=15.0)
-    nov = render_points(pts, col, novel, background=(0.0, 0.0, 0.0), backend="torch")
+    if novel_view == "source":
+        nov = render_points(pts, col, cam, background=(0.0, 0.0, 0.0), backend="torch")
+    else:
+        novel = make_camera_path(novel_view, frames, width, height, points0=pts[0], K=Kt, angle_deg=15.0)
+        nov = render_points(pts, col, novel, background=(0.0, 0.0, 0.0), backend="torch")
     sid = sample_id or f"synth{int(seed)}_{int(index):06d}"
     caption = "In front of a patterned wall, " + ", ".join(phrases[:-1]) + (
         " and " if len(phrases) > 1 else "") + phrases[-1] + "."
@@ -342,7 +347,7 @@ def write_sample_files(sample: SyntheticSample, folder: str | os.PathLike, *, to
 def write_synthetic_dataset(out: str | os.PathLike, count: int, *, height: int = 64, width: int = 96,
                             frames: int = 17, seed: int = 0, tar: bool = False, per_archive: int = 50,
                             torch_pkl_ids: tuple[int, ...] = (), compresslevel: int = 1,
-                            motion_rule: str = "random") -> list[Path]:
+                            motion_rule: str = "random", novel_view: str = "orbit_left") -> list[Path]:
     """Generate ``count`` samples into ``out``: flat files, or range ``.tar.gz`` archives with ``tar=True``.
 
     Returns the written sample folders' files (folder mode) or the archive paths (tar mode).
@@ -357,7 +362,7 @@ def write_synthetic_dataset(out: str | os.PathLike, count: int, *, height: int =
     if not tar:
         for i in range(count):
             s = make_synthetic_sample(i, seed=seed, height=height, width=width, frames=frames,
-                                          motion_rule=motion_rule)
+                                          motion_rule=motion_rule, novel_view=novel_view)
             written += write_sample_files(s, out, torch_pkl=i in torch_pkl_ids)
         return written
     for start in range(0, count, per_archive):
@@ -367,7 +372,7 @@ def write_synthetic_dataset(out: str | os.PathLike, count: int, *, height: int =
             names: list[Path] = []
             for i in range(start, stop):
                 s = make_synthetic_sample(i, seed=seed, height=height, width=width, frames=frames,
-                                          motion_rule=motion_rule)
+                                          motion_rule=motion_rule, novel_view=novel_view)
                 names += write_sample_files(s, tmp, torch_pkl=i in torch_pkl_ids)
             part = Path(tmp) / "archive.tar.gz"
             with tarfile.open(part, "w:gz", compresslevel=compresslevel) as tf:
@@ -389,6 +394,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--motion-rule", choices=MOTION_RULES, default="random",
                     help="by_colour: an object's direction follows its colour (learnable from the image alone)")
+    ap.add_argument("--novel-view", default="orbit_left",
+                    help="camera preset of the _dt3d_render/_mask_render pair, or 'source' (same view as the video)")
     ap.add_argument("--tar", action="store_true", help="write range .tar.gz archives instead of flat files")
     ap.add_argument("--per-archive", type=int, default=50, help="samples per archive with --tar (official 50)")
     args = ap.parse_args(argv)
@@ -396,7 +403,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         paths = write_synthetic_dataset(args.out, args.count, height=args.height, width=args.width,
                                         frames=args.frames, seed=args.seed, tar=args.tar,
-                                        per_archive=args.per_archive, motion_rule=args.motion_rule)
+                                        per_archive=args.per_archive, motion_rule=args.motion_rule,
+                                        novel_view=args.novel_view)
     except MoGe4DInputError as exc:
         ap.error(str(exc))
     print(f"wrote {args.count} samples ({len(paths)} files) to {args.out} in {time.perf_counter() - t0:.2f} s")
