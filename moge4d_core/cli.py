@@ -192,7 +192,7 @@ def cmd_demo(args) -> int:
         raise MoGe4DInputError(f"{NANO_DIR}: the nano model files are missing (demo.json); reinstall the pack")
     spec = json.loads(spec_file.read_text())
     for key, value in spec["settings"].items():
-        if getattr(args, key, None) in (None, 0):
+        if getattr(args, key, None) is None:
             setattr(args, key, value)
     return _generate(args, models_dir=NANO_DIR, image_path=NANO_DIR / spec["image"],
                      depth_path=NANO_DIR / spec["depth"], fov=spec["fov_deg"], depth_kind="metric")
@@ -204,14 +204,16 @@ def _add_generate_args(g, demo: bool) -> None:
                    help="camera preset (repeatable); see `python -m moge4d_core presets`")
     g.add_argument("--prompt", default="" if demo else None, help="caption of the image (umT5)")
     g.add_argument("--negative-prompt", default="", help="negative prompt (release: empty)")
-    d = 0 if demo else None
-    g.add_argument("--frames", type=int, default=d or 49, help="frames, 4k+1 (release 49)")
-    g.add_argument("--width", type=int, default=d or 512, help="working width, multiple of 16 (release 512)")
-    g.add_argument("--height", type=int, default=d or 368, help="working height, multiple of 16 (release 368)")
-    g.add_argument("--steps", type=int, default=d or 50, help="trajectory sampling steps (release 50)")
+    def d(value):
+        return None if demo else value     # the demo takes its defaults from nano_model/demo.json
+
+    g.add_argument("--frames", type=int, default=d(49), help="frames, 4k+1 (release 49)")
+    g.add_argument("--width", type=int, default=d(512), help="working width, multiple of 16 (release 512)")
+    g.add_argument("--height", type=int, default=d(368), help="working height, multiple of 16 (release 368)")
+    g.add_argument("--steps", type=int, default=d(50), help="trajectory sampling steps (release 50)")
     g.add_argument("--inpaint-steps", type=int, default=0, help="inpainting steps (0: same as --steps)")
-    g.add_argument("--cfg", type=float, default=d or 6.0, help="classifier-free guidance (release 6)")
-    g.add_argument("--shift", type=float, default=d or 5.0, help="flow schedule shift (release 5)")
+    g.add_argument("--cfg", type=float, default=d(6.0), help="classifier-free guidance (release 6)")
+    g.add_argument("--shift", type=float, default=d(5.0), help="flow schedule shift (release 5)")
     g.add_argument("--seed", type=int, default=0, help="seed (inpainting uses seed + 1)")
     g.add_argument("--solver", choices=["euler", "unipc", "dpmpp_2m"], default="euler")
     g.add_argument("--fps", type=float, default=8.0)
