@@ -19,8 +19,11 @@ from .camera_nodes import CAMERA_NODES  # noqa: E402
 from .encoder_nodes import ENCODER_NODES  # noqa: E402
 from .render_nodes import RENDER_NODES  # noqa: E402
 from .scene_nodes import SCENE_NODES  # noqa: E402
+from .strag_nodes import STRAG_NODES  # noqa: E402
+from .vism_nodes import VISM_NODES  # noqa: E402
 
-NODE_LIST: list[type[io.ComfyNode]] = [*SCENE_NODES, *CAMERA_NODES, *RENDER_NODES, *ENCODER_NODES]
+NODE_LIST: list[type[io.ComfyNode]] = [*SCENE_NODES, *CAMERA_NODES, *RENDER_NODES, *ENCODER_NODES, *STRAG_NODES,
+                                       *VISM_NODES]
 
 
 class MoGe4DExtension(ComfyExtension):

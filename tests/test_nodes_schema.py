@@ -22,6 +22,8 @@ STABLE_IDS = {
     "MoGe4DCameraToLoad3D", "MoGe4DRender",
     "MoGe4DLoadUniDepth", "MoGe4DDepth", "MoGe4DGeometryFromMoGe", "MoGe4DGeometryFromDepth", "MoGe4DLoadOmniMAE",
     "MoGe4DMotionFeatures",
+    "MoGe4DLoadSTraG", "MoGe4DLoadMotionVAE", "MoGe4DTrajectorySampler", "MoGe4DDenormalize", "MoGe4DFlowScheduler",
+    "MoGe4DLoadViSM", "MoGe4DInpaint", "MoGe4DInpaintConditioning", "MoGe4DApplyViSMLoRA",
 }
 WIDGET_PREFIX = {
     "MoGe4DCameraPath": ["preset", "frames", "width", "height", "fov", "magnitude", "easing", "params"],
@@ -34,6 +36,15 @@ WIDGET_PREFIX = {
     "MoGe4DGeometryFromMoGe": ["index", "metric", "width", "height"],
     "MoGe4DGeometryFromDepth": ["fov", "depth_kind", "near", "far", "width", "height"],
     "MoGe4DLoadOmniMAE": ["file", "precision"],
+    "MoGe4DLoadSTraG": ["file", "base_control", "precision", "fp8_storage", "block_offload", "mpm"],
+    "MoGe4DLoadMotionVAE": ["vae", "precision"],
+    "MoGe4DTrajectorySampler": ["frames", "steps", "cfg", "shift", "seed", "solver", "normalization", "reference"],
+    "MoGe4DDenormalize": ["fps"],
+    "MoGe4DFlowScheduler": ["scheduler", "steps", "shift", "denoise"],
+    "MoGe4DLoadViSM": ["file", "lora", "strength", "precision", "fp8_storage", "block_offload"],
+    "MoGe4DInpaint": ["steps", "cfg", "shift", "seed", "solver"],
+    "MoGe4DInpaintConditioning": ["zero_clip_vision"],
+    "MoGe4DApplyViSMLoRA": ["lora", "strength"],
 }
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 

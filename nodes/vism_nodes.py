@@ -1,0 +1,330 @@
+"""Inpainting nodes: 4D-ViSM with its own sampler, or conditioning for ComfyUI's native Wan2.1-Fun-InP ``KSampler``.
+
+Two ways to run the release's view-synthesis stage (reference §C, §J7):
+
+* ``MoGe4DLoadViSM`` + ``MoGe4DInpaint``: our loader (Fun-InP base + the MoGe4D LoRA merged at strength 0.55)
+  and our sampler (:func:`moge4d_core.pipeline.inpaint.inpaint`); the pixel VAE is ComfyUI's own ``VAE``
+  (``VAELoader`` + ``wan_2.1_vae.safetensors``) through :class:`moge4d_core.models.native_wan.ChannelLastVAE`.
+* ``UNETLoader`` (Fun-InP) + ``MoGe4DApplyViSMLoRA`` + ``MoGe4DInpaintConditioning`` + the native ``KSampler``
+  + ``VAEDecode``: the same model inputs through ComfyUI's Wan stack (``concat_latent_image`` /
+  ``concat_mask``, see :func:`moge4d_core.models.native_wan.fun_inp_concat_inputs`).
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from comfy_api.latest import io, ui
+
+import comfy.lora
+import comfy.model_management as mm
+import comfy.utils
+import folder_paths
+import node_helpers
+
+from moge4d_core.errors import MoGe4DInputError
+from moge4d_core.loading.lora import OFFICIAL_STRENGTH, merge_lora
+from moge4d_core.loading.wan_dit import load_vism_base
+from moge4d_core.models.conditioning import IMAGE_DIM, IMAGE_TOKENS
+from moge4d_core.models.native_wan import ChannelLastVAE, fun_inp_concat_inputs, raw_zero_latent
+from moge4d_core.pipeline.inpaint import inpaint
+from moge4d_core.pipeline.settings import SamplerSettings
+
+from . import comfy_types as T
+from .comfy_runtime import output_device, progress_callback
+from .dit_runtime import dit_for_inference, image_context, load_dit, native_sampler, step_count, text_context
+from .models import MODEL_FOLDER, model_files, model_path
+from .strag_nodes import (NONE, clip_vision_input, fp8_input, native_inputs, offload_input, precision_input,
+                          sampler_inputs)
+
+log = logging.getLogger("moge4d")
+LORAS_PREFIX = "loras/"
+KOHYA_DOUBLE = "lora_unet__"
+_LORA_ELEMENTS = (".lora_down.weight", ".lora_up.weight", ".alpha")
+
+
+def _strength_input():
+    return io.Float.Input("strength", default=OFFICIAL_STRENGTH, min=-4.0, max=4.0, step=0.01,
+                          tooltip="LoRA strength (the release infers with 0.55 = --stage2_lora_weight; the file's "
+                                  "alpha/rank = 0.5 is applied on top).")
+
+
+def _frames(image: torch.Tensor, name: str) -> torch.Tensor:
+    if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] < 3:
+        raise MoGe4DInputError(f"{name}: expected an IMAGE batch (T,H,W,3), got "
+                               f"{tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__}")
+    return image[..., :3].float().cpu()
+
+
+def _holes(mask: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    m = mask.float().cpu()
+    if m.ndim == 2:
+        m = m[None]
+    if m.ndim != 3:
+        raise MoGe4DInputError(f"holes: expected a MASK (T,H,W), got {tuple(mask.shape)}")
+    if m.shape[0] == 1 and frames.shape[0] > 1:
+        m = m.expand(frames.shape[0], -1, -1)
+    if tuple(m.shape) != tuple(frames.shape[:3]):
+        raise MoGe4DInputError(f"holes: mask {tuple(m.shape)} does not match the render frames "
+                               f"{tuple(frames.shape[:3])}; connect the 'holes' output of the same MoGe4D Render")
+    return m
+
+
+# ------------------------------------------------------------------------------------------------ own sampler
+class MoGe4DLoadViSM(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MoGe4DLoadViSM",
+            display_name="MoGe4D Load 4D-ViSM",
+            category="MoGe4D/loaders",
+            description="Load the 4D-ViSM inpainting DiT: a Wan2.1-Fun-(V1.1-)14B-InP base (VideoX-Fun or ComfyUI "
+                        "repackage, fp8 too) with the MoGe4D LoRA (4D-ViSM/lora_diffusion_pytorch_model.safetensors) "
+                        "merged into the weights.",
+            search_aliases=["vism", "inpaint model", "fun inp", "4d-vism"],
+            inputs=[
+                io.Combo.Input("file", options=model_files("Wan2.1-Fun-V1.1-14B-InP"),
+                               tooltip="The Wan2.1-Fun-InP base weights in models/moge4d (files under "
+                                       "Wan2.1-Fun-V1.1-14B-InP/ first)."),
+                io.Combo.Input("lora", options=[NONE] + model_files("4D-ViSM"), default=NONE,
+                               tooltip="The 4D-ViSM LoRA (kohya lora_unet__ keys) in models/moge4d; 'none' runs the "
+                                       "plain base model."),
+                _strength_input(),
+                precision_input(),
+                fp8_input(),
+                offload_input(),
+            ],
+            outputs=[T.ViSMModel.Output(display_name="vism_model")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, file, **kwargs):
+        if not file or folder_paths.get_full_path(MODEL_FOLDER, file) is None:
+            return f"MoGe4D Load 4D-ViSM: file '{file}' not found in the '{MODEL_FOLDER}' model folder"
+        return True
+
+    @classmethod
+    def execute(cls, file, lora=NONE, strength=OFFICIAL_STRENGTH, precision="auto", fp8_storage=False,
+                block_offload=False) -> io.NodeOutput:
+        path = model_path(file, "4D-ViSM base file")
+        lora_path = None if lora in (None, "", NONE) else model_path(lora, "4D-ViSM LoRA file")
+
+        def load(dtype, compute_dtype):
+            return load_vism_base(path, dtype=dtype, compute_dtype=compute_dtype)[0]
+
+        merge = (lambda m: merge_lora(m, lora_path, float(strength))) if lora_path else None
+        return io.NodeOutput(load_dit(load, precision=precision, fp8=fp8_storage, offload=block_offload, merge=merge))
+
+
+class MoGe4DInpaint(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MoGe4DInpaint",
+            display_name="MoGe4D Inpaint (4D-ViSM)",
+            category="MoGe4D/inpaint",
+            description="Fill the holes of a novel-view render with 4D-ViSM (flow matching with CFG) and decode the "
+                        "frames with the Wan2.1 VAE. Frames T = 4k+1, size a multiple of 16.",
+            search_aliases=["vism", "inpaint", "novel view", "fill holes", "view synthesis"],
+            inputs=[
+                T.ViSMModel.Input("vism_model", tooltip="From MoGe4D Load 4D-ViSM."),
+                io.Vae.Input("vae", tooltip="The Wan2.1 VAE from VAELoader (wan_2.1_vae.safetensors)."),
+                io.Image.Input("render", tooltip="Rendered frames (T,H,W,3) from MoGe4D Render."),
+                io.Mask.Input("holes", tooltip="Hole mask (T,H,W), 1 = no point landed (MoGe4D Render 'holes')."),
+                io.Conditioning.Input("positive", tooltip="Caption: CLIPTextEncode with CLIPLoader(type=wan)."),
+                io.Conditioning.Input("negative", tooltip="Negative prompt (the release uses an empty one)."),
+                *sampler_inputs(seed_default=1),
+                clip_vision_input("The release uses zero CLIP context for 4D-ViSM, i.e. leave it unconnected."),
+                *native_inputs(),
+            ],
+            outputs=[io.Image.Output(display_name="frames", tooltip="Inpainted frames (T,H,W,3) in [0,1].")],
+        )
+
+    @classmethod
+    def execute(cls, vism_model, vae, render, holes, positive, negative, steps=50, cfg=6.0, shift=5.0, seed=1,
+                solver="euler", clip_vision_output=None, sampler=None, sigmas=None) -> io.NodeOutput:
+        frames = _frames(render, "render")
+        mask = _holes(holes, frames)
+        settings = SamplerSettings(steps=int(steps), cfg=float(cfg), shift=float(shift), seed=int(seed), solver=solver)
+        native = native_sampler(sampler, sigmas, solver, shift)
+        mm.throw_exception_if_processing_interrupted()
+        model = dit_for_inference(vism_model)
+        out = inpaint(model, ChannelLastVAE(vae), frames, mask, text_context(positive, model, "positive"),
+                      text_context(negative, model, "negative"), settings=settings,
+                      clip=image_context(clip_vision_output, model), native=native,
+                      callback=progress_callback(step_count(settings, native)))
+        return io.NodeOutput(out.to(output_device()))
+
+
+# ------------------------------------------------------------------------------------------------ native path
+def _zero_clip_vision_output():
+    """A ComfyUI CLIP vision output whose penultimate tokens are zeros (1,257,1280): the release's ViSM context."""
+    import comfy.clip_vision
+
+    out = comfy.clip_vision.Output()
+    out.penultimate_hidden_states = torch.zeros(1, IMAGE_TOKENS, IMAGE_DIM)
+    return out
+
+
+class MoGe4DInpaintConditioning(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MoGe4DInpaintConditioning",
+            display_name="MoGe4D Inpaint Conditioning",
+            category="MoGe4D/inpaint",
+            description="Conditioning for ComfyUI's KSampler with a native Wan2.1-Fun-InP MODEL (UNETLoader + "
+                        "MoGe4D Apply ViSM LoRA): the render with its holes becomes concat_latent_image / concat_mask "
+                        "exactly as the release feeds 4D-ViSM (holes mid-gray, packed 'known' mask). Decode the "
+                        "sampled LATENT with VAEDecode.",
+            search_aliases=["vism", "inpaint conditioning", "fun inp", "wan inpaint", "novel view"],
+            inputs=[
+                io.Conditioning.Input("positive", tooltip="Caption: CLIPTextEncode with CLIPLoader(type=wan)."),
+                io.Conditioning.Input("negative", tooltip="Negative prompt (the release uses an empty one)."),
+                io.Vae.Input("vae", tooltip="The Wan2.1 VAE from VAELoader (wan_2.1_vae.safetensors)."),
+                io.Image.Input("render", tooltip="Rendered frames (T,H,W,3) from MoGe4D Render; T = 4k+1, size a "
+                                                 "multiple of 16."),
+                io.Mask.Input("holes", tooltip="Hole mask (T,H,W), 1 = no point landed (MoGe4D Render 'holes')."),
+                io.Boolean.Input("zero_clip_vision", default=True,
+                                 tooltip="With no clip_vision_output connected: on = all-zero CLIP tokens (the "
+                                         "release's ViSM context); off = no CLIP context at all (ComfyUI then skips "
+                                         "the image cross-attention, which the release never did)."),
+                clip_vision_input("The release uses zero CLIP context for 4D-ViSM (zero_clip_vision on)."),
+            ],
+            outputs=[
+                io.Conditioning.Output(display_name="positive"),
+                io.Conditioning.Output(display_name="negative"),
+                io.Latent.Output(display_name="latent", tooltip="Empty latent of the video's size for KSampler "
+                                                                 "(denoise 1.0)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, positive, negative, vae, render, holes, zero_clip_vision=True,
+                clip_vision_output=None) -> io.NodeOutput:
+        frames = _frames(render, "render")
+        mask = _holes(holes, frames)
+        pixels, concat_mask, every = fun_inp_concat_inputs(frames, mask)
+        t, h, w = mask.shape
+        if every:
+            concat = raw_zero_latent(t, h, w)
+        else:
+            concat = vae.encode(pixels)
+            if concat.ndim != 5 or concat.shape[1] != 16:
+                raise MoGe4DInputError(f"vae: encoded to {tuple(concat.shape)}, expected (1,16,F,h,w); use the "
+                                       f"Wan2.1 VAE (wan_2.1_vae.safetensors), not Wan2.2's")
+        values = {"concat_latent_image": concat.to(output_device()), "concat_mask": concat_mask.to(output_device())}
+        clip = clip_vision_output
+        if clip is None and zero_clip_vision:
+            clip = _zero_clip_vision_output()
+        if clip is not None:
+            values["clip_vision_output"] = clip
+        positive = node_helpers.conditioning_set_values(positive, values)
+        negative = node_helpers.conditioning_set_values(negative, values)
+        latent = torch.zeros(1, 16, concat_mask.shape[2], h // 8, w // 8, device=output_device())
+        return io.NodeOutput(positive, negative, {"samples": latent})
+
+
+def lora_choices() -> list[str]:
+    found = model_files("4D-ViSM")
+    try:
+        found += [LORAS_PREFIX + f for f in folder_paths.get_filename_list("loras")]
+    except KeyError:
+        pass
+    return found
+
+
+def _lora_path(name: str) -> str:
+    path = folder_paths.get_full_path(MODEL_FOLDER, name)
+    if path is None and name.startswith(LORAS_PREFIX):
+        path = folder_paths.get_full_path("loras", name[len(LORAS_PREFIX):])
+    if path is None:
+        raise MoGe4DInputError(f"lora: '{name}' not found in models/{MODEL_FOLDER} or models/loras; put the 4D-ViSM "
+                               f"LoRA (lora_diffusion_pytorch_model.safetensors) in models/moge4d/4D-ViSM/ and refresh")
+    return path
+
+
+def _lora_stems(state: dict) -> dict[str, str]:
+    """{stem as stored: stem with ComfyUI's single-underscore kohya prefix} for every LoRA module of the file."""
+    stems = {}
+    for key in state:
+        for el in _LORA_ELEMENTS:
+            if key.endswith(el):
+                stem = key[: -len(el)]
+                stems[stem] = ("lora_unet_" + stem[len(KOHYA_DOUBLE):]) if stem.startswith(KOHYA_DOUBLE) else stem
+    return stems
+
+
+class MoGe4DApplyViSMLoRA(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MoGe4DApplyViSMLoRA",
+            display_name="MoGe4D Apply ViSM LoRA",
+            category="MoGe4D/inpaint",
+            description="Patch a native Wan2.1-Fun-InP MODEL with the 4D-ViSM LoRA through ComfyUI's LoRA patching "
+                        "(the official kohya keys 'lora_unet__…' with a double underscore). Every LoRA module must "
+                        "find its layer, else the node stops and names the ones that do not.",
+            search_aliases=["vism lora", "moge4d lora", "lora", "fun inp lora"],
+            inputs=[
+                io.Model.Input("model", tooltip="A Wan2.1-Fun-(V1.1-)14B-InP MODEL from UNETLoader."),
+                io.Combo.Input("lora", options=lora_choices(),
+                               tooltip="The LoRA file: models/moge4d (4D-ViSM/ first) or models/loras ('loras/…')."),
+                _strength_input(),
+            ],
+            outputs=[io.Model.Output(display_name="model")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, lora, **kwargs):
+        try:
+            _lora_path(lora)
+        except MoGe4DInputError as exc:
+            return str(exc)
+        return True
+
+    @classmethod
+    def execute(cls, model, lora, strength=OFFICIAL_STRENGTH) -> io.NodeOutput:
+        path = _lora_path(lora)
+        state = comfy.utils.load_torch_file(path, safe_load=True)
+        stems = _lora_stems(state)
+        if not stems:
+            raise MoGe4DInputError(f"lora: {path} holds no kohya LoRA modules (keys '<name>.lora_down.weight' / "
+                                   f"'.lora_up.weight'); first keys: {sorted(state)[:5]}")
+        renamed = {}
+        for key, value in state.items():
+            for stem, new in stems.items():
+                if key.startswith(stem + "."):
+                    key = new + key[len(stem):]
+                    break
+            renamed[key] = value
+        key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+        unmatched = sorted(s for s, new in stems.items() if new not in key_map)
+        sd = model.model_state_dict()
+        bad_shape = []
+        for stem, new in stems.items():
+            target = key_map.get(new)
+            down, up = renamed.get(new + ".lora_down.weight"), renamed.get(new + ".lora_up.weight")
+            if target in sd and down is not None and up is not None:
+                w = sd[target]
+                if tuple(w.shape[:2]) != (int(up.shape[0]), int(down.shape[1])):
+                    bad_shape.append(f"{stem}: delta ({int(up.shape[0])},{int(down.shape[1])}) vs weight "
+                                     f"{tuple(w.shape)}")
+        if len(unmatched) == len(stems):
+            raise MoGe4DInputError(f"lora: none of the {len(stems)} LoRA modules of {path} matches a layer of this "
+                                   f"MODEL (first: {unmatched[:3]}); it is not a LoRA for a Wan2.1 DiT")
+        if unmatched or bad_shape:
+            raise MoGe4DInputError(
+                f"lora: {len(unmatched)} of {len(stems)} LoRA modules find no layer in this MODEL"
+                f"{' (first: ' + ', '.join(unmatched[:5]) + ')' if unmatched else ''}"
+                f"{'; shape mismatches: ' + '; '.join(bad_shape[:3]) if bad_shape else ''}. The 4D-ViSM LoRA belongs "
+                f"to Wan2.1-Fun-V1.1-14B-InP (I2V layout with CLIP image projections); load that model in UNETLoader.")
+        loaded = comfy.lora.load_lora(renamed, key_map, log_missing=False)
+        patched = model.clone()
+        applied = patched.add_patches(loaded, float(strength))
+        msg = f"MoGe4D ViSM LoRA: {len(applied)} of {len(stems)} modules patched at strength {float(strength):g}"
+        log.info("%s (%s)", msg, path)
+        return io.NodeOutput(patched, ui=ui.PreviewText(msg))
+
+
+VISM_NODES = [MoGe4DLoadViSM, MoGe4DInpaint, MoGe4DInpaintConditioning, MoGe4DApplyViSMLoRA]
