@@ -1,0 +1,150 @@
+"""What the two DiT trainers (4D-STraG, 4D-ViSM) share: model init from a config, full / LoRA training set-up,
+the flow-matching step and the exports.
+
+Exports (all read unchanged by the shared loaders):
+
+* full model: ``<folder>/<subdir>/diffusion_pytorch_model.safetensors`` via
+  :func:`moge4d_core.loading.wan_dit.save_wan_dit` (original Wan names + our arch/config metadata;
+  :func:`~moge4d_core.loading.wan_dit.load_strag` / :func:`~moge4d_core.loading.wan_dit.load_vism_base` read it);
+* LoRA: the kohya file ``<folder>/<lora_subdir>/lora_diffusion_pytorch_model.safetensors``
+  (:func:`moge4d_core.loading.lora.export_kohya_lora`, ``lora_unet__`` keys, bf16 by default as the release;
+  :func:`~moge4d_core.loading.lora.parse_kohya_lora` / :func:`~moge4d_core.loading.lora.merge_lora` read it) and the
+  PEFT adapter folder ``<folder>/<lora_subdir>/peft/`` (:func:`training.adapters.load_peft_adapter`);
+  with ``--export-merged`` also the full model with the LoRA folded in.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from moge4d_core.errors import MoGe4DInputError
+from moge4d_core.models.wan_dit import WanDiTConfig, shipped_config
+
+from .adapters import add_lora, linear_module_names, merged_copy, save_peft_adapter
+from .engine import DTYPES, TrainTask
+from .flow import flow_matching_inputs, masked_mse, training_sigmas
+
+__all__ = ["DiTTask", "load_init_config", "DIT_OPTION_HELP"]
+
+DIT_OPTION_HELP = {
+    "init_config": "random init from a WanDiTConfig JSON file (fields of moge4d_core.models.wan_dit.WanDiTConfig, "
+                   "with 'arch') or a shipped config name (e.g. wan2.1_14b_moge4d_strag)",
+}
+
+
+def load_init_config(spec: str, expect_arch: str) -> WanDiTConfig:
+    """A :class:`WanDiTConfig` from a JSON file or a shipped config name; its arch must be ``expect_arch``."""
+    p = Path(spec)
+    if p.is_file():
+        try:
+            d = json.loads(p.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise MoGe4DInputError(f"--init-config {p}: not valid JSON ({exc})") from None
+        d.pop("description", None)
+        d.setdefault("arch", expect_arch)
+        try:
+            cfg = WanDiTConfig.from_dict(d)
+        except TypeError as exc:
+            raise MoGe4DInputError(f"--init-config {p}: not a WanDiTConfig ({exc})") from None
+    else:
+        cfg = shipped_config(str(spec))
+    if cfg.arch != expect_arch:
+        raise MoGe4DInputError(f"--init-config {spec}: architecture {cfg.arch!r}, this trainer needs {expect_arch!r}")
+    return cfg
+
+
+class DiTTask(TrainTask):
+    """Base of the STraG / ViSM tasks. Subclasses build ``self.model`` and call :meth:`setup_training`."""
+
+    adapter_name = "lora"
+    full_subdir = "DiT"
+    lora_subdir = "DiT-lora"
+    lora_file = "lora_diffusion_pytorch_model.safetensors"
+
+    def __init__(self, options) -> None:
+        super().__init__(options)
+        self.lora_config = None
+        self.cfg: Optional[WanDiTConfig] = None
+        self.extra_tensors: dict[str, torch.Tensor] = {}
+        self.frozen_prefixes: tuple[str, ...] = ()
+        self.sigmas: Optional[torch.Tensor] = None
+        self.device = torch.device("cpu")
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        return DTYPES[self.o.weight_dtype]
+
+    def setup_training(self, model: torch.nn.Module, lora_rank: int, lora_alpha: Optional[float],
+                       frozen_prefixes: tuple[str, ...] = ()) -> None:
+        """Full fine-tune (every parameter but ``frozen_prefixes``) or LoRA on every nn.Linear outside them."""
+        from moge4d_core.models.memory import set_gradient_checkpointing
+
+        self.frozen_prefixes = tuple(frozen_prefixes)
+        model.requires_grad_(True)
+        if lora_rank:
+            alpha = float(lora_alpha) if lora_alpha else float(lora_rank)
+            targets = [n for n in linear_module_names(model) if not self._frozen(n)]
+            self.lora_config = add_lora(model, lora_rank, alpha, targets=targets, adapter_name=self.adapter_name)
+        else:
+            for n, p in model.named_parameters():
+                if self._frozen(n):
+                    p.requires_grad_(False)
+        if self.o.gradient_checkpointing:
+            set_gradient_checkpointing(model, True)
+        model.train()
+        self.model = model
+        self.cfg = model.wan_config
+        self.sigmas = training_sigmas(self.o.shift).to(self.device)
+
+    def _frozen(self, name: str) -> bool:
+        return any(name.startswith(p) or f".{p}" in name for p in self.frozen_prefixes)
+
+    def training_compat(self) -> dict:
+        if self.lora_config is not None:
+            mode = {"mode": "lora", "rank": int(self.lora_config.r), "alpha": float(self.lora_config.lora_alpha),
+                    "targets": len(self.lora_config.target_modules)}
+        else:
+            mode = {"mode": "full", "frozen": list(self.frozen_prefixes)}
+        return {"arch": self.cfg.arch, "config": self.cfg.to_dict(), "training": mode,
+                "frames": self.o.frames, "crop": self.o.crop, "grid": self.o.grid}
+
+    # -- one flow-matching prediction
+    def flow_loss(self, model, x0: torch.Tensor, generator: torch.Generator, **kwargs) -> tuple[torch.Tensor, dict]:
+        fb = flow_matching_inputs(x0, self.sigmas, generator)
+        pred = model(latents=fb.noisy, timestep=fb.timestep, **kwargs)
+        loss = masked_mse(pred, fb.target, self.o.loss_threshold)
+        return loss, {"sigma": float(fb.sigma.float().mean())}
+
+    # -- exports
+    def export(self, model, folder: Path) -> dict[str, Path]:
+        from moge4d_core.loading.lora import export_kohya_lora
+        from moge4d_core.loading.wan_dit import save_wan_dit
+
+        folder = Path(folder)
+        paths: dict[str, Path] = {}
+        dit_file = folder / self.full_subdir / "diffusion_pytorch_model.safetensors"
+        if self.lora_config is None:
+            paths["dit"] = save_wan_dit(model, dit_file, config=model.wan_config, extra_tensors=self.extra_tensors)
+            return paths
+        sub = folder / self.lora_subdir
+        paths["kohya_lora"] = export_kohya_lora(model, sub / self.lora_file, adapter_name=self.adapter_name,
+                                                dtype=DTYPES[self.o.kohya_dtype])
+        paths["peft_adapter"] = save_peft_adapter(model, sub / "peft", self.lora_config, self.adapter_name)
+        if self.o.export_merged:
+            merged = merged_copy(model)
+            paths["dit"] = save_wan_dit(merged, dit_file, config=merged.wan_config, extra_tensors=self.extra_tensors)
+        return paths
+
+    def empty_model(self) -> torch.nn.Module:
+        with torch.device("meta"):
+            m = type(self.model).from_config_obj(self.cfg)
+        m.reset_rope("cpu")
+        if self.lora_config is not None:
+            from peft import inject_adapter_in_model
+
+            inject_adapter_in_model(self.lora_config, m, adapter_name=self.adapter_name)
+        return m
+
