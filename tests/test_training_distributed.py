@@ -1,0 +1,62 @@
+"""Two-process data-parallel STraG training on the CPU (accelerate launch, DDP over gloo): both processes end
+with identical weights, the checkpoint holds both RNG states, and the export loads with load_strag."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from moge4d_core.loading.motion_vae import save_motion_vae
+from moge4d_core.loading.wan_dit import load_strag
+from training.engine import weights_digest
+from training_helpers import DATA_ARGS, STRAG_CFG, tiny_motion_vae, write_data, write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_cpu_processes_end_with_identical_weights(tmp_path):
+    data = write_data(tmp_path / "data", 4, seed=1)
+    vae = save_motion_vae(tiny_motion_vae(), tmp_path / "mvae.safetensors")
+    cfg = write_json(tmp_path / "strag.json", STRAG_CFG)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()),
+           "-m", "training.train_strag", "--data", str(data), "--out", str(out), "--motion-vae", str(vae),
+           "--init-config", str(cfg), "--max-steps", "3", "--checkpoint-every", "2", "--lr", "1e-3", "--cpu",
+           "--report-digest", *DATA_ARGS]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    env.pop("WORLD_SIZE", None)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 process(es)" in proc.stderr
+
+    d0 = (out / "logs" / "digest-rank0.txt").read_text()
+    d1 = (out / "logs" / "digest-rank1.txt").read_text()
+    assert len(d0) == 64 and d0 == d1                         # both replicas hold the same weights
+
+    state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["step"] == 3 and state["compat"]["data_order"]["processes"] == 2
+    acc = out / "checkpoint-3" / "accelerate"
+    assert (acc / "random_states_0.pkl").is_file() and (acc / "random_states_1.pkl").is_file()
+    assert (out / "checkpoint-2").is_dir()
+
+    model, cfg_loaded, _ = load_strag(out / "export" / "4D-STraG" / "diffusion_pytorch_model.safetensors",
+                                      dtype=torch.float32)
+    assert cfg_loaded.dim == STRAG_CFG["dim"]
+    trained = load_file(str(out / "checkpoint-3" / "trainable.safetensors"))
+    own = dict(model.named_parameters())
+    assert all(torch.equal(own[k], trained[k]) for k in trained)
+    assert weights_digest(trained) == d0                      # the saved weights are the replicas' weights
+    records = [json.loads(l) for l in (out / "logs" / "train.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3]
