@@ -14,7 +14,7 @@ STRAG_CFG = dict(arch="moge4d_strag", in_dim=64, image_dim=16, ref_conv_in_dim=1
 VISM_CFG = dict(arch="wan2.1_fun_inp", in_dim=36, image_dim=16, **TINY_DIT)
 TINY_VAE = dict(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, attn_scales=[],
                 temperal_downsample=[False, True, True])
-TINY_ADAPTER = dict(channels=8, groups=4)
+TINY_ADAPTER = dict(channels=32)   # GroupNorm 32 groups: the release layout stores no group count
 DATA_ARGS = ["--frames", str(T), "--crop", "none", "--grid", f"{H}x{W}", "--no-progress", "--warmup-steps", "0"]
 
 
