@@ -20,10 +20,34 @@ CORE_NODES = {
                   ["filename_prefix", "format", "codec"], []),
     "MaskToImage": ({"mask": {"MASK"}}, [], ["IMAGE"]),
     "PreviewImage": ({"images": {"IMAGE"}}, [], []),
-    "Preview3D": ({"model_file": ANY_3D, "camera_info": {"LOAD3D_CAMERA"}, "bg_image": {"IMAGE"}},
+    # "image": the frontend's viewer widget (PREVIEW_3D), sent as "" by the Run button's graphToPrompt
+    "Preview3D": ({"model_file": ANY_3D, "camera_info": {"LOAD3D_CAMERA"}, "bg_image": {"IMAGE"}, "image": {"STRING"}},
                   ["model_file"], []),
+    "LoadImage": ({"image": {"COMBO"}}, ["image"], ["IMAGE", "MASK"]),
+    "CLIPLoader": ({"clip_name": {"COMBO"}, "type": {"COMBO"}, "device": {"COMBO"}}, ["clip_name", "type", "device"],
+                   ["CLIP"]),
+    "CLIPTextEncode": ({"text": {"STRING"}, "clip": {"CLIP"}}, ["text"], ["CONDITIONING"]),
+    "CLIPVisionLoader": ({"clip_name": {"COMBO"}}, ["clip_name"], ["CLIP_VISION"]),
+    "CLIPVisionEncode": ({"clip_vision": {"CLIP_VISION"}, "image": {"IMAGE"}, "crop": {"COMBO"}}, ["crop"],
+                         ["CLIP_VISION_OUTPUT"]),
+    "EmptyImage": ({"width": {"INT"}, "height": {"INT"}, "batch_size": {"INT"}, "color": {"INT"}},
+                   ["width", "height", "batch_size", "color"], ["IMAGE"]),
+    "VAELoader": ({"vae_name": {"COMBO"}}, ["vae_name"], ["VAE"]),
+    "UNETLoader": ({"unet_name": {"COMBO"}, "weight_dtype": {"COMBO"}}, ["unet_name", "weight_dtype"], ["MODEL"]),
+    "ModelSamplingSD3": ({"model": {"MODEL"}, "shift": {"FLOAT"}}, ["shift"], ["MODEL"]),
+    "KSampler": ({"model": {"MODEL"}, "seed": {"INT"}, "steps": {"INT"}, "cfg": {"FLOAT"}, "sampler_name": {"COMBO"},
+                  "scheduler": {"COMBO"}, "positive": {"CONDITIONING"}, "negative": {"CONDITIONING"},
+                  "latent_image": {"LATENT"}, "denoise": {"FLOAT"}},
+                 ["seed", "steps", "cfg", "sampler_name", "scheduler", "denoise"], ["LATENT"]),
+    "VAEDecode": ({"samples": {"LATENT"}, "vae": {"VAE"}}, [], ["IMAGE"]),
+    "KSamplerSelect": ({"sampler_name": {"COMBO"}}, ["sampler_name"], ["SAMPLER"]),
 }
+# widgets followed in the UI format by a frontend-only value: the seed's "control after generate" mode and
+# LoadImage's upload button (neither is sent in the API format)
+UI_ONLY_AFTER = {"KSampler": {"seed": "control"}, "LoadImage": {"image": "upload"}}
+CONTROL_MODES = {"fixed", "increment", "decrement", "randomize"}
 WIDGETS = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+FILE_COMBOS = {"file", "vae", "lora", "base_control"}   # lists of the user's files: any value may be valid
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +59,9 @@ def specs(tmp_path_factory):
         inputs = {i.id: {i.io_type} for i in s.inputs}
         widgets = [i.id for i in s.inputs if i.io_type in WIDGETS]
         out[s.node_id] = (inputs, widgets, [o.io_type for o in s.outputs])
+        controlled = {i.id: "control" for i in s.inputs if getattr(i, "control_after_generate", None)}
+        if controlled:
+            UI_ONLY_AFTER[s.node_id] = controlled
     return out, {n.define_schema().node_id: n.define_schema() for n in nodes.NODE_LIST}
 
 
@@ -69,7 +96,7 @@ def test_api_workflow_nodes_widgets_and_links(path, specs):
                 if not inp.optional:
                     assert inp.id in node["inputs"], f"{path.name}: {ct} misses required input {inp.id}"
                 value = node["inputs"].get(inp.id)
-                if inp.io_type == "COMBO" and not isinstance(value, list) and inp.id != "file":
+                if inp.io_type == "COMBO" and not isinstance(value, list) and inp.id not in FILE_COMBOS:
                     assert value in inp.options, f"{path.name}: {ct}.{inp.id}={value!r} not in {inp.options}"
                 if inp.io_type in ("INT", "FLOAT") and value is not None and not isinstance(value, list):
                     assert inp.min <= value <= inp.max, f"{path.name}: {ct}.{inp.id}={value} out of range"
@@ -94,8 +121,17 @@ def test_ui_twin_matches_api(path, specs):
         # Preview3D's file widget becomes a socket when linked; others keep every widget value in order
         if node["type"] in {"Preview3D", "PreviewImage", "MaskToImage"}:
             continue
-        assert len(values) == len(widgets), f"{node['type']}: {len(values)} widget values for {widgets}"
+        extra = UI_ONLY_AFTER.get(node["type"], {})
+        names = []
+        for w in widgets:
+            names.append(w)
+            if w in extra:
+                names.append(f"<{extra[w]}>")
+        assert len(values) == len(names), f"{node['type']}: {len(values)} widget values for {names}"
         api_node = next(n for n in api.values() if n["class_type"] == node["type"]
                         and n["_meta"]["title"] == node.get("title", n["_meta"]["title"]))
-        for name, value in zip(widgets, values):
-            assert api_node["inputs"][name] == value, f"{node['type']}.{name}: UI {value!r} vs API"
+        for name, value in zip(names, values):
+            if name == "<control>":
+                assert value == "fixed", f"{node['type']}: shipped seeds are fixed (reproducible), got {value!r}"
+            elif not name.startswith("<"):
+                assert api_node["inputs"][name] == value, f"{node['type']}.{name}: UI {value!r} vs API"
