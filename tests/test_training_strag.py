@@ -150,3 +150,18 @@ def test_control_base_init_widens_the_patch_embedding_with_zeros(tmp_path):
     assert torch.equal(pe[:, :48], pe0) and torch.count_nonzero(pe[:, 48:]) == 0
     sd, sd0 = m.state_dict(), ctrl.state_dict()
     assert all(torch.equal(sd[k], sd0[k]) for k in sd0 if k != "patch_embedding.weight")
+
+
+def test_gradient_checkpointing_is_exact_and_bf16_weights_keep_fp32_modules(env):
+    root = env["root"]
+    common = ["--init-config", str(env["cfg"]), "--max-steps", "2", "--lr", "1e-3", "--checkpoint-every", "0"]
+    a = train(args(env, "two", root / "gc0", *common))
+    b = train(args(env, "two", root / "gc1", *common, "--gradient-checkpointing"))
+    assert a.losses == b.losses
+    wa, wb = load_file(str(a.exports["dit"])), load_file(str(b.exports["dit"]))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    c = train(args(env, "two", root / "bf16", *common, "--weight-dtype", "bf16"))
+    assert all(torch.isfinite(torch.tensor(c.losses)))
+    wc = load_file(str(c.exports["dit"]))
+    assert wc["blocks.0.ffn.0.weight"].dtype == torch.bfloat16
+    assert wc["head.modulation"].dtype == torch.float32 and wc["time_embedding.0.weight"].dtype == torch.float32

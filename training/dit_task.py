@@ -27,7 +27,7 @@ from .adapters import add_lora, linear_module_names, merged_copy, save_peft_adap
 from .engine import DTYPES, TrainTask
 from .flow import flow_matching_inputs, masked_mse, training_sigmas
 
-__all__ = ["DiTTask", "load_init_config", "DIT_OPTION_HELP"]
+__all__ = ["DiTTask", "load_init_config", "cast_dit", "DIT_OPTION_HELP"]
 
 DIT_OPTION_HELP = {
     "init_config": "random init from a WanDiTConfig JSON file (fields of moge4d_core.models.wan_dit.WanDiTConfig, "
@@ -54,6 +54,23 @@ def load_init_config(spec: str, expect_arch: str) -> WanDiTConfig:
     if cfg.arch != expect_arch:
         raise MoGe4DInputError(f"--init-config {spec}: architecture {cfg.arch!r}, this trainer needs {expect_arch!r}")
     return cfg
+
+
+def cast_dit(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast a freshly built DiT to ``dtype`` except the modules diffusers keeps in float32 (its
+    ``_keep_in_fp32_modules``: timestep embedder, AdaLN tables, affine norms), as the loaders do."""
+    if dtype == torch.float32:
+        return model
+    keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+    for name, p in model.named_parameters():
+        if not any(k in name.split(".") for k in keep):
+            p.data = p.data.to(dtype)
+    for name, module in model.named_modules():
+        for bname, b in module.named_buffers(recurse=False):
+            full = f"{name}.{bname}" if name else bname
+            if b.is_floating_point() and not any(k in full.split(".") for k in keep):
+                setattr(module, bname, b.to(dtype))
+    return model
 
 
 class DiTTask(TrainTask):

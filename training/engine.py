@@ -292,6 +292,8 @@ def _run(task: TrainTask, accelerator, callbacks: list) -> TrainResult:
     accelerator.register_for_checkpointing(scheduler)
     unwrapped = accelerator.unwrap_model(model)
     trainable_params = [p for p in unwrapped.parameters() if p.requires_grad]
+    # FSDP clips through the wrapped module (its own clip_grad_norm_ over the shards); elsewhere the trainable tensors
+    clip_params = list(model.parameters()) if _sharded(accelerator) else trainable_params
 
     guard = LossSpikeGuard(k=o.spike_k, window=o.spike_window, warmup=o.spike_warmup, max_loss=o.spike_max,
                            abs_threshold=o.spike_abs, abs_after=o.spike_abs_after)
@@ -407,7 +409,7 @@ def _run(task: TrainTask, accelerator, callbacks: list) -> TrainResult:
                         if last_skipped and o.grad_accum > 1 and _ddp_like(accelerator):
                             _all_reduce_grads(trainable_params, world)
                         if o.grad_clip:
-                            grad_norm = accelerator.clip_grad_norm_(trainable_params, o.grad_clip)
+                            grad_norm = accelerator.clip_grad_norm_(clip_params, o.grad_clip)
                         optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
         scheduler.step()

@@ -45,7 +45,7 @@ from moge4d_core.errors import MoGe4DInputError
 from moge4d_core.models.wan_dit import ARCH_CONTROL_V11, ARCH_STRAG, STraGDiT
 
 from .contexts import ClipContexts, MotionFeatureExtractor, TextContexts
-from .dit_task import DIT_OPTION_HELP, DiTTask, load_init_config
+from .dit_task import DIT_OPTION_HELP, DiTTask, cast_dit, load_init_config
 from .engine import TrainResult, dataset_from_options, run
 from .options import CommonOptions, build_parser, coerce_options, opt
 
@@ -148,9 +148,7 @@ class StragTask(DiTTask):
         elif o.control_base is not None:
             model = control_base_model(o.control_base, dt)
         else:
-            model = STraGDiT.from_config_obj(load_init_config(o.init_config, ARCH_STRAG))
-            if dt != torch.float32:
-                model = model.to(dt)
+            model = cast_dit(STraGDiT.from_config_obj(load_init_config(o.init_config, ARCH_STRAG)), dt)
         if o.add_mpm and model.feature_adapter is None:
             model.add_mpm(int(o.add_mpm))
         if o.mpm_alignment:

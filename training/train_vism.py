@@ -36,7 +36,7 @@ from moge4d_core.errors import MoGe4DInputError
 from moge4d_core.models.wan_dit import ARCH_INP, ViSMDiT
 
 from .contexts import ClipContexts, TextContexts
-from .dit_task import DIT_OPTION_HELP, DiTTask, load_init_config
+from .dit_task import DIT_OPTION_HELP, DiTTask, cast_dit, load_init_config
 from .engine import TrainResult, dataset_from_options, run
 from .options import CommonOptions, build_parser, coerce_options, opt, parse_size
 from .train_vae import fit_video
@@ -126,9 +126,7 @@ class VismTask(DiTTask):
         if o.model is not None:
             model, _ = load_vism_base(o.model, dtype=dt, compute_dtype=dt)
         else:
-            model = ViSMDiT.from_config_obj(load_init_config(o.init_config, ARCH_INP))
-            if dt != torch.float32:
-                model = model.to(dt)
+            model = cast_dit(ViSMDiT.from_config_obj(load_init_config(o.init_config, ARCH_INP)), dt)
         cfg = model.wan_config
         self.text = TextContexts(o.text_encoder, o.tokenizer, cfg.text_dim, device)
         self.clip = ClipContexts(o.clip, cfg.image_dim, device)
