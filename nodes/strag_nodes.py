@@ -320,8 +320,9 @@ class MoGe4DFlowScheduler(io.ComfyNode):
                         "without a MODEL input: BasicScheduler for the MoGe4D samplers' SIGMAS input.",
             search_aliases=["sigmas", "scheduler", "flow schedule", "shift"],
             inputs=[
-                io.Combo.Input("scheduler", options=list(comfy.samplers.SCHEDULER_NAMES), default="simple",
-                               tooltip="ComfyUI scheduler; 'simple' with shift 5 is the release's Euler schedule."),
+                io.Combo.Input("scheduler", options=list(comfy.samplers.SCHEDULER_NAMES), default="normal",
+                               tooltip="ComfyUI scheduler; 'normal' with shift 5 is exactly the release's σ grid "
+                                       "(diffusers FlowMatchEuler, shift 5)."),
                 io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Number of steps."),
                 io.Float.Input("shift", default=5.0, min=0.01, max=100.0, step=0.1,
                                tooltip="Flow sigma shift (release 5.0)."),
@@ -332,7 +333,7 @@ class MoGe4DFlowScheduler(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, scheduler="simple", steps=50, shift=5.0, denoise=1.0) -> io.NodeOutput:
+    def execute(cls, scheduler="normal", steps=50, shift=5.0, denoise=1.0) -> io.NodeOutput:
         if denoise <= 0.0:
             return io.NodeOutput(torch.FloatTensor([]))
         total = int(steps / denoise) if denoise < 1.0 else int(steps)

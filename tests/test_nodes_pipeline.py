@@ -234,6 +234,13 @@ def test_flow_scheduler_simple_is_the_shifted_grid(env):
     t = torch.tensor([(1000 - int(i * 250)) / 1000 for i in range(4)], dtype=torch.float64)
     want = torch.cat([3 * t / (1 + 2 * t), torch.zeros(1, dtype=torch.float64)])
     assert torch.allclose(s.double(), want, atol=1e-6)
+    # "normal" is the release's grid: diffusers' FlowMatchEulerDiscreteScheduler with the same shift
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    ref = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=5.0)
+    ref.set_timesteps(50)
+    (normal,) = env["n"]("MoGe4DFlowScheduler").execute(scheduler="normal", steps=50, shift=5.0, denoise=1.0).args
+    assert torch.allclose(normal, ref.sigmas.float(), atol=1e-6)
     (half,) = env["n"]("MoGe4DFlowScheduler").execute(scheduler="simple", steps=2, shift=3.0, denoise=0.5).args
     assert half.shape == (3,) and float(half[-1]) == 0.0 and float(half[0]) < 1.0
 

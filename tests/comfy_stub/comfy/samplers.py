@@ -1,5 +1,5 @@
 """Stand-in for ``comfy.samplers`` (ComfyUI v0.21): ``KSAMPLER`` with an Euler sampler, ``sampler_object``,
-the ``simple`` scheduler and ``calculate_sigmas``. ``sampled`` records every sigma schedule a KSAMPLER ran."""
+the ``simple`` and ``normal`` schedulers and ``calculate_sigmas``. ``sampled`` records every sigma schedule a KSAMPLER ran."""
 import torch
 
 sampled = []
@@ -55,7 +55,26 @@ def simple_scheduler(model_sampling, steps):
     return torch.FloatTensor(sigs)
 
 
-SCHEDULER_HANDLERS = {"simple": simple_scheduler}
+def normal_scheduler(model_sampling, steps, sgm=False, floor=False):
+    import math
+    s = model_sampling
+    start = s.timestep(s.sigma_max)
+    end = s.timestep(s.sigma_min)
+    append_zero = True
+    if sgm:
+        timesteps = torch.linspace(start, end, steps + 1)[:-1]
+    else:
+        if math.isclose(float(s.sigma(end)), 0, abs_tol=0.00001):
+            steps += 1
+            append_zero = False
+        timesteps = torch.linspace(start, end, steps)
+    sigs = [float(s.sigma(ts)) for ts in timesteps]
+    if append_zero:
+        sigs += [0.0]
+    return torch.FloatTensor(sigs)
+
+
+SCHEDULER_HANDLERS = {"simple": simple_scheduler, "normal": normal_scheduler}
 SCHEDULER_NAMES = list(SCHEDULER_HANDLERS)
 
 
