@@ -256,6 +256,18 @@ def test_fp8_storage_and_block_offload(env):
     assert lin.weight.dtype == torch.float8_e4m3fn
     d8 = _sample(env, steps=1, strag_model=fp8)[0].delta
     assert bool(torch.isfinite(d8).all()) and d8.shape == ref.shape
+    # ViSM: the LoRA is merged in full precision, then the weights go to scaled fp8
+    v8 = n("MoGe4DLoadViSM").execute(file=INP, lora=LORA, strength=0.55, precision="fp32", fp8_storage=True,
+                                     block_offload=True).args[0]
+    q = v8.model.inner.blocks[1].attn1.to_q
+    merged = env["vism"].model.inner.blocks[1].attn1.to_q.weight.detach().double()
+    deq = q.weight.detach().double() * q.weight_scale.double()
+    assert q.weight.dtype == torch.float8_e4m3fn
+    assert float((deq - merged).abs().max()) <= 0.07 * float(merged.abs().max())     # e4m3: 3 mantissa bits
+    frames, holes = _render_case()
+    (out,) = n("MoGe4DInpaint").execute(vism_model=v8, vae=env["vae"], render=frames, holes=holes, positive=_cond(2),
+                                        negative=_cond(3), steps=1, cfg=1.0, seed=4).args
+    assert out.shape == (5, 16, 16, 3) and bool(torch.isfinite(out).all())
 
 
 def _render_case():
