@@ -165,3 +165,43 @@ def test_gradient_checkpointing_is_exact_and_bf16_weights_keep_fp32_modules(env)
     wc = load_file(str(c.exports["dit"]))
     assert wc["blocks.0.ffn.0.weight"].dtype == torch.bfloat16
     assert wc["head.modulation"].dtype == torch.float32 and wc["time_embedding.0.weight"].dtype == torch.float32
+
+
+def _tiny_text_encoder():
+    import io
+
+    import sentencepiece as spm
+
+    from moge4d_core.models.text import SentencePieceT5Tokenizer, build_umt5_encoder, umt5_config
+
+    text = ["a red box moves left in front of a patterned wall", "an orange sphere wobbles and twists"] * 20
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(text), model_writer=buf, vocab_size=40,
+                                   model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                   character_coverage=1.0, hard_vocab_limit=False, minloglevel=2)
+    torch.manual_seed(0)
+    model = build_umt5_encoder(umt5_config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4))
+    return model, SentencePieceT5Tokenizer(buf.getvalue())
+
+
+def test_text_context_drop_and_a_run_with_a_text_encoder(env):
+    from moge4d_core.models.text import encode_text
+    from training.contexts import TextContexts
+
+    model, tok = _tiny_text_encoder()
+    ctx = TextContexts((model, tok), None, 32, torch.device("cpu"))
+    caps = ["a red box moves left", "an orange sphere wobbles"]
+    got = ctx(caps, torch.tensor([False, True]))
+    want_kept = encode_text(model, tok, caps[:1]).embeddings
+    want_empty = encode_text(model, tok, [""]).embeddings
+    assert got.shape == (2, 512, 32)
+    # batched with another prompt length: equal up to float summation order
+    torch.testing.assert_close(got[0], want_kept[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[1], want_empty[0], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got[0], got[1])
+    assert torch.count_nonzero(TextContexts(None, None, 32, "cpu")(caps, torch.tensor([False, False]))) == 0
+    o = StragOptions(**dict(vars(StragOptions()), data=str(env["one"]), out=str(env["root"] / "text"),
+                            motion_vae=str(env["vae"]), init_config=str(env["cfg"]), text_encoder=(model, tok),
+                            max_steps=2, checkpoint_every=0, frames=T, crop="none", grid="16x32", progress=False))
+    r = train(o)
+    assert r.steps == 2 and not any("text context is all zeros" in n for n in r.notes)

@@ -3,7 +3,8 @@
 Each is optional. Without a text encoder the text context is all zeros (the DiT zero-pads to 512 tokens, so
 this equals the context of a run whose text rows are all zero; the model then learns no text conditioning);
 without CLIP the CLIP context is zeros (what the release's ViSM inference feeds, and close to STraG's constant
-gray image). All run under ``no_grad`` in eval mode; their weights never change.
+gray image). All run under ``no_grad`` in eval mode; their weights never change. On a GPU, umT5 runs in bf16
+and CLIP in fp16 (their release precisions), on the CPU in float32; outputs are float32.
 
 Loaders used: :func:`moge4d_core.loading.text.load_text_encoder` + :func:`moge4d_core.models.text.encode_text`,
 :func:`moge4d_core.loading.clip.load_clip_vision` + :func:`moge4d_core.models.clip.encode_image`,
@@ -18,6 +19,11 @@ import torch
 from moge4d_core.errors import MoGe4DInputError
 
 __all__ = ["TextContexts", "ClipContexts", "MotionFeatureExtractor"]
+
+
+def _aux_dtype(device, gpu_dtype: torch.dtype) -> torch.dtype:
+    """Frozen encoders: their native half precision on a GPU (umT5-XXL is 22 GB in float32), float32 on the CPU."""
+    return gpu_dtype if torch.device(device).type == "cuda" else torch.float32
 
 
 def _frozen(module: torch.nn.Module, device) -> torch.nn.Module:
@@ -41,7 +47,7 @@ class TextContexts:
         else:
             from moge4d_core.loading.text import load_text_encoder
 
-            model, tok = load_text_encoder(source, tokenizer_dir, dtype=torch.float32, device="cpu")
+            model, tok = load_text_encoder(source, tokenizer_dir, dtype=_aux_dtype(device, torch.bfloat16), device="cpu")
         width = int(model.config.d_model)
         if width != self.text_dim:
             raise MoGe4DInputError(f"--text-encoder: its width is {width} but the DiT's text_dim is {self.text_dim}; "
@@ -78,7 +84,7 @@ class ClipContexts:
         else:
             from moge4d_core.loading.clip import load_clip_vision
 
-            model = load_clip_vision(source, dtype=torch.float32, device="cpu")
+            model = load_clip_vision(source, dtype=_aux_dtype(device, torch.float16), device="cpu")
         self.model = _frozen(model, device)
 
     @property
