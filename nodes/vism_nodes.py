@@ -8,6 +8,16 @@ Two ways to run the release's view-synthesis stage (reference §C, §J7):
 * ``UNETLoader`` (Fun-InP) + ``MoGe4DApplyViSMLoRA`` + ``MoGe4DInpaintConditioning`` + the native ``KSampler``
   + ``VAEDecode``: the same model inputs through ComfyUI's Wan stack (``concat_latent_image`` /
   ``concat_mask``, see :func:`moge4d_core.models.native_wan.fun_inp_concat_inputs`).
+
+The native path reproduces the release's 4D-ViSM with ``ModelSamplingSD3(shift=5)`` + ``KSampler(euler, scheduler
+normal, 50 steps, cfg 6, denoise 1)``: ``normal`` with shift 5 is the release's σ grid, and one forward pass of
+ComfyUI's Wan model fed by these nodes equals our ``ViSMDiT`` with the LoRA merged (checked in ComfyUI v0.21 on
+CPU in fp32: max relative velocity difference 2e-6). What stays different: the noise (``KSampler`` draws it with
+ComfyUI's own seeding, so one seed gives other samples than ``MoGe4DInpaint``) and, on a GPU, ComfyUI's dtypes and
+attention kernels. ComfyUI's umT5 tokenizer pads prompts to 512 zero tokens, as Wan does. ComfyUI v0.21's own
+``LoraLoaderModelOnly`` also renames ``lora_unet__`` keys, but only when the file holds
+``lora_unet__blocks_0_cross_attn_k``; otherwise it patches nothing and only logs warnings, where
+``MoGe4DApplyViSMLoRA`` renames every key and stops on any module that finds no layer.
 """
 from __future__ import annotations
 
@@ -175,8 +185,9 @@ class MoGe4DInpaintConditioning(io.ComfyNode):
             category="MoGe4D/inpaint",
             description="Conditioning for ComfyUI's KSampler with a native Wan2.1-Fun-InP MODEL (UNETLoader + "
                         "MoGe4D Apply ViSM LoRA): the render with its holes becomes concat_latent_image / concat_mask "
-                        "exactly as the release feeds 4D-ViSM (holes mid-gray, packed 'known' mask). Decode the "
-                        "sampled LATENT with VAEDecode.",
+                        "exactly as the release feeds 4D-ViSM (holes mid-gray, packed 'known' mask). Release settings: "
+                        "ModelSamplingSD3 shift 5, KSampler euler / normal / 50 steps / cfg 6. Decode the sampled "
+                        "LATENT with VAEDecode.",
             search_aliases=["vism", "inpaint conditioning", "fun inp", "wan inpaint", "novel view"],
             inputs=[
                 io.Conditioning.Input("positive", tooltip="Caption: CLIPTextEncode with CLIPLoader(type=wan)."),
