@@ -35,7 +35,7 @@ class ModelSize:
     image_dim: int = 32
     freq_dim: int = 32
     mpm_dim: int | None = None
-    vae_base_dim: int = 16
+    vae_base_dim: int = 8
     adapter_channels: int = 32
     adapter_groups: int = 32
 

@@ -25,7 +25,7 @@ from ..geometry.sources import resize_geometry, with_official_intrinsics
 from ..models.conditioning import ImageContext, TextContext
 from ..render.api import render_trajectories
 from ..types import CameraPath, Geometry, Motion, MotionFeatures, RenderResult, Trajectories
-from .image_vae import ImageVAE
+from .image_vae import ImageVAE, WanImageVAE
 from .inpaint import inpaint
 from .settings import NativeSampler, SamplerSettings, compat_settings
 from .trajectory import TrajectoryOptions, denormalize, generate_motion
@@ -138,7 +138,9 @@ def run_pipeline(*, image: torch.Tensor, strag, motion_vae, image_vae: ImageVAE,
         with times.stage("motion features (OmniMAE)"):
             features = motion_features_of(omnimae, geometry.image)
     with times.stage("trajectories (4D-STraG)"):
-        motion = generate_motion(strag, motion_vae, image_vae, geometry, positive, negative,
+        # STraG's condition latents come from the base Wan encoder, which the motion VAE keeps frozen (reference
+        # §A2, §E: the release encodes them with the VAE whose decoder it fine-tuned); image_vae is for ViSM.
+        motion = generate_motion(strag, motion_vae, WanImageVAE.from_motion_vae(motion_vae), geometry, positive, negative,
                                  settings=trajectory_settings, options=options, clip=clip,
                                  motion_features=features, native=native,
                                  callback=_step_progress(progress, "trajectories"))

@@ -73,6 +73,7 @@ def _grid_from_meta(data_dir: Path) -> Optional[tuple[int, int]]:
 def evaluate(models_dir, data_dir, *, count: int = 16, steps: int = 20, cfg: float = 1.0, seed: int = 0,
              frames: Optional[int] = None, inpaint: bool = True, device: str = "cpu",
              grid: Optional[tuple[int, int]] = None) -> EvalReport:
+    from moge4d_core.pipeline import WanImageVAE
     from moge4d_core.pipeline.inpaint import inpaint as run_inpaint
     from moge4d_core.pipeline.model_dir import encode_prompts, find_model_files, load_models
     from moge4d_core.pipeline.settings import SamplerSettings
@@ -90,7 +91,7 @@ def evaluate(models_dir, data_dir, *, count: int = 16, steps: int = 20, cfg: flo
         h, w = s.colors.shape[:2]
         geom = _geometry(s, _intrinsics(data_dir, s.id, h, w))
         settings = SamplerSettings(steps=steps, cfg=cfg, seed=seed + i)
-        motion = generate_motion(models.strag, models.motion_vae, models.image_vae, geom, positive, negative,
+        motion = generate_motion(models.strag, models.motion_vae, WanImageVAE.from_motion_vae(models.motion_vae), geom, positive, negative,
                                  settings=settings, options=TrajectoryOptions(frames=s.points.shape[0]))
         pred = denormalize(motion).points
         gt = s.points.reshape(s.points.shape[0], -1, 3)

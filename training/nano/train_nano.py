@@ -1,0 +1,114 @@
+"""Train the nano MoGe4D model shipped in ``moge4d_core/nano_model/`` (all four parts, our trainers, CPU).
+
+    python -m training.datasets.synthetic --out DATA/train --count 400 --height 64 --width 96 --frames 17 \\
+        --seed 100 --motion-rule by_colour --novel-view source
+    python -m training.nano.train_nano --data DATA/train --work RUNS [--stage all|pixel_vae|motion_vae|strag|vism]
+        [--install]
+
+Stages (each a normal trainer run, resumable with the trainer's own checkpoints; the arguments are listed in
+:data:`STAGES`): ``pixel_vae`` (plain Wan VAE on the RGB videos) → ``motion_vae`` (release recipe: trajectory
+adapters + decoder, from the pixel VAE) → ``strag`` (flow matching from scratch, full model, latents cached per
+sample, :mod:`.cached`) → ``vism`` (full fine-tune from scratch on same-view render/mask/video triplets).
+``--install`` copies the exports to ``moge4d_core/nano_model/`` as ``vae.safetensors``, ``motion_vae.safetensors``,
+``strag.safetensors``, ``vism.safetensors``.  Model sizes: :data:`moge4d_core.models.nano.NANO`
+(configs in ``training/configs/nano/``).  The nano model has no text encoder (zero text context).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "nano"
+INSTALL = Path(__file__).resolve().parents[2] / "moge4d_core" / "nano_model"
+COMMON = ["--crop", "none", "--grid", "64x96", "--seed", "0", "--no-progress", "--log-every", "10",
+          "--checkpoint-every", "100", "--warmup-steps", "20", "--grad-clip", "1.0"]
+
+STAGES = {
+    "pixel_vae": ["--mode", "pixel", "--frames", "5", "--crop", "32x48", "--model", "{pixel_init}",
+                  "--batch-size", "4", "--max-steps", "600", "--lr", "2e-3"],
+    "motion_vae": ["--mode", "motion", "--frames", "5", "--crop", "32x48", "--base-vae", "{pixel_vae}", "--batch-size", "4",
+                   "--max-steps", "600", "--lr", "1e-3"],
+    "strag": ["--frames", "17", "--init-config", str(CONFIGS / "strag.json"), "--motion-vae", "{motion_vae}",
+              "--batch-size", "8", "--max-steps", "1500", "--lr", "5e-4",
+              "--weight-decay", "0.0", "--control-drop", "0.0", "--text-drop", "0.0"],
+    "vism": ["--frames", "17", "--init-config", str(CONFIGS / "vism.json"), "--full", "--vae", "{pixel_vae}",
+             "--batch-size", "8", "--max-steps", "600", "--lr", "5e-4", "--weight-decay", "0.0"],
+}
+EXPORTS = {"pixel_vae": "export/wan_vae.safetensors", "motion_vae": "export/motion_vae.safetensors",
+           "strag": "export/4D-STraG/diffusion_pytorch_model.safetensors",
+           "vism": "export/4D-ViSM/diffusion_pytorch_model.safetensors"}
+INSTALLED = {"pixel_vae": "vae.safetensors", "motion_vae": "motion_vae.safetensors", "strag": "strag.safetensors",
+             "vism": "vism.safetensors"}
+
+
+def write_pixel_init(work: Path) -> Path:
+    """The pixel VAE's starting point: ``NANO`` Wan VAE, seed 0, with the posterior log-variance head set to
+    −10 (weights 0, bias −10, so σ ≈ 0.007): the default random head gives σ ≈ 1 on near-zero means, and with the
+    release's tiny KL weight the decoder would first have to wait for the encoder to shrink that noise."""
+    from safetensors.torch import save_file
+
+    from moge4d_core.loading.motion_vae import wan_vae_diffusers_to_original
+    from moge4d_core.models.nano import NANO, build_wan_vae
+
+    import torch
+    vae = build_wan_vae(NANO, seed=0)
+    z = vae.config.z_dim
+    with torch.no_grad():
+        vae.quant_conv.weight[z:] = 0
+        vae.quant_conv.bias[z:] = -10.0
+    path = work / "pixel_init.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = wan_vae_diffusers_to_original(vae.state_dict(), dict(vae.config))
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
+def stage_argv(stage: str, data: str, work: Path) -> list[str]:
+    paths = {k: str(work / k / v) for k, v in EXPORTS.items()}
+    paths["pixel_init"] = str(work / "pixel_init.safetensors")
+    args = [a.format(**paths) for a in STAGES[stage]]
+    return ["--data", data, "--out", str(work / stage), *COMMON, *args]
+
+
+def run_stage(stage: str, data: str, work: Path) -> None:
+    if stage == "pixel_vae":
+        write_pixel_init(work)
+    argv = stage_argv(stage, data, work)
+    print(f"== {stage}: {' '.join(argv)}", flush=True)
+    if stage in ("pixel_vae", "motion_vae"):
+        from training.train_vae import train
+        train(argv)
+    elif stage == "strag":
+        from training.engine import run
+        from training.options import coerce_options
+        from training.train_strag import DESCRIPTION, StragOptions
+
+        from .cached import CachedStragTask
+        run(CachedStragTask(coerce_options(StragOptions, argv, "train_nano strag", DESCRIPTION)))
+    else:
+        from training.train_vism import train
+        train(argv)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.nano.train_nano", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--stage", default="all", choices=["all", *STAGES])
+    ap.add_argument("--install", action="store_true")
+    a = ap.parse_args(argv)
+    work = Path(a.work)
+    for stage in (STAGES if a.stage == "all" else [a.stage]):
+        run_stage(stage, a.data, work)
+    if a.install:
+        for stage, name in INSTALLED.items():
+            shutil.copyfile(work / stage / EXPORTS[stage], INSTALL / name)
+            print(f"installed {INSTALL / name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
