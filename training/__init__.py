@@ -1,1 +1,2 @@
-"""Training code for MoGe4D (datasets first; trainers later). Not imported by the ComfyUI nodes."""
+"""Training code for MoGe4D: datasets, prepare, trainers (accelerate), evaluation, the nano model. Not imported by
+the ComfyUI nodes."""

@@ -19,9 +19,11 @@ importing ComfyUI:
 * ``CONDITIONING`` (from ``CLIPTextEncode`` with a ``CLIPLoader(type="wan")`` umT5 model) is a list of
   ``[cond, extras]`` pairs. ``cond`` is a ``(B, L, 4096)`` tensor (B is 1 for ``CLIPTextEncode``);
   ``extras`` is a dict (``pooled_output``, sometimes ``attention_mask (B, L)`` and node-specific
-  entries such as ``concat_latent_image``). ComfyUI's umT5 tokenizer does not pad to 512 (it emits
-  the prompt tokens plus ``</s>`` = 1) and zeroes masked positions, so ``L`` is the prompt length;
-  ``ConditioningConcat`` can make ``L`` longer, ``ConditioningZeroOut`` makes ``cond`` all zeros.
+  entries such as ``concat_latent_image``). ComfyUI v0.21's umT5 tokenizer pads to 512 tokens
+  (``min_length=512``, as Wan does) and zeroes the padded positions, so ``L`` is usually 512 with zeros after
+  the prompt tokens plus ``</s>``; the converter handles both that and unpadded tensors (trailing zero rows
+  are treated as padding). ``ConditioningConcat`` can make ``L`` longer, ``ConditioningZeroOut`` makes
+  ``cond`` all zeros.
   Several pairs (``ConditioningCombine``) mean "average the model's predictions", which is not a
   batch; :func:`from_comfy_conditioning` refuses them with an explanation. (ComfyUI's own Wan model
   appears to run ``text_embedding`` on the unpadded ``L`` tokens; the contract here pads to 512 as
