@@ -15,8 +15,9 @@ from moge4d_core.models.motion_vae import normalize_latent
 from moge4d_core.pipeline import encode_strag_conditions
 
 from ..train_strag import StragTask
+from ..train_vism import VismTask, vism_conditions
 
-__all__ = ["CachedStragTask"]
+__all__ = ["CachedStragTask", "CachedVismTask"]
 
 
 class CachedStragTask(StragTask):
@@ -56,3 +57,43 @@ class CachedStragTask(StragTask):
             feats = self.features(batch["colors"]) if self.features is not None else None
         return self.flow_loss(model, x0, g, text=text, clip=clip, control=control, depth=depth, ref_latent=None,
                               motion_features=feats)
+
+
+class CachedVismTask(VismTask):
+    """:class:`~training.train_vism.VismTask` with the target latent and the condition latents cached by sample id.
+
+    All-hole masks keep the per-step random rule of the uncached task (their conditions are not cached)."""
+
+    def collate(self, samples: list) -> dict:
+        batch = super().collate(samples)
+        batch["id"] = [s.id for s in samples]
+        return batch
+
+    def loss(self, model, batch: dict, g: torch.Generator):
+        from moge4d_core.models.vism_mask import all_holes
+
+        o, dev = self.o, self.device
+        b = batch["render"].shape[0]
+        cache = self.__dict__.setdefault("_latent_cache", {})
+        with torch.no_grad():
+            u = torch.rand(b, 3, generator=g, device=dev)                   # all-hole zeroing, CLIP, text
+            x0, masks, videos = [], [], []
+            for i in range(b):
+                sid, render, holes = batch["id"][i], batch["render"][i], batch["holes"][i]
+                if sid not in cache:
+                    cache[sid] = (self.vae.encode(batch["video"][i:i + 1]),
+                                  None if all_holes(holes) else vism_conditions(self.vae, render, holes, 1.0, 0.0))
+                target, conds = cache[sid]
+                if conds is None:
+                    conds = vism_conditions(self.vae, render, holes, float(u[i, 0]), o.inpaint_drop)
+                x0.append(target)
+                masks.append(conds[0])
+                videos.append(conds[1])
+            x0 = torch.cat(x0).to(dev)
+            mask = torch.cat(masks).to(dev)
+            masked_video = torch.cat(videos).to(dev)
+            clip = None
+            if self.clip.enabled:
+                clip = self.clip(batch["first_frame"]) * (u[:, 1] >= o.clip_drop).float().view(b, 1, 1)
+            text = self.text(batch["caption"], u[:, 2] < o.text_drop)
+        return self.flow_loss(model, x0, g, text=text, clip=clip, mask=mask, masked_video=masked_video)

@@ -8,7 +8,8 @@
 Stages (each a normal trainer run, resumable with the trainer's own checkpoints; the arguments are listed in
 :data:`STAGES`): ``pixel_vae`` (plain Wan VAE on the RGB videos) → ``motion_vae`` (release recipe: trajectory
 adapters + decoder, from the pixel VAE) → ``strag`` (flow matching from scratch, full model, latents cached per
-sample, :mod:`.cached`) → ``vism`` (full fine-tune from scratch on same-view render/mask/video triplets).
+sample, :mod:`.cached`) → ``vism`` (full training from scratch on same-view render/mask/video triplets, latents
+cached likewise).
 ``--install`` copies the exports to ``moge4d_core/nano_model/`` as ``vae.safetensors``, ``motion_vae.safetensors``,
 ``strag.safetensors``, ``vism.safetensors``.  Model sizes: :data:`moge4d_core.models.nano.NANO`
 (configs in ``training/configs/nano/``).  The nano model has no text encoder (zero text context).
@@ -27,9 +28,9 @@ COMMON = ["--crop", "none", "--grid", "64x96", "--seed", "0", "--no-progress", "
 
 STAGES = {
     "pixel_vae": ["--mode", "pixel", "--frames", "5", "--crop", "32x48", "--model", "{pixel_init}",
-                  "--batch-size", "4", "--max-steps", "600", "--lr", "2e-3"],
-    "motion_vae": ["--mode", "motion", "--frames", "5", "--crop", "32x48", "--base-vae", "{pixel_vae}", "--batch-size", "4",
-                   "--max-steps", "600", "--lr", "1e-3"],
+                  "--batch-size", "4", "--max-steps", "300", "--lr", "5e-3"],
+    "motion_vae": ["--mode", "motion", "--frames", "5", "--crop", "32x48", "--base-vae", "{pixel_vae}", "--decoder-lr-scale", "1.0", "--batch-size", "4",
+                   "--max-steps", "600", "--lr", "5e-3"],
     "strag": ["--frames", "17", "--init-config", str(CONFIGS / "strag.json"), "--motion-vae", "{motion_vae}",
               "--batch-size", "8", "--max-steps", "1500", "--lr", "5e-4",
               "--weight-decay", "0.0", "--control-drop", "0.0", "--text-drop", "0.0"],
@@ -88,8 +89,12 @@ def run_stage(stage: str, data: str, work: Path) -> None:
         from .cached import CachedStragTask
         run(CachedStragTask(coerce_options(StragOptions, argv, "train_nano strag", DESCRIPTION)))
     else:
-        from training.train_vism import train
-        train(argv)
+        from training.engine import run
+        from training.options import coerce_options
+        from training.train_vism import DESCRIPTION, VismOptions
+
+        from .cached import CachedVismTask
+        run(CachedVismTask(coerce_options(VismOptions, argv, "train_nano vism", DESCRIPTION)))
 
 
 def main(argv=None) -> int:
