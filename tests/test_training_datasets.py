@@ -267,3 +267,21 @@ def test_missing_caption_in_a_folder_names_the_file(tmp_path):
     with pytest.raises(MoGe4DInputError, match=r"f1\.txt: missing caption") as err:
         TrajSceneDataset(tmp_path, frames=2, crop=None, grid=(2, 3))[0]
     assert str(tmp_path) in str(err.value)
+
+
+def test_synthetic_by_colour_rule_ties_direction_to_colour():
+    from training.datasets.synthetic import _COLOUR_DIRECTIONS, _COLOUR_NAMES, make_synthetic_sample
+    for idx in range(3):
+        s = make_synthetic_sample(idx, seed=4, height=16, width=24, frames=5, motion_rule="by_colour")
+        for prim in s.meta["objects"]:
+            if prim["part"] != 0:
+                continue
+            name = [n for n, c in _COLOUR_NAMES.items() if np.allclose(c, prim["color"])][0]
+            v = np.asarray(prim["motion"]["velocity"])
+            d = np.asarray(_COLOUR_DIRECTIONS[name])
+            if prim["motion"]["kind"] == "nonrigid":
+                d = d * 0.4
+            cos = v @ d / (np.linalg.norm(v) * np.linalg.norm(d))
+            assert cos > 0.999 and 0.8 * np.linalg.norm(d) - 1e-9 <= np.linalg.norm(v) <= np.linalg.norm(d) + 1e-9
+    with pytest.raises(MoGe4DInputError, match="motion_rule"):
+        make_synthetic_sample(0, motion_rule="sideways")
