@@ -39,7 +39,7 @@ STAGES = {
 }
 EXPORTS = {"pixel_vae": "export/wan_vae.safetensors", "motion_vae": "export/motion_vae.safetensors",
            "strag": "export/4D-STraG/diffusion_pytorch_model.safetensors",
-           "vism": "export/4D-ViSM/diffusion_pytorch_model.safetensors"}
+           "vism": "export/4D-ViSM-base/diffusion_pytorch_model.safetensors"}
 INSTALLED = {"pixel_vae": "vae.safetensors", "motion_vae": "motion_vae.safetensors", "strag": "strag.safetensors",
              "vism": "vism.safetensors"}
 
@@ -102,11 +102,11 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
     ap.add_argument("--work", required=True)
-    ap.add_argument("--stage", default="all", choices=["all", *STAGES])
+    ap.add_argument("--stage", default="all", choices=["all", "none", *STAGES], help="'none': only --install")
     ap.add_argument("--install", action="store_true")
     a = ap.parse_args(argv)
     work = Path(a.work)
-    for stage in (STAGES if a.stage == "all" else [a.stage]):
+    for stage in (STAGES if a.stage == "all" else [] if a.stage == "none" else [a.stage]):
         run_stage(stage, a.data, work)
     if a.install:
         for stage, name in INSTALLED.items():
