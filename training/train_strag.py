@@ -216,6 +216,13 @@ class StragTask(DiTTask):
                                              t, reference=False) for i in range(b)]
             control = torch.cat([c.control for c in conds]).to(dev)
             depth = torch.cat([c.depth for c in conds]).to(dev)
+        return self.loss_from_latents(model, batch, g, x0, control, depth)
+
+    def loss_from_latents(self, model, batch: dict, g: torch.Generator, x0: torch.Tensor, control: torch.Tensor,
+                          depth: torch.Tensor):
+        """The flow loss once the target and condition latents exist: condition drops, CLIP, text, MPM features."""
+        o, dev, b = self.o, self.device, x0.shape[0]
+        with torch.no_grad():
             u = torch.rand(b, 3, generator=g, device=dev)                      # control, CLIP, text drops
             control = control * (u[:, 0] >= o.control_drop).float().view(b, 1, 1, 1, 1)
             clip = None

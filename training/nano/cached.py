@@ -37,7 +37,7 @@ class CachedStragTask(StragTask):
         return cache[sample_id]
 
     def loss(self, model, batch: dict, g: torch.Generator):
-        o, dev = self.o, self.device
+        dev = self.device
         delta = batch["delta_hat"].permute(0, 4, 1, 2, 3).to(dev)              # (B,3,T,H,W)
         b = delta.shape[0]
         enc = [self._encoded(batch["id"][i], delta[i], batch["colors"][i], batch["first_frame_points"][i][..., 2])
@@ -48,15 +48,7 @@ class CachedStragTask(StragTask):
             x0 = mean + std * torch.randn(mean.shape, generator=g, device=dev, dtype=mean.dtype)
             control = torch.cat([e[2] for e in enc]).to(dev)
             depth = torch.cat([e[3] for e in enc]).to(dev)
-            u = torch.rand(b, 3, generator=g, device=dev)                      # control, CLIP, text drops
-            control = control * (u[:, 0] >= o.control_drop).float().view(b, 1, 1, 1, 1)
-            clip = None
-            if self.clip_tokens is not None:
-                clip = self.clip_tokens.expand(b, -1, -1) * (u[:, 1] >= o.clip_drop).float().view(b, 1, 1)
-            text = self.text(batch["caption"], u[:, 2] < o.text_drop)
-            feats = self.features(batch["colors"]) if self.features is not None else None
-        return self.flow_loss(model, x0, g, text=text, clip=clip, control=control, depth=depth, ref_latent=None,
-                              motion_features=feats)
+        return self.loss_from_latents(model, batch, g, x0, control, depth)
 
 
 class CachedVismTask(VismTask):
