@@ -285,3 +285,30 @@ def test_synthetic_by_colour_rule_ties_direction_to_colour():
             assert cos > 0.999 and 0.8 * np.linalg.norm(d) - 1e-9 <= np.linalg.norm(v) <= np.linalg.norm(d) + 1e-9
     with pytest.raises(MoGe4DInputError, match="motion_rule"):
         make_synthetic_sample(0, motion_rule="sideways")
+
+
+def test_synthetic_motion_scale_only_stretches_the_translation():
+    from training.datasets.synthetic import make_synthetic_sample
+    kw = dict(seed=5, height=16, width=24, frames=5, motion_rule="by_colour", novel_view="source")
+    one = make_synthetic_sample(1, **kw)
+    two = make_synthetic_sample(1, motion_scale=2.0, **kw)
+    np.testing.assert_array_equal(one.coords[0], two.coords[0])
+    np.testing.assert_array_equal(one.colors, two.colors)
+    assert one.caption.split(",")[0] == two.caption.split(",")[0]
+    # every motion kind is c0 + v*s + f(p0, s): doubling v adds exactly v*s to each point of the object
+    extra = np.zeros_like(one.coords, dtype=np.float64)
+    moved = np.zeros(one.coords.shape[1], dtype=bool)
+    for p1, p2 in zip(one.meta["objects"], two.meta["objects"]):
+        v1, v2 = np.asarray(p1["motion"]["velocity"]), np.asarray(p2["motion"]["velocity"])
+        np.testing.assert_allclose(v2, 2 * v1, rtol=1e-12)
+        # which first-frame points belong to this primitive: their frame-1 offset differs from the others'
+        for i in range(1, 5):
+            s = i / 4
+            diff = two.coords[i].astype(np.float64) - one.coords[i]
+            hit = np.isclose(diff, v1 * s, atol=2e-5).all(-1) & (np.abs(v1).sum() > 0)
+            extra[i, hit] = v1 * s
+            moved |= hit
+    assert moved.any()
+    np.testing.assert_allclose(two.coords - one.coords, extra, atol=2e-5)
+    with pytest.raises(MoGe4DInputError, match="motion_scale"):
+        make_synthetic_sample(0, motion_scale=-1.0)

@@ -187,9 +187,9 @@ class StragTask(DiTTask):
     @staticmethod
     def _raw_omnimae(path: str) -> dict:
         """The OmniMAE file's own tensors, stored in the STraG export as ``omnimae_extractor.*`` (release layout)."""
-        from moge4d_core.loading.omnimae import _read_source
+        from moge4d_core.loading.omnimae import read_omnimae_state
 
-        _, raw = _read_source(Path(path))
+        _, raw = read_omnimae_state(path)
         return {("" if k.startswith("omnimae_extractor.") else "omnimae_extractor.") + k: v for k, v in raw.items()}
 
     def datasets(self):

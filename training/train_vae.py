@@ -41,7 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from moge4d_core.errors import MoGe4DInputError
-from moge4d_core.models.motion_vae import MotionVAE, MotionVAEConfig, normalize_latent
+from moge4d_core.models.motion_vae import MotionVAE, MotionVAEConfig
 
 from .engine import DTYPES, TrainResult, TrainTask, dataset_from_options, run
 from .options import CommonOptions, build_parser, coerce_options, opt, parse_size
@@ -108,10 +108,7 @@ class MotionVAETrainModule(nn.Module):
     def forward(self, delta: torch.Tensor, noise: torch.Tensor):
         m = self.vae
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.train_encoder_adapter):
-            rgb = m.encoder_adapter(delta) * 2 - 1
-            posterior = m.vae.encode(rgb).latent_dist
-            mean = normalize_latent(posterior.mean, traj_norm=self.traj_norm)
-            logvar = posterior.logvar
+            mean, logvar = m.posterior(delta, traj_norm=self.traj_norm)
         z = mean + torch.exp(0.5 * logvar) * noise.to(mean.dtype)
         return m.decode(z, traj_norm=self.traj_norm), mean, logvar
 

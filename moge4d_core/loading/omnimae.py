@@ -51,7 +51,13 @@ def _read_prefixed_safetensors(files: list[Path], prefix: str) -> dict[str, torc
     return out
 
 
-def _read_source(path: Path) -> tuple[str, dict[str, torch.Tensor]]:
+def read_omnimae_state(path: Union[str, os.PathLike]) -> tuple[str, dict[str, torch.Tensor]]:
+    """The OmniMAE tensors of a file or folder as stored, unconverted -> ``(label, state)``.
+
+    ``vitb_pretrain.torch`` / a plain state dict: its own keys; a STraG checkpoint (file or sharded index):
+    its ``omnimae_extractor.*`` tensors with that prefix removed. ``label`` names the file read (for errors).
+    """
+    path = Path(path)
     weights = find_weights(path)
     label = str(weights)
     if weights.name.endswith(".safetensors.index.json"):
@@ -133,7 +139,7 @@ def load_omnimae(source: Union[str, os.PathLike, Mapping[str, torch.Tensor]], *,
         if not all(isinstance(v, torch.Tensor) for v in raw.values()):
             raise MoGe4DInputError("state dict: OmniMAE weights must be a mapping of names to tensors")
     else:
-        label, raw = _read_source(Path(source))
+        label, raw = read_omnimae_state(source)
     state = _convert(_to_trunk(raw, label), label)
     w = state.get("patch_embed.weight")
     if w is None or w.ndim != 5 or tuple(w.shape[1:]) != (3, 2, 16, 16):
@@ -158,4 +164,4 @@ def load_omnimae(source: Union[str, os.PathLike, Mapping[str, torch.Tensor]], *,
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
-__all__ = ["load_omnimae"]
+__all__ = ["load_omnimae", "read_omnimae_state"]

@@ -260,15 +260,23 @@ class MotionVAE(nn.Module):
         ``T`` must be 4k+1 and ``H``, ``W`` multiples of 8. ``sample=True`` adds posterior noise
         ``exp(0.5*clamp(logvar,-30,20)) * N(0,1)`` to the *normalised* mean, as official training does.
         """
-        self._check_motion(delta)
-        rgb = self.encoder_adapter(delta) * 2 - 1
-        posterior = self.vae.encode(rgb).latent_dist            # mean, logvar (clamped to [-30,20]): (B,16,F,h,w)
-        z = normalize_latent(posterior.mean, traj_norm=traj_norm)
+        z, logvar = self.posterior(delta, traj_norm=traj_norm)
         if sample:
-            std = torch.exp(0.5 * posterior.logvar)
+            std = torch.exp(0.5 * logvar)
             noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
             z = z + std * noise
         return z
+
+    def posterior(self, delta: torch.Tensor, *, traj_norm: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised motion (B,3,T,H,W) -> (normalised posterior mean, raw log-variance), both (B,16,F,h,w).
+
+        The mean is in the DiT's latent space (:func:`normalize_latent`); the log-variance is the Wan encoder's,
+        clamped to [-30, 20] and *not* rescaled (the release pairs the two as they are, reference §A3).
+        """
+        self._check_motion(delta)
+        rgb = self.encoder_adapter(delta) * 2 - 1
+        dist = self.vae.encode(rgb).latent_dist
+        return normalize_latent(dist.mean, traj_norm=traj_norm), dist.logvar
 
     # -- decode ---------------------------------------------------------------------------------
     def decode_rgb(self, latent: torch.Tensor, *, traj_norm: bool = True) -> torch.Tensor:
