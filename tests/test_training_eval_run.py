@@ -24,3 +24,38 @@ def test_eval_cli_error_on_missing_data(tmp_path, capsys):
     write_tiny_models(tmp_path / "models")
     assert cli(["--models", str(tmp_path / "models"), "--data", str(tmp_path / "nothing")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_motion_gain_tells_carried_from_collapsed_motion():
+    from training.eval.evaluate import motion_gain
+    true = torch.zeros(3, 4, 5, 3)
+    true[1:, 1:3, 2:4] = torch.tensor([0.1, -0.05, 0.02])
+    assert abs(motion_gain(true.clone(), true) - 1.0) < 1e-12
+    assert abs(motion_gain(0.5 * true, true) - 0.5) < 1e-12
+    static_noise = torch.where(true.abs().sum(-1, keepdim=True) > 0, torch.zeros_like(true), torch.full_like(true, 0.3))
+    assert motion_gain(static_noise, true) == 0.0          # errors off the moving points do not count
+    assert motion_gain(true, torch.zeros_like(true)) != motion_gain(true, torch.zeros_like(true))   # nan
+
+
+def test_roundtrip_cli_scores_the_motion_vae_by_hand(tmp_path, capsys):
+    from moge4d_core.geometry.normalization import apply_motion
+    from moge4d_core.loading.motion_vae import load_motion_vae
+    from moge4d_core.pipeline.model_dir import find_model_files
+    from training.datasets.trajscene import TrajSceneDataset
+    from training.eval.evaluate import main as cli, motion_vae_roundtrip
+    from training.eval.metrics import trajectory_error
+    write_tiny_models(tmp_path / "models")
+    write_synthetic_dataset(tmp_path / "data", 1, height=16, width=16, frames=5, seed=9, motion_rule="by_colour",
+                            novel_view="source")
+    rt = motion_vae_roundtrip(tmp_path / "models", tmp_path / "data", count=1, frames=5)
+    s = TrajSceneDataset(tmp_path / "data", frames=5, crop=None, grid=(16, 16))[0]
+    mvae, _ = load_motion_vae(find_model_files(tmp_path / "models").motion_vae)
+    with torch.no_grad():
+        dec = mvae.decode(mvae.encode(s.delta_hat.permute(3, 0, 1, 2)[None]))[0].permute(1, 2, 3, 0)
+    dec[0] = 0
+    pred = apply_motion(dec, s.first_frame_points, s.spec).reshape(5, -1, 3)
+    want = trajectory_error(pred, s.points.reshape(5, -1, 3), s.visibility.reshape(5, -1))
+    assert abs(rt.error[0] - want) < 1e-9 and rt.baseline_error[0] > 0
+    assert cli(["--models", str(tmp_path / "models"), "--data", str(tmp_path / "data"), "--count", "1",
+                "--frames", "5", "--roundtrip"]) == 0
+    assert "motion gain" in capsys.readouterr().out
