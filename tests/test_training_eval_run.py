@@ -55,7 +55,7 @@ def test_roundtrip_cli_scores_the_motion_vae_by_hand(tmp_path, capsys):
     dec[0] = 0
     pred = apply_motion(dec, s.first_frame_points, s.spec).reshape(5, -1, 3)
     want = trajectory_error(pred, s.points.reshape(5, -1, 3), s.visibility.reshape(5, -1))
-    assert abs(rt.error[0] - want) < 1e-9 and rt.baseline_error[0] > 0
+    assert abs(rt.model_error[0] - want) < 1e-9 and rt.baseline_error[0] > 0
     assert cli(["--models", str(tmp_path / "models"), "--data", str(tmp_path / "data"), "--count", "1",
                 "--frames", "5", "--roundtrip"]) == 0
     assert "motion gain" in capsys.readouterr().out

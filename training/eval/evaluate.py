@@ -32,42 +32,32 @@ from training.datasets.trajscene import TrajSceneDataset
 
 from .metrics import masked_psnr, trajectory_error, zero_motion_baseline
 
-__all__ = ["EvalReport", "RoundtripReport", "evaluate", "motion_gain", "motion_vae_roundtrip", "main"]
+__all__ = ["EvalReport", "evaluate", "motion_gain", "motion_vae_roundtrip", "main"]
 
 
 @dataclass
 class EvalReport:
+    """Per-sample scores; ``label`` names what ``model_error`` scores (the model, or the motion VAE round trip)."""
+
+    label: str = "model"
     ids: list = field(default_factory=list)
     model_error: list = field(default_factory=list)
     baseline_error: list = field(default_factory=list)
     psnr: list = field(default_factory=list)
+    gain: list = field(default_factory=list)
 
     def summary(self) -> str:
         m, b = statistics.mean(self.model_error), statistics.mean(self.baseline_error)
         lines = [f"samples: {len(self.ids)}",
-                 f"average trajectory error (model):              {m:.4f}",
+                 f"average trajectory error ({self.label}): {m:.4f}",
                  f"average trajectory error (zero-motion baseline): {b:.4f}",
-                 f"ratio model / baseline: {m / b:.3f}"]
+                 f"ratio {self.label} / baseline: {m / b:.3f}"]
         if self.psnr:
             lines.append(f"ViSM masked PSNR on known pixels: {statistics.mean(self.psnr):.2f} dB")
+        if self.gain:
+            lines.append(f"motion gain (1 = motion carried, 0 = collapsed to no motion): "
+                         f"{statistics.mean(self.gain):.3f}")
         return "\n".join(lines)
-
-
-@dataclass
-class RoundtripReport:
-    ids: list = field(default_factory=list)
-    error: list = field(default_factory=list)
-    baseline_error: list = field(default_factory=list)
-    gain: list = field(default_factory=list)
-
-    def summary(self) -> str:
-        m, b = statistics.mean(self.error), statistics.mean(self.baseline_error)
-        return "\n".join([f"samples: {len(self.ids)}",
-                          f"motion VAE round trip, average trajectory error: {m:.4f}",
-                          f"zero-motion baseline, average trajectory error:  {b:.4f}",
-                          f"ratio round trip / baseline: {m / b:.3f}",
-                          f"motion gain (1 = motion carried, 0 = collapsed to no motion): "
-                          f"{statistics.mean(self.gain):.3f}"])
 
 
 def motion_gain(decoded: torch.Tensor, true: torch.Tensor, eps: float = 1e-6) -> float:
@@ -83,7 +73,7 @@ def motion_gain(decoded: torch.Tensor, true: torch.Tensor, eps: float = 1e-6) ->
 
 
 def motion_vae_roundtrip(models_dir, data_dir, *, count: int = 16, frames: int = 17,
-                         grid: Optional[tuple[int, int]] = None) -> RoundtripReport:
+                         grid: Optional[tuple[int, int]] = None) -> EvalReport:
     """Encode + decode each held-out sample's true motion with the folder's motion VAE and score it."""
     from moge4d_core.geometry.normalization import apply_motion
     from moge4d_core.loading.motion_vae import load_motion_vae
@@ -92,7 +82,7 @@ def motion_vae_roundtrip(models_dir, data_dir, *, count: int = 16, frames: int =
     mvae, _ = load_motion_vae(find_model_files(models_dir).motion_vae)
     data_dir = Path(data_dir)
     ds = TrajSceneDataset(data_dir, frames=frames, crop=None, grid=grid or _grid_from_meta(data_dir))
-    report = RoundtripReport()
+    report = EvalReport(label="motion VAE round trip")
     for i in range(min(count, len(ds))):
         s = ds[i]
         with torch.no_grad():
@@ -103,7 +93,7 @@ def motion_vae_roundtrip(models_dir, data_dir, *, count: int = 16, frames: int =
         gt = s.points.reshape(s.points.shape[0], -1, 3)
         vis = None if s.visibility is None else s.visibility.reshape(gt.shape[0], -1)
         report.ids.append(s.id)
-        report.error.append(trajectory_error(pred, gt, vis))
+        report.model_error.append(trajectory_error(pred, gt, vis))
         report.baseline_error.append(trajectory_error(zero_motion_baseline(gt), gt, vis))
         report.gain.append(motion_gain(decoded, s.delta_hat))
     if not report.ids:
@@ -193,7 +183,7 @@ def main(argv=None) -> int:
     try:
         if a.roundtrip:
             rt = motion_vae_roundtrip(a.models, a.data, count=a.count, frames=a.frames)
-            for sid, m, b, g in zip(rt.ids, rt.error, rt.baseline_error, rt.gain):
+            for sid, m, b, g in zip(rt.ids, rt.model_error, rt.baseline_error, rt.gain):
                 print(f"{sid}: round trip {m:.4f}  baseline {b:.4f}  gain {g:.3f}")
             print(rt.summary())
             return 0
