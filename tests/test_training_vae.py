@@ -102,3 +102,49 @@ def test_pixel_vae_trains_resumes_and_loads_with_load_wan_vae(env):
     # the pixel VAE is a valid --base-vae for a motion VAE (fresh adapters)
     mv, info = load_motion_vae(a.exports["wan_vae"], fresh_adapters=True)
     assert all(torch.equal(mv.vae.state_dict()[k], sa[k]) for k in sa)
+
+
+def test_balanced_l1_weighs_moving_and_static_elements_half_each():
+    from training.train_vae import _rec_loss
+
+    g = torch.Generator().manual_seed(5)
+    target = torch.zeros(2, 3, T, 8, 8)
+    target[:, :, 1:, 2:4, 3:6] = torch.randn(2, 3, T - 1, 2, 3, generator=g)    # a small moving patch
+    recon = torch.randn(target.shape, generator=g) * 0.1
+    t64, r64 = target.double(), recon.double()
+    moving = t64 != 0
+    frac = float(moving.double().mean())
+    err = (r64 - t64).abs()
+    want = (err[moving].sum() * 0.5 / frac + err[~moving].sum() * 0.5 / (1 - frac)) / 2
+    assert _rec_loss(recon, target, "l1_balanced").item() == pytest.approx(float(want), rel=1e-5)
+    # mean weight 1: a uniform error of 1 costs what plain L1 charges, although the moving part is < 10 %
+    assert frac < 0.1
+    assert _rec_loss(target + 1, target, "l1_balanced").item() == pytest.approx(target[0].numel(), rel=1e-5)
+    # nothing moves: plain L1
+    still = torch.zeros_like(target)
+    assert _rec_loss(recon, still, "l1_balanced").item() == pytest.approx(_rec_loss(recon, still, "l1").item())
+
+
+def test_pixel_mode_rgb_plus_motion_batches_videos_and_their_motion_maps(env):
+    from moge4d_core.errors import MoGe4DInputError
+    from training.options import coerce_options
+    from training.train_vae import VaeOptions, VaeTask
+
+    task = VaeTask(coerce_options(VaeOptions, args(env, "two", env["root"] / "rgbm", "--mode", "pixel",
+                                                   "--pixel-inputs", "rgb+motion", "--model", str(env["pvae"]))))
+    ds, _ = task.datasets()
+    samples = [ds[0], ds[1]]
+    video = task.collate(samples)["video"]
+    assert video.shape[0] == 4
+    for i, s in enumerate(samples):
+        rgb = s.video.permute(3, 0, 1, 2).double() / 255 * 2 - 1
+        torch.testing.assert_close(video[i].double(), rgb, rtol=0, atol=1e-6)
+        torch.testing.assert_close(video[2 + i].double(), torch.tanh(s.delta_hat.permute(3, 0, 1, 2).double() / 2),
+                                   rtol=0, atol=1e-6)
+    assert video[2:].abs().amax() > 0                                    # the maps carry the motion
+    r = train(args(env, "two", env["root"] / "rgbm_run", "--mode", "pixel", "--pixel-inputs", "rgb+motion",
+                   "--model", str(env["pvae"]), "--max-steps", "2", "--checkpoint-every", "0"))
+    assert len(r.losses) == 2 and all(np.isfinite(r.losses))
+    with pytest.raises(MoGe4DInputError, match="l1_balanced"):
+        train(args(env, "two", env["root"] / "bad", "--mode", "pixel", "--rec-loss", "l1_balanced",
+                   "--model", str(env["pvae"]), "--max-steps", "1"))

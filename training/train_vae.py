@@ -26,6 +26,8 @@ videos in [-1,1] (``<id>.mp4``, centre-cropped to ``--crop`` / multiples of 8), 
 KL`` of the raw posterior. Init ``--model`` (:func:`load_wan_vae`) or ``--init-config`` (AutoencoderKLWan kwargs).
 Export ``export/wan_vae.safetensors`` in the original Wan key layout (read by :func:`load_wan_vae`, ComfyUI's
 VAE loader, and usable as ``--base-vae`` of a motion VAE run): the nano pipeline's pixel VAE.
+``--pixel-inputs rgb+motion`` adds each sample's motion map ``tanh(ΔP̂/2)`` to the batch (B videos + B maps), so
+the encoder learns to pass small motions on: the nano motion VAE's base (the real Wan VAE does this unasked).
 
 CLI: ``python -m training.train_vae --data DIR --out DIR (--model P | --base-vae P | --init-config J)``.
 """
@@ -47,7 +49,7 @@ from .engine import DTYPES, TrainResult, TrainTask, dataset_from_options, run
 from .options import CommonOptions, build_parser, coerce_options, opt, parse_size
 
 __all__ = ["VaeOptions", "MotionVAETrainModule", "PixelVAETrainModule", "VaeTask", "train", "main", "kl_divergence",
-           "fit_video"]
+           "fit_video", "motion_map"]
 
 DESCRIPTION = "Train the MoGe4D motion VAE (trajectory adapters + Wan decoder) or a plain pixel Wan VAE."
 
@@ -67,8 +69,15 @@ class VaeOptions(CommonOptions):
     train_encoder_adapter: bool = opt(False, "motion mode: train the trajectory encoder adapter through the frozen "
                                              "Wan encoder (the release never does)")
     traj_norm: bool = opt(False, "motion mode: sample the posterior in the two-stage normalised space (release: off)")
+    pixel_inputs: str = opt("rgb", "pixel mode: what the VAE learns to reconstruct: rgb (the videos) or rgb+motion "
+                                   "(each video and its motion map tanh(dP_hat/2), the map a fresh motion VAE feeds its "
+                                   "base encoder; a base for --base-vae that passes small motions on)",
+                            choices=["rgb", "rgb+motion"])
     kl_scale: float = opt(1e-6, "weight of the KL term")
-    rec_loss: str = opt("l1", "reconstruction loss (summed over elements, divided by the batch)", choices=["l1", "l2"])
+    rec_loss: str = opt("l1", "reconstruction loss (summed over elements, divided by the batch); l1_balanced (motion "
+                              "mode): moving and static elements weigh half each, so sparse small motions are not "
+                              "traded for a sharper static background (plain L1 decodes them as 0)",
+                        choices=["l1", "l2", "l1_balanced"])
     export_official: bool = opt(True, "motion mode: also export the release folder layout export/VAE/")
 
     lr: float = opt(5e-6, "learning rate")
@@ -86,8 +95,15 @@ def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 def _rec_loss(recon: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """Summed over elements, divided by the batch. ``l1_balanced``: L1 where the moving elements (target ≠ 0) and
+    the static ones together carry half of the total weight each (mean weight 1, so the scale matches ``l1``)."""
     r, t = recon.float(), target.float()
-    per = (r - t).abs() if kind == "l1" else (r - t).square()
+    per = (r - t).abs() if kind in ("l1", "l1_balanced") else (r - t).square()
+    if kind == "l1_balanced":
+        moving = t != 0
+        frac = moving.float().mean()
+        if 0 < frac < 1:
+            per = torch.where(moving, per * (0.5 / frac), per * (0.5 / (1 - frac)))
     return per.sum() / r.shape[0]
 
 
@@ -138,6 +154,17 @@ def fit_video(frames: torch.Tensor, crop: Optional[tuple[int, int]], multiple: i
     return frames[:, top:top + th, left:left + tw]
 
 
+def motion_map(samples: list, size: tuple) -> torch.Tensor:
+    """The samples' motion maps ``2·sigmoid(ΔP̂) − 1 = tanh(ΔP̂/2)`` as (B,3,T,H,W) in (−1,1): exactly what a fresh
+    motion VAE's encoder adapter (``sigmoid``, zero ``conv_out``) hands the base Wan encoder. ``size`` = (T,H,W)
+    the videos were cut to; the motion grid must match it (use a --grid equal to the video size)."""
+    d = torch.stack([s.delta_hat for s in samples]).permute(0, 4, 1, 2, 3).float()
+    if tuple(d.shape[2:]) != tuple(size):
+        raise MoGe4DInputError(f"--pixel-inputs rgb+motion: motion grid {tuple(d.shape[2:])} (T,H,W) differs from the "
+                               f"videos' {tuple(size)}; give --grid the video size and the same --crop")
+    return torch.sigmoid(d) * 2 - 1
+
+
 def _read_json(spec: str, what: str) -> dict:
     p = Path(spec)
     if not p.is_file():
@@ -159,6 +186,9 @@ class VaeTask(TrainTask):
         self.device = device
         if o.mode not in ("motion", "pixel"):
             raise MoGe4DInputError(f"--mode must be motion or pixel, got {o.mode!r}")
+        if o.mode == "pixel" and o.rec_loss == "l1_balanced":
+            raise MoGe4DInputError("--rec-loss l1_balanced weighs moving against static motion elements: it is for "
+                                   "--mode motion; use l1 or l2 in pixel mode")
         dt = DTYPES[o.weight_dtype]
         if o.mode == "motion":
             vae = self._motion_vae()
@@ -246,6 +276,8 @@ class VaeTask(TrainTask):
             raise MoGe4DInputError(f"videos of different sizes in one batch ({[tuple(v.shape) for v in vids]}); use "
                                    f"--batch-size 1 or a --crop all videos reach")
         v = torch.stack(vids).permute(0, 4, 1, 2, 3).float() / 255.0 * 2 - 1           # (B,3,T,H,W) in [-1,1]
+        if self.o.pixel_inputs == "rgb+motion":
+            v = torch.cat([v, motion_map(samples, v.shape[2:])])
         return {"video": v.contiguous()}
 
     def param_groups(self) -> list[dict]:
