@@ -1,0 +1,41 @@
+"""Whitening a motion VAE's latent space (training.nano.whiten): the new latents are (z − m)/s per channel, the
+posterior σ shrinks by s, their moments are 0/1, and decoding a whitened latent gives what the original VAE
+decoded from the original latent."""
+import copy
+
+import pytest
+import torch
+
+from training.nano.whiten import latent_moments, whiten_motion_vae
+from training_helpers import tiny_motion_vae
+
+torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("traj_norm", [True, False])
+def test_whitening_is_an_exact_change_of_latent_coordinates(traj_norm):
+    vae = tiny_motion_vae(seed=3).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():                                    # a latent space far from unit spread, as nano ends up
+        vae.vae.quant_conv.weight.mul_(7.0)
+        vae.vae.quant_conv.bias.add_(torch.randn(vae.vae.quant_conv.bias.shape, generator=g))
+    motions = [torch.randn(2, 3, 5, 16, 16, generator=g) * 0.5 for _ in range(3)]
+    m, s = latent_moments(vae, motions, traj_norm=traj_norm)
+    assert (s - 1).abs().max() > 0.5 or m.abs().max() > 0.5      # really not white before
+    white = whiten_motion_vae(copy.deepcopy(vae), m, s, traj_norm=traj_norm)
+    m2, s2 = latent_moments(white, motions, traj_norm=traj_norm)
+    torch.testing.assert_close(m2, torch.zeros_like(m2), atol=1e-4, rtol=0)
+    torch.testing.assert_close(s2, torch.ones_like(s2), atol=1e-4, rtol=0)
+    with torch.no_grad():
+        z, lv = vae.posterior(motions[0], traj_norm=traj_norm)
+        z2, lv2 = white.posterior(motions[0], traj_norm=traj_norm)
+        view = lambda t: t.view(1, -1, 1, 1, 1).float()          # noqa: E731
+        torch.testing.assert_close(z2, (z - view(m)) / view(s), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(lv2, lv - 2 * torch.log(view(s)), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(white.decode(z2, traj_norm=traj_norm), vae.decode(z, traj_norm=traj_norm),
+                                   atol=1e-4, rtol=1e-4)
+    # the encoder and decoder bodies are untouched: only the two 1x1x1 convs changed
+    a, b = vae.state_dict(), white.state_dict()
+    changed = {k for k in a if not torch.equal(a[k], b[k])}
+    assert changed == {"vae.quant_conv.weight", "vae.quant_conv.bias", "vae.post_quant_conv.weight",
+                       "vae.post_quant_conv.bias"}
