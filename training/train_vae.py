@@ -9,6 +9,8 @@
   decode = :meth:`MotionVAE.decode` (Wan decoder clamped to [-1,1] -> trajectory decoder adapter);
 * loss: ``L1(recon, delta)`` summed over all elements / batch size ``+ 1e-6 · KL``, with
   ``KL = ½ Σ(μ² + σ² − 1 − log σ²) / B`` of that posterior (normalised μ, raw log-variance, as the release);
+  ``--rec-loss l1_balanced`` (ours) gives the moving and the static elements half the weight each (a small VAE
+  trained from scratch on plain L1 learns to decode every sparse motion as 0);
 * trained: the decoder adapter (lr) and the Wan VAE decoder (lr × ``--decoder-lr-scale`` = 0.1;
   ``--no-train-decoder`` freezes it); the Wan encoder, ``quant_conv`` and ``post_quant_conv`` stay frozen.
   The release runs the encoder under ``no_grad``, so its encoder adapter never learns (it stays exactly
@@ -26,8 +28,6 @@ videos in [-1,1] (``<id>.mp4``, centre-cropped to ``--crop`` / multiples of 8), 
 KL`` of the raw posterior. Init ``--model`` (:func:`load_wan_vae`) or ``--init-config`` (AutoencoderKLWan kwargs).
 Export ``export/wan_vae.safetensors`` in the original Wan key layout (read by :func:`load_wan_vae`, ComfyUI's
 VAE loader, and usable as ``--base-vae`` of a motion VAE run): the nano pipeline's pixel VAE.
-``--pixel-inputs rgb+motion`` adds each sample's motion map ``tanh(ΔP̂/2)`` to the batch (B videos + B maps), so
-the encoder learns to pass small motions on: the nano motion VAE's base (the real Wan VAE does this unasked).
 
 CLI: ``python -m training.train_vae --data DIR --out DIR (--model P | --base-vae P | --init-config J)``.
 """
@@ -49,7 +49,7 @@ from .engine import DTYPES, TrainResult, TrainTask, dataset_from_options, run
 from .options import CommonOptions, build_parser, coerce_options, opt, parse_size
 
 __all__ = ["VaeOptions", "MotionVAETrainModule", "PixelVAETrainModule", "VaeTask", "train", "main", "kl_divergence",
-           "fit_video", "motion_map"]
+           "fit_video"]
 
 DESCRIPTION = "Train the MoGe4D motion VAE (trajectory adapters + Wan decoder) or a plain pixel Wan VAE."
 
@@ -69,10 +69,6 @@ class VaeOptions(CommonOptions):
     train_encoder_adapter: bool = opt(False, "motion mode: train the trajectory encoder adapter through the frozen "
                                              "Wan encoder (the release never does)")
     traj_norm: bool = opt(False, "motion mode: sample the posterior in the two-stage normalised space (release: off)")
-    pixel_inputs: str = opt("rgb", "pixel mode: what the VAE learns to reconstruct: rgb (the videos) or rgb+motion "
-                                   "(each video and its motion map tanh(dP_hat/2), the map a fresh motion VAE feeds its "
-                                   "base encoder; a base for --base-vae that passes small motions on)",
-                            choices=["rgb", "rgb+motion"])
     kl_scale: float = opt(1e-6, "weight of the KL term")
     rec_loss: str = opt("l1", "reconstruction loss (summed over elements, divided by the batch); l1_balanced (motion "
                               "mode): moving and static elements weigh half each, so sparse small motions are not "
@@ -152,17 +148,6 @@ def fit_video(frames: torch.Tensor, crop: Optional[tuple[int, int]], multiple: i
         raise MoGe4DInputError(f"video frames {h}x{w} are too small (need at least {multiple}x{multiple})")
     top, left = (h - th) // 2, (w - tw) // 2
     return frames[:, top:top + th, left:left + tw]
-
-
-def motion_map(samples: list, size: tuple) -> torch.Tensor:
-    """The samples' motion maps ``2·sigmoid(ΔP̂) − 1 = tanh(ΔP̂/2)`` as (B,3,T,H,W) in (−1,1): exactly what a fresh
-    motion VAE's encoder adapter (``sigmoid``, zero ``conv_out``) hands the base Wan encoder. ``size`` = (T,H,W)
-    the videos were cut to; the motion grid must match it (use a --grid equal to the video size)."""
-    d = torch.stack([s.delta_hat for s in samples]).permute(0, 4, 1, 2, 3).float()
-    if tuple(d.shape[2:]) != tuple(size):
-        raise MoGe4DInputError(f"--pixel-inputs rgb+motion: motion grid {tuple(d.shape[2:])} (T,H,W) differs from the "
-                               f"videos' {tuple(size)}; give --grid the video size and the same --crop")
-    return torch.sigmoid(d) * 2 - 1
 
 
 def _read_json(spec: str, what: str) -> dict:
@@ -276,8 +261,6 @@ class VaeTask(TrainTask):
             raise MoGe4DInputError(f"videos of different sizes in one batch ({[tuple(v.shape) for v in vids]}); use "
                                    f"--batch-size 1 or a --crop all videos reach")
         v = torch.stack(vids).permute(0, 4, 1, 2, 3).float() / 255.0 * 2 - 1           # (B,3,T,H,W) in [-1,1]
-        if self.o.pixel_inputs == "rgb+motion":
-            v = torch.cat([v, motion_map(samples, v.shape[2:])])
         return {"video": v.contiguous()}
 
     def param_groups(self) -> list[dict]:
