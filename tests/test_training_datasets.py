@@ -312,3 +312,20 @@ def test_synthetic_motion_scale_only_stretches_the_translation():
     np.testing.assert_allclose(two.coords - one.coords, extra, atol=2e-5)
     with pytest.raises(MoGe4DInputError, match="motion_scale"):
         make_synthetic_sample(0, motion_scale=-1.0)
+
+
+def test_synthetic_object_scale_only_grows_the_objects():
+    from training.datasets.synthetic import make_synthetic_sample
+    kw = dict(seed=5, height=16, width=24, frames=5, motion_rule="by_colour", novel_view="source")
+    one = make_synthetic_sample(1, **kw)
+    big = make_synthetic_sample(1, object_scale=2.0, **kw)
+    assert one.meta["scene"] == big.meta["scene"] and one.caption == big.caption
+    for p1, p2 in zip(one.meta["objects"], big.meta["objects"], strict=True):
+        assert p1["motion"]["velocity"] == p2["motion"]["velocity"]
+        for key in ("radius", "half"):
+            if key in p1:
+                np.testing.assert_allclose(np.asarray(p2[key]), 2 * np.asarray(p1[key]), rtol=1e-12)
+    on_object = lambda s: (np.linalg.norm(s.coords[-1] - s.coords[0], axis=-1) > 1e-6).mean()
+    assert on_object(big) > on_object(one) > 0
+    with pytest.raises(MoGe4DInputError, match="object_scale"):
+        make_synthetic_sample(0, object_scale=0.0)

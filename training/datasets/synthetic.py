@@ -210,8 +210,8 @@ _COLOUR_DIRECTIONS = {
 }
 
 
-def _random_scene(rng: np.random.Generator, motion_rule: str = "random",
-                  motion_scale: float = 1.0) -> tuple[dict, list[dict], list[str]]:
+def _random_scene(rng: np.random.Generator, motion_rule: str = "random", motion_scale: float = 1.0,
+                  object_scale: float = 1.0) -> tuple[dict, list[dict], list[str]]:
     scene = {
         "wall_z": float(rng.uniform(7.0, 10.0)), "floor_y": float(rng.uniform(1.2, 1.8)),
         "wall_freq": float(rng.uniform(0.8, 2.5)), "floor_freq": float(rng.uniform(0.6, 1.6)),
@@ -232,7 +232,7 @@ def _random_scene(rng: np.random.Generator, motion_rule: str = "random",
         if motion_rule == "by_colour":
             v = np.asarray(_COLOUR_DIRECTIONS[cname]) * float(rng.uniform(0.8, 1.0))
         v = v * motion_scale
-        size = float(rng.uniform(0.35, 0.8))
+        size = float(rng.uniform(0.35, 0.8)) * object_scale
         if kind == "articulated":
             half = (size, size * 0.6, size * 0.6)
             hinge = centre + np.array([half[0], -half[1], 0.0])
@@ -267,11 +267,13 @@ def _random_scene(rng: np.random.Generator, motion_rule: str = "random",
 
 def make_synthetic_sample(index: int = 0, *, seed: int = 0, height: int = 64, width: int = 96, frames: int = 17,
                           sample_id: Optional[str] = None, novel_view: str = "orbit_left",
-                          motion_rule: str = "random", motion_scale: float = 1.0) -> SyntheticSample:
+                          motion_rule: str = "random", motion_scale: float = 1.0,
+                          object_scale: float = 1.0) -> SyntheticSample:
     """Generate scene ``index`` of the stream seeded by ``seed`` (deterministic in (seed, index)).
 
-    ``motion_scale`` multiplies every object's translation over the clip (metres; 1 = up to about 1 m), after
-    all random draws, so scenes differ from the unscaled stream only in how far the objects travel.
+    ``motion_scale`` multiplies every object's translation over the clip (metres; 1 = up to about 1 m), and
+    ``object_scale`` every object's size (1: radius or half-size 0.35-0.8 m), both after all random draws, so
+    scenes differ from the unscaled stream only in how far the objects travel and how large they are.
 
     Shapes: coords (frames, height*width, 3); colours 0..255; see :class:`SyntheticSample`.
     """
@@ -281,7 +283,9 @@ def make_synthetic_sample(index: int = 0, *, seed: int = 0, height: int = 64, wi
     require(motion_rule in MOTION_RULES, f"synthetic: motion_rule must be one of {MOTION_RULES}, got {motion_rule!r}")
     require(math.isfinite(motion_scale) and motion_scale >= 0,
             f"synthetic: motion_scale must be a finite number >= 0, got {motion_scale}")
-    scene, prims, phrases = _random_scene(rng, motion_rule, float(motion_scale))
+    require(math.isfinite(object_scale) and object_scale > 0,
+            f"synthetic: object_scale must be a finite number > 0, got {object_scale}")
+    scene, prims, phrases = _random_scene(rng, motion_rule, float(motion_scale), float(object_scale))
     fov = float(rng.uniform(50.0, 70.0))
     K = K_from_fov(fov, width, height, dtype=torch.float64).numpy()
     v, u = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
@@ -320,7 +324,7 @@ def make_synthetic_sample(index: int = 0, *, seed: int = 0, height: int = 64, wi
         " and " if len(phrases) > 1 else "") + phrases[-1] + "."
     meta = {"K": K.tolist(), "fov_x_deg": fov, "scene": scene, "objects": prims, "seed": int(seed),
             "index": int(index), "novel_view": novel_view, "motion_rule": motion_rule,
-            "motion_scale": float(motion_scale)}
+            "motion_scale": float(motion_scale), "object_scale": float(object_scale)}
     return SyntheticSample(id=sid, caption=caption, coords=coords, colors=colors255, vis=vis,
                            video=src.rgb.numpy(), render=nov.rgb.numpy(),
                            mask=np.repeat(nov.holes.numpy()[..., None], 3, -1), K=K.astype(np.float32),
@@ -356,7 +360,7 @@ def write_synthetic_dataset(out: str | os.PathLike, count: int, *, height: int =
                             frames: int = 17, seed: int = 0, tar: bool = False, per_archive: int = 50,
                             torch_pkl_ids: tuple[int, ...] = (), compresslevel: int = 1,
                             motion_rule: str = "random", novel_view: str = "orbit_left",
-                            motion_scale: float = 1.0) -> list[Path]:
+                            motion_scale: float = 1.0, object_scale: float = 1.0) -> list[Path]:
     """Generate ``count`` samples into ``out``: flat files, or range ``.tar.gz`` archives with ``tar=True``.
 
     Returns the written sample folders' files (folder mode) or the archive paths (tar mode).
@@ -372,7 +376,7 @@ def write_synthetic_dataset(out: str | os.PathLike, count: int, *, height: int =
         for i in range(count):
             s = make_synthetic_sample(i, seed=seed, height=height, width=width, frames=frames,
                                           motion_rule=motion_rule, novel_view=novel_view,
-                                          motion_scale=motion_scale)
+                                          motion_scale=motion_scale, object_scale=object_scale)
             written += write_sample_files(s, out, torch_pkl=i in torch_pkl_ids)
         return written
     for start in range(0, count, per_archive):
@@ -383,7 +387,7 @@ def write_synthetic_dataset(out: str | os.PathLike, count: int, *, height: int =
             for i in range(start, stop):
                 s = make_synthetic_sample(i, seed=seed, height=height, width=width, frames=frames,
                                           motion_rule=motion_rule, novel_view=novel_view,
-                                          motion_scale=motion_scale)
+                                          motion_scale=motion_scale, object_scale=object_scale)
                 names += write_sample_files(s, tmp, torch_pkl=i in torch_pkl_ids)
             part = Path(tmp) / "archive.tar.gz"
             with tarfile.open(part, "w:gz", compresslevel=compresslevel) as tf:
@@ -407,6 +411,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                     help="by_colour: an object's direction follows its colour (learnable from the image alone)")
     ap.add_argument("--motion-scale", type=float, default=1.0,
                     help="multiplies how far objects travel over the clip (1: up to about 1 m)")
+    ap.add_argument("--object-scale", type=float, default=1.0,
+                    help="multiplies every object's size (1: radius or half-size 0.35-0.8 m)")
     ap.add_argument("--novel-view", default="orbit_left",
                     help="camera preset of the _dt3d_render/_mask_render pair, or 'source' (same view as the video)")
     ap.add_argument("--tar", action="store_true", help="write range .tar.gz archives instead of flat files")
@@ -417,7 +423,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         paths = write_synthetic_dataset(args.out, args.count, height=args.height, width=args.width,
                                         frames=args.frames, seed=args.seed, tar=args.tar,
                                         per_archive=args.per_archive, motion_rule=args.motion_rule,
-                                        novel_view=args.novel_view, motion_scale=args.motion_scale)
+                                        novel_view=args.novel_view, motion_scale=args.motion_scale,
+                                        object_scale=args.object_scale)
     except MoGe4DInputError as exc:
         ap.error(str(exc))
     print(f"wrote {args.count} samples ({len(paths)} files) to {args.out} in {time.perf_counter() - t0:.2f} s")
