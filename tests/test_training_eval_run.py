@@ -1,4 +1,5 @@
 """`python -m training.eval` on tiny models and synthetic held-out scenes: scores are computed and consistent."""
+import pytest
 import torch
 
 from pipeline_models import write_tiny_models
@@ -59,3 +60,21 @@ def test_roundtrip_cli_scores_the_motion_vae_by_hand(tmp_path, capsys):
     assert cli(["--models", str(tmp_path / "models"), "--data", str(tmp_path / "data"), "--count", "1",
                 "--frames", "5", "--roundtrip"]) == 0
     assert "motion gain" in capsys.readouterr().out
+
+
+def test_block_floor_is_exact_at_stride_1_and_loses_motion_at_stride_8(tmp_path, capsys):
+    from training.eval.evaluate import block_average_floor, main as cli
+    write_synthetic_dataset(tmp_path / "data", 2, height=16, width=24, frames=5, seed=9, motion_rule="by_colour",
+                            novel_view="source", motion_scale=4.0, object_scale=2.0)
+    exact = block_average_floor(tmp_path / "data", factor=1, count=2, frames=5)
+    coarse = block_average_floor(tmp_path / "data", factor=8, count=2, frames=5)
+    assert max(exact.model_error) < 1e-4 and all(abs(g - 1) < 1e-4 for g in exact.gain)
+    assert min(exact.baseline_error) > 0.1
+    assert exact.baseline_error == coarse.baseline_error
+    assert all(c > 10 * e for c, e in zip(coarse.model_error, exact.model_error))
+    assert all(g < 1 for g in coarse.gain)
+    assert cli(["--data", str(tmp_path / "data"), "--count", "2", "--frames", "5", "--block-floor"]) == 0
+    assert "8x8 block-average latent" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli(["--data", str(tmp_path / "data")])
+    assert "--models is required" in capsys.readouterr().err

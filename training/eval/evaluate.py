@@ -13,6 +13,10 @@ and decoded (posterior mean, no diffusion) and de-normalised like a prediction. 
 STraG trained on that VAE, and its ``motion gain`` (least-squares slope of decoded on true motion over the moving
 points: 1 = the motion comes back, 0 = the decoder outputs "nothing moves") tells a VAE that carries motion from
 one that has collapsed to zero output (which can still look fine on the static majority of pixels).
+
+``--block-floor`` needs no model: it scores the true motion averaged over 8×8 pixel blocks and upsampled back
+(:func:`block_average_floor`), the error of an ideal linear latent with the Wan VAE's spatial stride. When that
+is not well below the baseline, the held-out objects are too small for any 8×-strided motion latent.
 """
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ from training.datasets.trajscene import TrajSceneDataset
 
 from .metrics import masked_psnr, trajectory_error, zero_motion_baseline
 
-__all__ = ["EvalReport", "evaluate", "motion_gain", "motion_vae_roundtrip", "main"]
+__all__ = ["EvalReport", "block_average_floor", "evaluate", "motion_gain", "motion_vae_roundtrip", "main"]
 
 
 @dataclass
@@ -72,22 +76,21 @@ def motion_gain(decoded: torch.Tensor, true: torch.Tensor, eps: float = 1e-6) ->
     return float((d * t).sum()) / den if den > 0 else float("nan")
 
 
-def motion_vae_roundtrip(models_dir, data_dir, *, count: int = 16, frames: int = 17,
-                         grid: Optional[tuple[int, int]] = None) -> EvalReport:
-    """Encode + decode each held-out sample's true motion with the folder's motion VAE and score it."""
-    from moge4d_core.geometry.normalization import apply_motion
-    from moge4d_core.loading.motion_vae import load_motion_vae
-    from moge4d_core.pipeline.model_dir import find_model_files
+def _score_decoded_motions(data_dir, decode, label: str, *, count: int, frames: int,
+                           grid: Optional[tuple[int, int]]) -> EvalReport:
+    """Score ``decode(delta_hat)`` -> (T,H,W,3) normalised motion against each sample's true trajectories.
 
-    mvae, _ = load_motion_vae(find_model_files(models_dir).motion_vae)
+    Frame 0 is zeroed, the rest de-normalised like a STraG prediction; reports error, baseline and gain.
+    """
+    from moge4d_core.geometry.normalization import apply_motion
+
     data_dir = Path(data_dir)
     ds = TrajSceneDataset(data_dir, frames=frames, crop=None, grid=grid or _grid_from_meta(data_dir))
-    report = EvalReport(label="motion VAE round trip")
+    report = EvalReport(label=label)
     for i in range(min(count, len(ds))):
         s = ds[i]
         with torch.no_grad():
-            latent = mvae.encode(s.delta_hat.permute(3, 0, 1, 2)[None])
-            decoded = mvae.decode(latent)[0].permute(1, 2, 3, 0).float()
+            decoded = decode(s.delta_hat).float()
         decoded[0] = 0
         pred = apply_motion(decoded, s.first_frame_points, s.spec).reshape(s.points.shape[0], -1, 3)
         gt = s.points.reshape(s.points.shape[0], -1, 3)
@@ -99,6 +102,39 @@ def motion_vae_roundtrip(models_dir, data_dir, *, count: int = 16, frames: int =
     if not report.ids:
         raise MoGe4DInputError(f"{data_dir}: no samples evaluated")
     return report
+
+
+def motion_vae_roundtrip(models_dir, data_dir, *, count: int = 16, frames: int = 17,
+                         grid: Optional[tuple[int, int]] = None) -> EvalReport:
+    """Encode + decode each held-out sample's true motion with the folder's motion VAE and score it."""
+    from moge4d_core.loading.motion_vae import load_motion_vae
+    from moge4d_core.pipeline.model_dir import find_model_files
+
+    mvae, _ = load_motion_vae(find_model_files(models_dir).motion_vae)
+
+    def roundtrip(delta: torch.Tensor) -> torch.Tensor:
+        return mvae.decode(mvae.encode(delta.permute(3, 0, 1, 2)[None]))[0].permute(1, 2, 3, 0)
+
+    return _score_decoded_motions(data_dir, roundtrip, "motion VAE round trip", count=count, frames=frames,
+                                  grid=grid)
+
+
+def block_average_floor(data_dir, *, factor: int = 8, count: int = 16, frames: int = 17,
+                        grid: Optional[tuple[int, int]] = None) -> EvalReport:
+    """Score an ideal *linear* latent grid: each frame's true motion averaged over ``factor``×``factor`` blocks
+    and upsampled back (nearest), every frame kept. No training involved: it tells whether the data's objects
+    are large enough for a motion latent of that spatial stride (8 for the Wan VAE) to beat zero motion."""
+    import torch.nn.functional as F
+
+    def blocks(delta: torch.Tensor) -> torch.Tensor:
+        h, w = delta.shape[1:3]
+        if h % factor or w % factor:
+            raise MoGe4DInputError(f"block_average_floor: the grid {h}x{w} is not a multiple of {factor}")
+        low = F.avg_pool2d(delta.permute(0, 3, 1, 2), factor)
+        return F.interpolate(low, scale_factor=factor, mode="nearest").permute(0, 2, 3, 1)
+
+    return _score_decoded_motions(data_dir, blocks, f"{factor}x{factor} block-average latent", count=count,
+                                  frames=frames, grid=grid)
 
 
 def _intrinsics(dataset_root: Path, sample_id: str, h: int, w: int) -> torch.Tensor:
@@ -169,7 +205,7 @@ def evaluate(models_dir, data_dir, *, count: int = 16, steps: int = 20, cfg: flo
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.eval", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", required=True, help="model folder (e.g. moge4d_core/nano_model)")
+    ap.add_argument("--models", help="model folder (e.g. moge4d_core/nano_model); not needed with --block-floor")
     ap.add_argument("--data", required=True, help="held-out samples in the TrajScene layout")
     ap.add_argument("--count", type=int, default=16)
     ap.add_argument("--steps", type=int, default=20)
@@ -179,12 +215,17 @@ def main(argv=None) -> int:
     ap.add_argument("--no-inpaint", action="store_true")
     ap.add_argument("--roundtrip", action="store_true",
                     help="score the motion VAE alone: encode + decode the true motion (see above)")
+    ap.add_argument("--block-floor", action="store_true",
+                    help="no model: score the true motion averaged over 8x8 blocks (see above)")
     a = ap.parse_args(argv)
+    if a.models is None and not a.block_floor:
+        ap.error("--models is required: the model folder to evaluate (only --block-floor runs without one)")
     try:
-        if a.roundtrip:
-            rt = motion_vae_roundtrip(a.models, a.data, count=a.count, frames=a.frames)
+        if a.roundtrip or a.block_floor:
+            rt = (motion_vae_roundtrip(a.models, a.data, count=a.count, frames=a.frames) if a.roundtrip else
+                  block_average_floor(a.data, count=a.count, frames=a.frames))
             for sid, m, b, g in zip(rt.ids, rt.model_error, rt.baseline_error, rt.gain):
-                print(f"{sid}: round trip {m:.4f}  baseline {b:.4f}  gain {g:.3f}")
+                print(f"{sid}: {rt.label} {m:.4f}  baseline {b:.4f}  gain {g:.3f}")
             print(rt.summary())
             return 0
         rep = evaluate(a.models, a.data, count=a.count, steps=a.steps, cfg=a.cfg, seed=a.seed, frames=a.frames,
