@@ -140,3 +140,16 @@ def test_denormalize_rejects_mismatched_first_frame():
         denormalize_motion(torch.zeros(4, 10, 3), torch.zeros(9, 3), spec)
     with pytest.raises(MoGe4DInputError, match="xyz"):
         normalize_motion(torch.zeros(4, 10, 2), spec)
+
+
+def test_motion_scale_is_the_denormalisation_factor_and_checks_its_input():
+    from moge4d_core.geometry.normalization import motion_scale
+
+    g = torch.Generator().manual_seed(1)
+    points0 = torch.rand(5, 7, 3, generator=g) * 4 + 0.5
+    points0[0, 0, 2] = float("nan")                                     # sanitised like the de-normaliser does
+    spec = official_spec(5, 7)
+    delta = torch.randn(3, 5, 7, 3, generator=g)
+    torch.testing.assert_close(delta * motion_scale(points0, spec), denormalize_motion(delta, points0, spec))
+    with pytest.raises(MoGe4DInputError, match="first-frame points"):
+        motion_scale(points0[..., :2], spec)

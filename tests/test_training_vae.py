@@ -36,7 +36,7 @@ def test_train_module_matches_motion_vae_encode_and_kl_formula():
     z_ref = vae.encode(delta, traj_norm=False, sample=True, generator=torch.Generator().manual_seed(4))
     g = torch.Generator().manual_seed(4)
     noise = torch.randn(z_ref.shape, generator=g)
-    mod = MotionVAETrainModule(vae, traj_norm=False, train_encoder_adapter=True)
+    mod = MotionVAETrainModule(vae, traj_norm=False, train_encoder=True)
     with torch.no_grad():
         recon, mean, logvar = mod(delta, noise)
         z = mean + torch.exp(0.5 * logvar) * noise
@@ -64,6 +64,22 @@ def test_motion_vae_overfits_and_the_encoder_adapter_trains_only_when_asked(env)
     assert all(torch.equal(out2[k], init[k]) for k in init if k.startswith("encoder_adapter."))
     assert torch.count_nonzero(out2["encoder_adapter.conv_out.weight"]) == 0      # still exactly sigmoid
     assert any("encoder adapter frozen" in n for n in r2.notes)
+
+
+def test_train_encoder_trains_the_wan_encoder_and_exports_it_in_both_layouts(env):
+    root = env["root"]
+    r = train(args(env, "one", root / "wenc", "--model", str(env["mvae"]), "--max-steps", "3", "--lr", "1e-3",
+                   "--checkpoint-every", "0", "--train-encoder"))
+    init = load_file(str(env["mvae"]))
+    out = load_file(str(r.exports["motion_vae"]))
+    changed = {k for k in init if not torch.equal(out[k], init[k])}
+    assert any(k.startswith("vae.encoder.") for k in changed) and any(k.startswith("vae.quant_conv.") for k in changed)
+    assert not any(k.startswith(("encoder_adapter.", "vae.post_quant_conv.")) for k in changed)
+    official, info = load_motion_vae(r.exports["official_vae"])
+    ours = load_motion_vae(r.exports["motion_vae"])[0]
+    assert info["format"] == "official_release"
+    for name, want in ours.vae.encoder.state_dict().items():
+        assert torch.equal(official.vae.encoder.state_dict()[name], want), name
 
 
 def test_motion_vae_resume_is_bit_exact_and_exports_load(env):
@@ -131,4 +147,31 @@ def test_balanced_l1_is_refused_in_pixel_mode(env):
 
     with pytest.raises(MoGe4DInputError, match="l1_balanced"):
         train(args(env, "two", env["root"] / "bad", "--mode", "pixel", "--rec-loss", "l1_balanced",
+                   "--model", str(env["pvae"]), "--max-steps", "1"))
+
+
+def test_metric_l2_is_the_squared_error_of_the_denormalised_motion_and_trains(env):
+    from moge4d_core.geometry.normalization import denormalize_motion, official_spec
+    from moge4d_core.errors import MoGe4DInputError
+    from training.train_vae import _rec_loss
+
+    g = torch.Generator().manual_seed(3)
+    target, recon = torch.randn(2, 3, T, 4, 6, generator=g), torch.randn(2, 3, T, 4, 6, generator=g)
+    points0 = torch.rand(2, 4, 6, 3, generator=g) * 5 + 1
+    spec = official_spec(4, 6)
+    ones = torch.ones(1, 4, 6, 3)
+    scale = torch.stack([denormalize_motion(ones, p, spec)[0] for p in points0]).permute(0, 3, 1, 2)[:, :, None]
+    metres = lambda d, p: denormalize_motion(d.permute(1, 2, 3, 0), p, spec)  # noqa: E731  (T,H,W,3)
+    want = sum(float((metres(recon[i], points0[i]) - metres(target[i], points0[i])).double().square().sum())
+               for i in range(2)) / 2
+    assert _rec_loss(recon, target, "l2_metric", scale).item() == pytest.approx(want, rel=1e-5)
+    # far points cost more than near ones for the same normalised error
+    near, far = scale.clone(), scale * 3
+    assert _rec_loss(recon, target, "l2_metric", far).item() == pytest.approx(
+        9 * _rec_loss(recon, target, "l2_metric", near).item(), rel=1e-5)
+    r = train(args(env, "one", env["root"] / "metric", "--model", str(env["mvae"]), "--max-steps", "12", "--lr", "1e-3",
+                   "--checkpoint-every", "0", "--rec-loss", "l2_metric", "--train-encoder"))
+    assert np.all(np.isfinite(r.losses)) and np.mean(r.losses[-4:]) < np.mean(r.losses[:4]), r.losses
+    with pytest.raises(MoGe4DInputError, match="l2_metric"):
+        train(args(env, "two", env["root"] / "bad2", "--mode", "pixel", "--rec-loss", "l2_metric",
                    "--model", str(env["pvae"]), "--max-steps", "1"))

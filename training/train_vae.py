@@ -15,7 +15,8 @@
   ``--no-train-decoder`` freezes it); the Wan encoder, ``quant_conv`` and ``post_quant_conv`` stay frozen.
   The release runs the encoder under ``no_grad``, so its encoder adapter never learns (it stays exactly
   ``sigmoid``, H5). ``--train-encoder-adapter`` makes it really trainable: the gradient flows through the frozen
-  Wan encoder into the adapter;
+  Wan encoder into the adapter. ``--train-encoder`` (ours) also trains the Wan encoder and ``quant_conv`` at the
+  decoder's lr: a small VAE trained here on RGB does not pass motion maps on well enough to stay frozen;
 * init: ``--model`` (anything :func:`load_motion_vae` reads), ``--base-vae`` (a pixel Wan VAE; fresh adapters
   with the official init: encoder = sigmoid, decoder default init) or ``--init-config`` (a
   :class:`MotionVAEConfig` JSON ``{"vae": AutoencoderKLWan kwargs, "adapter": AdapterConfig fields}``);
@@ -43,6 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from moge4d_core.errors import MoGe4DInputError
+from moge4d_core.geometry.normalization import motion_scale
 from moge4d_core.models.motion_vae import MotionVAE, MotionVAEConfig
 
 from .engine import DTYPES, TrainResult, TrainTask, dataset_from_options, run
@@ -68,12 +70,17 @@ class VaeOptions(CommonOptions):
     decoder_lr_scale: float = opt(0.1, "motion mode: lr factor of the Wan VAE decoder (release 0.1)")
     train_encoder_adapter: bool = opt(False, "motion mode: train the trajectory encoder adapter through the frozen "
                                              "Wan encoder (the release never does)")
+    train_encoder: bool = opt(False, "motion mode: also train the Wan VAE encoder and quant_conv (lr × "
+                                     "--decoder-lr-scale); the release keeps them frozen, which suits a strong "
+                                     "pretrained encoder but not a small one trained here")
     traj_norm: bool = opt(False, "motion mode: sample the posterior in the two-stage normalised space (release: off)")
     kl_scale: float = opt(1e-6, "weight of the KL term")
     rec_loss: str = opt("l1", "reconstruction loss (summed over elements, divided by the batch); l1_balanced (motion "
                               "mode): moving and static elements weigh half each, so sparse small motions are not "
-                              "traded for a sharper static background (plain L1 decodes them as 0)",
-                        choices=["l1", "l2", "l1_balanced"])
+                              "traded for a sharper static background (plain L1 decodes them as 0); l2_metric "
+                              "(motion mode): L2 of the de-normalised motion in metres (x z/fx, x z/fy, x z), the "
+                              "units of the trajectory error, so far static background weighs as it does there",
+                        choices=["l1", "l2", "l1_balanced", "l2_metric"])
     export_official: bool = opt(True, "motion mode: also export the release folder layout export/VAE/")
 
     lr: float = opt(5e-6, "learning rate")
@@ -90,10 +97,14 @@ def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar).sum() / mean.shape[0]
 
 
-def _rec_loss(recon: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+def _rec_loss(recon: torch.Tensor, target: torch.Tensor, kind: str,
+              metric_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Summed over elements, divided by the batch. ``l1_balanced``: L1 where the moving elements (target ≠ 0) and
-    the static ones together carry half of the total weight each (mean weight 1, so the scale matches ``l1``)."""
+    the static ones together carry half of the total weight each (mean weight 1, so the scale matches ``l1``).
+    ``l2_metric``: L2 of ``(recon - target) * metric_scale``, the de-normalisation factors (B,3,1,H,W)."""
     r, t = recon.float(), target.float()
+    if kind == "l2_metric":
+        return ((r - t) * metric_scale.float()).square().sum() / r.shape[0]
     per = (r - t).abs() if kind in ("l1", "l1_balanced") else (r - t).square()
     if kind == "l1_balanced":
         moving = t != 0
@@ -108,18 +119,19 @@ class MotionVAETrainModule(nn.Module):
 
     ``forward(delta (B,3,T,H,W), noise (B,16,F,h,w)) -> (recon (B,3,T,H,W), mean, logvar)``: the release's
     encode (``sample`` with the given unit noise) and decode; ``mean`` is the normalised posterior mean the KL
-    uses, ``logvar`` the raw clamped log-variance.
+    uses, ``logvar`` the raw clamped log-variance. ``train_encoder``: run the encode with gradients (the encoder
+    adapter or the Wan encoder trains); otherwise it runs under ``no_grad`` as in the release.
     """
 
-    def __init__(self, vae: MotionVAE, *, traj_norm: bool, train_encoder_adapter: bool) -> None:
+    def __init__(self, vae: MotionVAE, *, traj_norm: bool, train_encoder: bool) -> None:
         super().__init__()
         self.vae = vae
         self.traj_norm = traj_norm
-        self.train_encoder_adapter = train_encoder_adapter
+        self.train_encoder = train_encoder
 
     def forward(self, delta: torch.Tensor, noise: torch.Tensor):
         m = self.vae
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.train_encoder_adapter):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.train_encoder):
             mean, logvar = m.posterior(delta, traj_norm=self.traj_norm)
         z = mean + torch.exp(0.5 * logvar) * noise.to(mean.dtype)
         return m.decode(z, traj_norm=self.traj_norm), mean, logvar
@@ -171,9 +183,9 @@ class VaeTask(TrainTask):
         self.device = device
         if o.mode not in ("motion", "pixel"):
             raise MoGe4DInputError(f"--mode must be motion or pixel, got {o.mode!r}")
-        if o.mode == "pixel" and o.rec_loss == "l1_balanced":
-            raise MoGe4DInputError("--rec-loss l1_balanced weighs moving against static motion elements: it is for "
-                                   "--mode motion; use l1 or l2 in pixel mode")
+        if o.mode == "pixel" and o.rec_loss in ("l1_balanced", "l2_metric"):
+            raise MoGe4DInputError(f"--rec-loss {o.rec_loss} weighs motion elements: it is for --mode motion; use l1 "
+                                   f"or l2 in pixel mode")
         dt = DTYPES[o.weight_dtype]
         if o.mode == "motion":
             vae = self._motion_vae()
@@ -183,11 +195,15 @@ class VaeTask(TrainTask):
                 vae.vae.decoder.requires_grad_(True)
             if o.train_encoder_adapter:
                 vae.encoder_adapter.requires_grad_(True)
+            if o.train_encoder:
+                vae.vae.encoder.requires_grad_(True)
+                vae.vae.quant_conv.requires_grad_(True)
             self.vae = vae.to(dt)
             self.model = MotionVAETrainModule(self.vae, traj_norm=o.traj_norm,
-                                              train_encoder_adapter=o.train_encoder_adapter)
+                                              train_encoder=o.train_encoder_adapter or o.train_encoder)
             self.model.train()
-            self.vae.vae.encoder.eval()
+            if not o.train_encoder:
+                self.vae.vae.encoder.eval()
             if not o.train_encoder_adapter:
                 self.vae.encoder_adapter.eval()
         else:
@@ -254,7 +270,11 @@ class VaeTask(TrainTask):
 
     def collate(self, samples: list):
         if self.o.mode == "motion":
-            return {"delta": torch.stack([s.delta_hat for s in samples]).permute(0, 4, 1, 2, 3).contiguous()}
+            batch = {"delta": torch.stack([s.delta_hat for s in samples]).permute(0, 4, 1, 2, 3).contiguous()}
+            if self.o.rec_loss == "l2_metric":
+                batch["metric_scale"] = torch.stack([motion_scale(s.first_frame_points, s.spec) for s in samples]
+                                                    ).permute(0, 3, 1, 2)[:, :, None].contiguous()
+            return batch
         crop = parse_size(self.o.crop, "crop")
         vids = [fit_video(s.video, crop) for s in samples]
         if len({tuple(v.shape) for v in vids}) > 1:
@@ -270,6 +290,9 @@ class VaeTask(TrainTask):
         if self.o.train_encoder_adapter:
             groups.append({"params": list(self.vae.encoder_adapter.parameters()), "lr_scale": 1.0,
                            "name": "encoder_adapter"})
+        if self.o.train_encoder:
+            groups.append({"params": [*self.vae.vae.encoder.parameters(), *self.vae.vae.quant_conv.parameters()],
+                           "lr_scale": self.o.decoder_lr_scale, "name": "vae_encoder"})
         if self.o.train_decoder:
             groups.append({"params": list(self.vae.vae.decoder.parameters()), "lr_scale": self.o.decoder_lr_scale,
                            "name": "vae_decoder"})
@@ -288,7 +311,8 @@ class VaeTask(TrainTask):
         b, _, t, h, w = x.shape
         noise = torch.randn(_MV.latent_shape(b, t, h, w), generator=g, device=self.device, dtype=torch.float32)
         recon, mean, logvar = model(x, noise)
-        rec = _rec_loss(recon, x, self.o.rec_loss)
+        scale = batch.get("metric_scale")
+        rec = _rec_loss(recon, x, self.o.rec_loss, None if scale is None else scale.to(self.device))
         kl = kl_divergence(mean, logvar)
         return rec + self.o.kl_scale * kl, {"rec": float(rec.detach()), "kl": float(kl.detach())}
 

@@ -57,6 +57,14 @@ def _scale(z0: torch.Tensor, spec: NormalizationSpec) -> torch.Tensor:
     return torch.stack([z0 / spec.fx, z0 / spec.fy, z0], dim=-1)
 
 
+def motion_scale(points0: torch.Tensor, spec: NormalizationSpec) -> torch.Tensor:
+    """First-frame points (..., 3) -> the de-normalisation factors (..., 3) ``(z0/fx, z0/fy, z0)``: metric
+    motion = normalised motion x these (the depth rule and checks of :func:`denormalize_motion`)."""
+    if points0.shape[-1:] != (3,):
+        raise MoGe4DInputError(f"motion_scale: expected first-frame points (..., 3), got {tuple(points0.shape)}")
+    return _scale(sanitize_depth(points0[..., 2], spec.depth_fill), spec)
+
+
 def _frame0(seq: torch.Tensor, time_dim: int, name: str) -> int:
     if seq.ndim < 2 or seq.shape[-1] != 3:
         raise MoGe4DInputError(f"{name}: expected (..., T, *grid, 3) with xyz last, got {tuple(seq.shape)}")
