@@ -39,3 +39,28 @@ def test_whitening_is_an_exact_change_of_latent_coordinates(traj_norm):
     changed = {k for k in a if not torch.equal(a[k], b[k])}
     assert changed == {"vae.quant_conv.weight", "vae.quant_conv.bias", "vae.post_quant_conv.weight",
                        "vae.post_quant_conv.bias"}
+
+
+def test_nano_motion_init_keeps_the_pixel_vae_and_adds_nano_adapters_with_four_channels_per_group(tmp_path):
+    from safetensors.torch import save_file
+
+    from moge4d_core.loading.motion_vae import load_motion_vae, wan_vae_diffusers_to_original
+    from moge4d_core.models.nano import NANO, build_wan_vae
+    from training.nano.train_nano import EXPORTS, WHITE, stage_argv, write_motion_init
+
+    pixel = build_wan_vae(NANO, seed=5)
+    path = tmp_path / "pixel_vae" / EXPORTS["pixel_vae"]
+    path.parent.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in wan_vae_diffusers_to_original(pixel.state_dict(),
+                                                                          dict(pixel.config)).items()}, str(path))
+    mv = load_motion_vae(write_motion_init(tmp_path))[0]
+    assert all(torch.equal(v, pixel.state_dict()[k]) for k, v in mv.vae.state_dict().items())
+    for adapter in (mv.encoder_adapter, mv.decoder_adapter):
+        assert adapter.conv_in.out_channels == NANO.adapter_channels
+        assert adapter.norm_out.num_channels // adapter.norm_out.num_groups == 4       # as the release's 128 / 32
+    assert torch.count_nonzero(mv.encoder_adapter.conv_out.weight) == 0                 # encoder adapter = sigmoid
+    argv = stage_argv("strag", "DATA", tmp_path)
+    assert argv[argv.index("--motion-vae") + 1] == str(tmp_path / WHITE)
+    argv = stage_argv("motion_vae", "DATA", tmp_path)
+    assert argv[argv.index("--model") + 1] == str(tmp_path / "motion_init.safetensors")
+    assert "--train-encoder" in argv and argv[argv.index("--rec-loss") + 1] == "l2_metric"

@@ -37,7 +37,8 @@ class ModelSize:
     mpm_dim: int | None = None
     vae_base_dim: int = 8
     adapter_channels: int = 32
-    adapter_groups: int = 32
+    adapter_groups: int = 8       # 4 channels per GroupNorm group, as the release's 128/32 (1 per group is an
+                                  # instance norm that erases each frame's motion magnitude)
 
 
 NANO = ModelSize()

@@ -1,15 +1,16 @@
 """Train the nano MoGe4D model shipped in ``moge4d_core/nano_model/`` (all four parts, our trainers, CPU).
 
     python -m training.datasets.synthetic --out DATA/train --count 400 --height 64 --width 96 --frames 17 \\
-        --seed 100 --motion-rule by_colour --novel-view source
+        --seed 100 --motion-rule by_colour --novel-view source --motion-scale 8 --object-scale 3
     python -m training.nano.train_nano --data DATA/train --work RUNS [--stage all|pixel_vae|motion_vae|strag|vism]
         [--install]
 
 Stages (each a normal trainer run, resumable with the trainer's own checkpoints; the arguments are listed in
-:data:`STAGES`): ``pixel_vae`` (plain Wan VAE on the RGB videos) → ``motion_vae`` (release recipe: trajectory
-adapters + decoder, from the pixel VAE) → ``strag`` (flow matching from scratch, full model, latents cached per
-sample, :mod:`.cached`) → ``vism`` (full training from scratch on same-view render/mask/video triplets, latents
-cached likewise).
+:data:`STAGES`): ``pixel_vae`` (plain Wan VAE on the RGB videos) → ``motion_vae`` (from the pixel VAE with fresh
+``NANO`` adapters, :func:`write_motion_init`; every part trains, encoder included, on full 17-frame grids with the
+L2 of the de-normalised motion, ``--rec-loss l2_metric``; then its latent space is whitened exactly,
+:mod:`.whiten`) → ``strag`` (flow matching from scratch, full model, latents cached per sample, :mod:`.cached`)
+→ ``vism`` (full training from scratch on same-view render/mask/video triplets, latents cached likewise).
 ``--install`` copies the exports to ``moge4d_core/nano_model/`` as ``vae.safetensors``, ``motion_vae.safetensors``,
 ``strag.safetensors``, ``vism.safetensors``.  Model sizes: :data:`moge4d_core.models.nano.NANO`
 (configs in ``training/configs/nano/``).  The nano model has no text encoder (zero text context).
@@ -29,10 +30,16 @@ COMMON = ["--crop", "none", "--grid", "64x96", "--seed", "0", "--no-progress", "
 STAGES = {
     "pixel_vae": ["--mode", "pixel", "--frames", "5", "--crop", "32x48", "--model", "{pixel_init}",
                   "--batch-size", "4", "--max-steps", "300", "--lr", "5e-3"],
-    "motion_vae": ["--mode", "motion", "--frames", "5", "--crop", "32x48", "--base-vae", "{pixel_vae}", "--decoder-lr-scale", "1.0", "--batch-size", "4",
-                   "--max-steps", "600", "--lr", "5e-3"],
-    "strag": ["--frames", "17", "--init-config", str(CONFIGS / "strag.json"), "--motion-vae", "{motion_vae}",
-              "--batch-size", "8", "--max-steps", "1500", "--lr", "5e-4",
+    # full 17-frame grids (5-frame crops do not carry over to 17 frames, centre crops never show the borders), the
+    # Wan encoder trained too (the nano pixel VAE's does not pass motion maps on), the loss in metres (the
+    # trajectory error's units: a normalised L2 leaves far static background noisy), no gradient clipping (summed
+    # losses have gradient norms near 1e5; clipping them to 1 stalls Adam)
+    "motion_vae": ["--mode", "motion", "--frames", "17", "--model", "{motion_init}",
+                   "--train-encoder-adapter", "--train-encoder", "--decoder-lr-scale", "1.0", "--rec-loss", "l2_metric",
+                   "--batch-size", "1", "--max-steps", "2000", "--lr", "1e-3", "--lr-scheduler", "cosine",
+                   "--grad-clip", "0"],
+    "strag": ["--frames", "17", "--init-config", str(CONFIGS / "strag.json"), "--motion-vae", "{motion_white}",
+              "--batch-size", "8", "--max-steps", "3000", "--lr", "5e-4",
               "--weight-decay", "0.0", "--control-drop", "0.0", "--text-drop", "0.0"],
     "vism": ["--frames", "17", "--init-config", str(CONFIGS / "vism.json"), "--full", "--vae", "{pixel_vae}",
              "--batch-size", "8", "--max-steps", "600", "--lr", "5e-4", "--weight-decay", "0.0"],
@@ -40,8 +47,10 @@ STAGES = {
 EXPORTS = {"pixel_vae": "export/wan_vae.safetensors", "motion_vae": "export/motion_vae.safetensors",
            "strag": "export/4D-STraG/diffusion_pytorch_model.safetensors",
            "vism": "export/4D-ViSM-base/diffusion_pytorch_model.safetensors"}
-INSTALLED = {"pixel_vae": "vae.safetensors", "motion_vae": "motion_vae.safetensors", "strag": "strag.safetensors",
+WHITE = "motion_vae/export/motion_vae_white.safetensors"     # the motion VAE export, latent space whitened
+INSTALLED = {"pixel_vae": "vae.safetensors", "motion_white": "motion_vae.safetensors", "strag": "strag.safetensors",
              "vism": "vism.safetensors"}
+WHITEN_SAMPLES = 64
 
 
 def write_pixel_init(work: Path) -> Path:
@@ -66,9 +75,49 @@ def write_pixel_init(work: Path) -> Path:
     return path
 
 
+def write_motion_init(work: Path) -> Path:
+    """The motion VAE's starting point: the trained pixel VAE with fresh ``NANO`` trajectory adapters (32
+    channels; ``--base-vae`` alone would give the release's 128-channel adapters, 4× slower at full resolution)
+    built as the loader does (encoder adapter = exact ``sigmoid``, seeded decoder adapter)."""
+    import torch
+
+    from moge4d_core.loading.motion_vae import load_motion_vae, save_motion_vae
+    from moge4d_core.models.motion_vae import MotionVAE
+    from moge4d_core.models.nano import NANO, motion_vae_config
+
+    base = load_motion_vae(work / "pixel_vae" / EXPORTS["pixel_vae"], fresh_adapters=True)[0]
+    torch.manual_seed(0)
+    model = MotionVAE(motion_vae_config(NANO))
+    model.vae.load_state_dict(base.vae.state_dict())
+    return save_motion_vae(model, work / "motion_init.safetensors")
+
+
+def write_whitened(data: str, work: Path) -> Path:
+    """The motion VAE export with its latent space whitened (:mod:`.whiten`) on the first
+    :data:`WHITEN_SAMPLES` training samples (full 17-frame grids, the STraG's latent space)."""
+    import torch
+
+    from moge4d_core.loading.motion_vae import load_motion_vae, save_motion_vae
+    from training.datasets import TrajSceneDataset
+
+    from .whiten import latent_moments, whiten_motion_vae
+
+    vae = load_motion_vae(work / "motion_vae" / EXPORTS["motion_vae"])[0].eval()
+    ds = TrajSceneDataset(data, frames=17, crop=None, grid=(64, 96))
+    motions = (ds[i].delta_hat.permute(3, 0, 1, 2)[None] for i in range(min(WHITEN_SAMPLES, len(ds))))
+    mean, std = latent_moments(vae, motions)
+    whiten_motion_vae(vae, mean, std)
+    print(f"whitened the motion VAE latents (per-channel mean {mean.abs().max():.2f} max |.|, std "
+          f"{std.min():.2f}..{std.max():.2f}) -> {work / WHITE}", flush=True)
+    with torch.no_grad():
+        return save_motion_vae(vae, work / WHITE)
+
+
 def stage_argv(stage: str, data: str, work: Path) -> list[str]:
     paths = {k: str(work / k / v) for k, v in EXPORTS.items()}
     paths["pixel_init"] = str(work / "pixel_init.safetensors")
+    paths["motion_init"] = str(work / "motion_init.safetensors")
+    paths["motion_white"] = str(work / WHITE)
     args = [a.format(**paths) for a in STAGES[stage]]
     return ["--data", data, "--out", str(work / stage), *COMMON, *args]
 
@@ -76,11 +125,15 @@ def stage_argv(stage: str, data: str, work: Path) -> list[str]:
 def run_stage(stage: str, data: str, work: Path) -> None:
     if stage == "pixel_vae":
         write_pixel_init(work)
+    if stage == "motion_vae":
+        write_motion_init(work)
     argv = stage_argv(stage, data, work)
     print(f"== {stage}: {' '.join(argv)}", flush=True)
     if stage in ("pixel_vae", "motion_vae"):
         from training.train_vae import train
         train(argv)
+        if stage == "motion_vae":
+            write_whitened(data, work)
     elif stage == "strag":
         from training.engine import run
         from training.options import coerce_options
@@ -110,7 +163,7 @@ def main(argv=None) -> int:
         run_stage(stage, a.data, work)
     if a.install:
         for stage, name in INSTALLED.items():
-            shutil.copyfile(work / stage / EXPORTS[stage], INSTALL / name)
+            shutil.copyfile(work / WHITE if stage == "motion_white" else work / stage / EXPORTS[stage], INSTALL / name)
             print(f"installed {INSTALL / name}")
     return 0
 
