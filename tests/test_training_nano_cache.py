@@ -48,12 +48,17 @@ def test_cached_strag_and_vism_losses_equal_the_trainers(tmp_path):
     (tmp_path / "vism.json").write_text(json.dumps(nano.vism_config(nano.TINY).to_dict()))
     common = ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "o"), "--frames", "5", "--crop", "none",
               "--grid", "16x16"]
-    cached, plain = _tasks(tmp_path, CachedStragTask, StragTask, StragOptions,
-                           common + ["--init-config", str(tmp_path / "strag.json"), "--motion-vae",
-                                     str(tmp_path / "mvae.safetensors")])
     model = nano.build_strag(nano.TINY.__class__(**{**nano.TINY.__dict__, "mpm_dim": None}), 3)
-    _same_loss(cached, plain, _batch(plain), model)
-    assert len(cached._latent_cache) == 2
+    losses = []
+    for reference in ([], ["--reference"]):           # zero reference latent (release) and the image's
+        cached, plain = _tasks(tmp_path, CachedStragTask, StragTask, StragOptions,
+                               common + ["--init-config", str(tmp_path / "strag.json"), "--motion-vae",
+                                         str(tmp_path / "mvae.safetensors"), *reference])
+        batch = _batch(plain)
+        _same_loss(cached, plain, batch, model)
+        assert len(cached._latent_cache) == 2
+        losses.append(float(plain.loss(model, batch, torch.Generator().manual_seed(0))[0]))
+    assert losses[0] != losses[1]                     # the reference latent reaches the model
     cached, plain = _tasks(tmp_path, CachedVismTask, VismTask, VismOptions,
                            common + ["--init-config", str(tmp_path / "vism.json"), "--full", "--vae",
                                      str(tmp_path / "vae.safetensors")])

@@ -64,3 +64,52 @@ def test_nano_motion_init_keeps_the_pixel_vae_and_adds_nano_adapters_with_four_c
     argv = stage_argv("motion_vae", "DATA", tmp_path)
     assert argv[argv.index("--model") + 1] == str(tmp_path / "motion_init.safetensors")
     assert "--train-encoder" in argv and argv[argv.index("--rec-loss") + 1] == "l2_metric"
+
+
+def test_nano_configs_are_the_nano_sizes_and_the_strag_stage_trains_with_the_reference():
+    """``training/configs/nano/*.json`` (what the recipe trains) are ``strag_config(NANO_STRAG)`` and
+    ``vism_config(NANO)``, and the STraG stage feeds the reference latent that inference feeds."""
+    import json
+
+    from moge4d_core.models.nano import NANO, NANO_STRAG, strag_config, vism_config
+    from training.nano.train_nano import CONFIGS, stage_argv
+
+    assert json.loads((CONFIGS / "strag.json").read_text()) == strag_config(NANO_STRAG).to_dict()
+    assert json.loads((CONFIGS / "vism.json").read_text()) == vism_config(NANO).to_dict()
+    assert NANO_STRAG.dim > 64         # the patch's 64 noise values must fit through the residual stream
+    argv = stage_argv("strag", "DATA", CONFIGS)
+    assert "--reference" in argv and argv[argv.index("--lr-scheduler") + 1] == "cosine"
+
+
+def test_nano_install_is_all_or_nothing_and_writes_the_demo_image(tmp_path):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from moge4d_core.errors import MoGe4DInputError
+    from training.nano.demo_assets import SCENE
+    from training.nano.train_nano import EXPORTS, INSTALLED, WHITE, install
+
+    work, target = tmp_path / "runs", tmp_path / "nano_model"
+    target.mkdir()
+    (target / "strag.safetensors").write_bytes(b"old")
+    sources = [work / WHITE] + [work / st / EXPORTS[st] for st in INSTALLED if st != "motion_white"]
+    for i, src in enumerate(sources[:-1]):
+        src.parent.mkdir(parents=True, exist_ok=True)
+        src.write_bytes(bytes([i]) * 8)
+    with pytest.raises(MoGe4DInputError, match="missing exports"):
+        install(work, target)
+    assert sorted(p.name for p in target.iterdir()) == ["strag.safetensors"]
+    assert (target / "strag.safetensors").read_bytes() == b"old"          # nothing written half-way
+    sources[-1].parent.mkdir(parents=True, exist_ok=True)
+    sources[-1].write_bytes(b"new")
+    paths = install(work, target)
+    assert sorted(p.name for p in paths) == sorted(p.name for p in target.iterdir() if not p.name.startswith("."))
+    assert (target / "motion_vae.safetensors").read_bytes() == sources[0].read_bytes()
+    spec = json.loads((target / "demo.json").read_text())
+    img = np.asarray(Image.open(target / spec["image"]))
+    depth = np.load(target / spec["depth"])
+    assert img.shape == (SCENE["height"], SCENE["width"], 3) and depth.shape == img.shape[:2]
+    assert depth.dtype == np.float32 and 1.0 < depth.min() < depth.max() < 20.0
+    assert "motion_scale=8.0" in spec["source"] and spec["caption"]

@@ -205,3 +205,18 @@ def test_text_context_drop_and_a_run_with_a_text_encoder(env):
                             max_steps=2, checkpoint_every=0, frames=T, crop="none", grid="16x32", progress=False))
     r = train(o)
     assert r.steps == 2 and not any("text context is all zeros" in n for n in r.notes)
+
+
+def test_reference_option_trains_ref_conv_and_the_release_default_leaves_it(env):
+    """Release training feeds a zero reference latent, so ``ref_conv``'s weights get no gradient (only its bias
+    does); ``--reference`` feeds the image's latent, as inference does, and trains them."""
+    root = env["root"]
+    torch.manual_seed(4)
+    start = save_wan_dit(STraGDiT.from_config_obj(WanDiTConfig(**STRAG_CFG)), root / "ref_start.safetensors")
+    w0 = load_file(str(start))
+    common = ["--model", str(start), "--max-steps", "2", "--lr", "1e-2", "--checkpoint-every", "0", "--weight-decay", "0"]
+    off = load_file(str(train(args(env, "one", root / "ref_off", *common)).exports["dit"]))
+    on = load_file(str(train(args(env, "one", root / "ref_on", *common, "--reference")).exports["dit"]))
+    assert torch.equal(off["ref_conv.weight"], w0["ref_conv.weight"])
+    assert not torch.equal(off["ref_conv.bias"], w0["ref_conv.bias"])
+    assert (on["ref_conv.weight"] - w0["ref_conv.weight"]).abs().max() > 1e-4

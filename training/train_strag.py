@@ -11,7 +11,9 @@ Per sample (TrajScene reader, :class:`training.datasets.TrajSceneSample`):
 * conditions from :func:`moge4d_core.pipeline.encode_strag_conditions` with the pixel VAE (``--image-vae``, else
   the motion VAE's own encoder, which the release never changes: :meth:`WanImageVAE.from_motion_vae`):
   control latent of the frame-0 colours repeated over T, min-max depth latent of the frame-0 z,
-  ``reference=False`` (zero ref latent, as the release trains; the ref tokens are then ``ref_conv.bias``).
+  zero ref latent as the release trains (the ref tokens are then ``ref_conv.bias``, and ``ref_conv``'s weights
+  never learn: right for a base whose ``ref_conv`` was trained, wrong from scratch, where inference would feed the
+  image through untrained weights), or with ``--reference`` the image's ref latent, as inference feeds it.
   The condition latents are posterior means (the release samples them; the difference is the VAE's tiny
   posterior std). The control latent is zeroed with p = 0.02 per sample;
 * CLIP context: CLIP (``--clip``) of the uniform gray-127 image (:func:`moge4d_core.pipeline.gray_image`, what
@@ -78,6 +80,8 @@ class StragOptions(CommonOptions):
     omnimae: Optional[str] = opt(None, "OmniMAE weights for the MPM features (default: omnimae_extractor.* in --model)")
     lora_rank: int = opt(0, "LoRA rank (0: full fine-tune)")
     lora_alpha: Optional[float] = opt(None, "LoRA alpha (default: the rank)")
+    reference: bool = opt(False, "feed the image's reference latent to ref_conv, as inference does (release: zeros, "
+                                 "which never trains ref_conv's weights; use it when training from scratch)")
     control_drop: float = opt(0.02, "probability of zeroing the control latent")
     clip_drop: float = opt(0.02, "probability of zeroing the CLIP context")
     text_drop: float = opt(0.1, "probability of replacing the caption by the empty prompt")
@@ -200,7 +204,8 @@ class StragTask(DiTTask):
         return self._datasets
 
     def compat(self) -> dict:
-        c = {"task": "strag", "traj_norm": self.o.traj_norm, "mpm_features": self.features is not None}
+        c = {"task": "strag", "traj_norm": self.o.traj_norm, "mpm_features": self.features is not None,
+             "reference": self.o.reference}
         c.update(self.training_compat())
         return c
 
@@ -213,14 +218,16 @@ class StragTask(DiTTask):
         with torch.no_grad():
             x0 = self.motion_vae.encode(delta, traj_norm=o.traj_norm, sample=True, generator=g)
             conds = [encode_strag_conditions(self.image_vae, batch["colors"][i], batch["first_frame_points"][i][..., 2],
-                                             t, reference=False) for i in range(b)]
+                                             t, reference=o.reference) for i in range(b)]
             control = torch.cat([c.control for c in conds]).to(dev)
             depth = torch.cat([c.depth for c in conds]).to(dev)
-        return self.loss_from_latents(model, batch, g, x0, control, depth)
+            ref = torch.cat([c.ref_latent for c in conds]).to(dev) if o.reference else None
+        return self.loss_from_latents(model, batch, g, x0, control, depth, ref)
 
     def loss_from_latents(self, model, batch: dict, g: torch.Generator, x0: torch.Tensor, control: torch.Tensor,
-                          depth: torch.Tensor):
-        """The flow loss once the target and condition latents exist: condition drops, CLIP, text, MPM features."""
+                          depth: torch.Tensor, ref: Optional[torch.Tensor] = None):
+        """The flow loss once the target and condition latents exist: condition drops, CLIP, text, MPM features.
+        ``ref``: (B,16,h,w) reference latents (``--reference``), None for the release's zero reference."""
         o, dev, b = self.o, self.device, x0.shape[0]
         with torch.no_grad():
             u = torch.rand(b, 3, generator=g, device=dev)                      # control, CLIP, text drops
@@ -230,7 +237,7 @@ class StragTask(DiTTask):
                 clip = self.clip_tokens.expand(b, -1, -1) * (u[:, 1] >= o.clip_drop).float().view(b, 1, 1)
             text = self.text(batch["caption"], u[:, 2] < o.text_drop)
             feats = self.features(batch["colors"]) if self.features is not None else None
-        return self.flow_loss(model, x0, g, text=text, clip=clip, control=control, depth=depth, ref_latent=None,
+        return self.flow_loss(model, x0, g, text=text, clip=clip, control=control, depth=depth, ref_latent=ref,
                               motion_features=feats)
 
 

@@ -5,8 +5,12 @@ narrower: a nano checkpoint goes through exactly the loaders the released files 
 ``vism_config`` give :class:`WanDiTConfig` objects, ``wan_vae_kwargs`` the diffusers ``AutoencoderKLWan``
 arguments, ``motion_vae_config`` a :class:`MotionVAEConfig`.  ``build_*`` make seeded random models.
 
-Sizes (parameters): ``NANO`` ≈ 1.4 M (STraG) + 1.4 M (ViSM) + 2 × 0.9 M (pixel VAE, motion VAE), for
-96×64 pixels and 17 frames; ``TINY`` a few hundred thousand in all, for 16×16-pixel CPU tests.
+Sizes (parameters): ``NANO_STRAG`` ≈ 2.0 M (STraG), ``NANO`` ≈ 0.3 M (ViSM) + 2 × 0.9 M (pixel VAE, motion
+VAE), for 96×64 pixels and 17 frames; ``TINY`` a few hundred thousand in all, for 16×16-pixel CPU tests.
+The nano STraG is wider than the rest: at width 64 its tokens (16 channels × 2×2 patch = 64 noise values, plus
+as many condition values) do not fit through the residual stream, and it cannot even carry its noisy input
+through to the velocity (reproduced in session 7: its flow loss stalls and its estimate of the clean latent
+misses even the first latent frame, which is the same for every motion).
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from .motion_vae import AdapterConfig, MotionVAE, MotionVAEConfig
 from .wan_dit import STraGDiT, ViSMDiT
 from .wan_dit.config import ARCH_INP, ARCH_STRAG, WanDiTConfig
 
-__all__ = ["ModelSize", "NANO", "TINY", "strag_config", "vism_config", "wan_vae_kwargs", "motion_vae_config",
+__all__ = ["ModelSize", "NANO", "NANO_STRAG", "TINY", "strag_config", "vism_config", "wan_vae_kwargs", "motion_vae_config",
            "build_strag", "build_vism", "build_wan_vae", "build_motion_vae", "randomize_"]
 
 
@@ -42,6 +46,7 @@ class ModelSize:
 
 
 NANO = ModelSize()
+NANO_STRAG = ModelSize(dim=128, ffn_dim=512, num_layers=6)
 TINY = ModelSize(dim=24, ffn_dim=48, num_heads=2, num_layers=2, text_dim=16, image_dim=16, freq_dim=16, mpm_dim=64,
                  vae_base_dim=4, adapter_channels=32)
 
@@ -51,7 +56,7 @@ def _common(s: ModelSize) -> dict:
                 freq_dim=s.freq_dim, image_dim=s.image_dim)
 
 
-def strag_config(s: ModelSize = NANO) -> WanDiTConfig:
+def strag_config(s: ModelSize = NANO_STRAG) -> WanDiTConfig:
     return WanDiTConfig(arch=ARCH_STRAG, in_dim=64, ref_conv_in_dim=16, mpm_feature_dim=s.mpm_dim,
                         mpm_alignment="corrected", **_common(s))
 
@@ -81,7 +86,7 @@ def randomize_(model: torch.nn.Module, seed: int, scale: float = 0.05) -> torch.
     return model
 
 
-def build_strag(s: ModelSize = NANO, seed: int = 0, random: bool = True) -> STraGDiT:
+def build_strag(s: ModelSize = NANO_STRAG, seed: int = 0, random: bool = True) -> STraGDiT:
     torch.manual_seed(seed)
     m = STraGDiT.from_config_obj(strag_config(s))
     return randomize_(m, seed) if random else m

@@ -32,8 +32,8 @@ class CachedStragTask(StragTask):
                 post = mvae.vae.encode(rgb).latent_dist
                 mean = normalize_latent(post.mean, traj_norm=self.o.traj_norm)
                 std = torch.exp(0.5 * post.logvar)
-                c = encode_strag_conditions(self.image_vae, colors, z0, delta.shape[1], reference=False)
-            cache[sample_id] = (mean, std, c.control, c.depth)
+                c = encode_strag_conditions(self.image_vae, colors, z0, delta.shape[1], reference=self.o.reference)
+            cache[sample_id] = (mean, std, c.control, c.depth, c.ref_latent)
         return cache[sample_id]
 
     def loss(self, model, batch: dict, g: torch.Generator):
@@ -48,7 +48,8 @@ class CachedStragTask(StragTask):
             x0 = mean + std * torch.randn(mean.shape, generator=g, device=dev, dtype=mean.dtype)
             control = torch.cat([e[2] for e in enc]).to(dev)
             depth = torch.cat([e[3] for e in enc]).to(dev)
-        return self.loss_from_latents(model, batch, g, x0, control, depth)
+            ref = torch.cat([e[4] for e in enc]).to(dev) if self.o.reference else None
+        return self.loss_from_latents(model, batch, g, x0, control, depth, ref)
 
 
 class CachedVismTask(VismTask):

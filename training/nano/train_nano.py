@@ -11,8 +11,9 @@ Stages (each a normal trainer run, resumable with the trainer's own checkpoints;
 L2 of the de-normalised motion, ``--rec-loss l2_metric``; then its latent space is whitened exactly,
 :mod:`.whiten`) → ``strag`` (flow matching from scratch, full model, latents cached per sample, :mod:`.cached`)
 → ``vism`` (full training from scratch on same-view render/mask/video triplets, latents cached likewise).
-``--install`` copies the exports to ``moge4d_core/nano_model/`` as ``vae.safetensors``, ``motion_vae.safetensors``,
-``strag.safetensors``, ``vism.safetensors``.  Model sizes: :data:`moge4d_core.models.nano.NANO`
+``--install`` copies the exports to ``moge4d_core/nano_model/`` as ``vae.safetensors``, ``motion_vae.safetensors``
+(the whitened one), ``strag.safetensors``, ``vism.safetensors``, and writes the demo image there
+(:mod:`.demo_assets`).  Model sizes: :data:`moge4d_core.models.nano.NANO`
 (configs in ``training/configs/nano/``).  The nano model has no text encoder (zero text context).
 """
 from __future__ import annotations
@@ -40,7 +41,8 @@ STAGES = {
                    "--grad-clip", "0"],
     "strag": ["--frames", "17", "--init-config", str(CONFIGS / "strag.json"), "--motion-vae", "{motion_white}",
               "--batch-size", "8", "--max-steps", "3000", "--lr", "5e-4",
-              "--weight-decay", "0.0", "--control-drop", "0.0", "--text-drop", "0.0"],
+              "--weight-decay", "0.0", "--control-drop", "0.0", "--text-drop", "0.0", "--reference",
+              "--lr-scheduler", "cosine"],
     "vism": ["--frames", "17", "--init-config", str(CONFIGS / "vism.json"), "--full", "--vae", "{pixel_vae}",
              "--batch-size", "8", "--max-steps", "600", "--lr", "5e-4", "--weight-decay", "0.0"],
 }
@@ -159,13 +161,38 @@ def main(argv=None) -> int:
     ap.add_argument("--install", action="store_true")
     a = ap.parse_args(argv)
     work = Path(a.work)
-    for stage in (STAGES if a.stage == "all" else [] if a.stage == "none" else [a.stage]):
-        run_stage(stage, a.data, work)
-    if a.install:
-        for stage, name in INSTALLED.items():
-            shutil.copyfile(work / WHITE if stage == "motion_white" else work / stage / EXPORTS[stage], INSTALL / name)
-            print(f"installed {INSTALL / name}")
+    from moge4d_core.errors import MoGe4DInputError
+    try:
+        for stage in (STAGES if a.stage == "all" else [] if a.stage == "none" else [a.stage]):
+            run_stage(stage, a.data, work)
+        if a.install:
+            for path in install(work):
+                print(f"installed {path}")
+    except MoGe4DInputError as exc:
+        ap.exit(2, f"error: {exc}\n")
     return 0
+
+
+def install(work: Path, target: Path = INSTALL) -> list[Path]:
+    """Copy the four exports of ``work`` to ``target`` under :data:`INSTALLED` names and write the demo files
+    (:mod:`.demo_assets`). All or nothing: a missing export is reported before anything is written, and the
+    files are moved in only once all of them were written."""
+    from moge4d_core.errors import MoGe4DInputError
+    from moge4d_core.io._atomic import atomic_dir
+
+    from .demo_assets import write_demo_assets
+
+    sources = {name: work / WHITE if stage == "motion_white" else work / stage / EXPORTS[stage]
+               for stage, name in INSTALLED.items()}
+    missing = [str(p) for p in sources.values() if not p.is_file()]
+    if missing:
+        raise MoGe4DInputError(f"install: missing exports {missing}; train those stages first "
+                               f"(python -m training.nano.train_nano --data DATA --work {work} --stage STAGE)")
+    with atomic_dir(target) as tmp:
+        for name, src in sources.items():
+            shutil.copyfile(src, tmp / name)
+        names = [p.name for p in write_demo_assets(tmp)]
+    return [target / n for n in [*sources, *names]]
 
 
 if __name__ == "__main__":
