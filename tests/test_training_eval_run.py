@@ -38,6 +38,20 @@ def test_motion_gain_tells_carried_from_collapsed_motion():
     assert motion_gain(true, torch.zeros_like(true)) != motion_gain(true, torch.zeros_like(true))   # nan
 
 
+def test_channel_gain_finds_a_dropped_channel():
+    from training.eval.evaluate import EvalReport, channel_gain_terms, motion_gain
+    true = torch.zeros(3, 4, 5, 3)
+    true[1:, 1:3, 2:4] = torch.tensor([0.9, -0.05, 0.3])
+    only_x = true.clone()
+    only_x[..., 1:] = 0                                    # a decoder that carries x and drops y and z
+    assert motion_gain(only_x, true) > 0.85                # the pooled gain hides it ...
+    rep = EvalReport(channel_terms=[channel_gain_terms(only_x, true), channel_gain_terms(true * 0.5, true)],
+                     model_error=[1.0], baseline_error=[1.0], ids=["a"])
+    num, den = torch.stack(rep.channel_terms).sum(0)
+    torch.testing.assert_close(num / den, torch.tensor([0.75, 0.25, 0.25], dtype=torch.float64))
+    assert "x / y / z (pooled over the samples): 0.750 / 0.250 / 0.250" in rep.summary()   # ... this does not
+
+
 def test_roundtrip_cli_scores_the_motion_vae_by_hand(tmp_path, capsys):
     from moge4d_core.geometry.normalization import apply_motion
     from moge4d_core.loading.motion_vae import load_motion_vae
@@ -59,7 +73,8 @@ def test_roundtrip_cli_scores_the_motion_vae_by_hand(tmp_path, capsys):
     assert abs(rt.model_error[0] - want) < 1e-9 and rt.baseline_error[0] > 0
     assert cli(["--models", str(tmp_path / "models"), "--data", str(tmp_path / "data"), "--count", "1",
                 "--frames", "5", "--roundtrip"]) == 0
-    assert "motion gain" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "motion gain" in out and "motion gain per channel x / y / z" in out
 
 
 def test_block_floor_is_exact_at_stride_1_and_loses_motion_at_stride_8(tmp_path, capsys):

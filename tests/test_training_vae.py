@@ -175,3 +175,45 @@ def test_metric_l2_is_the_squared_error_of_the_denormalised_motion_and_trains(en
     with pytest.raises(MoGe4DInputError, match="l2_metric"):
         train(args(env, "two", env["root"] / "bad2", "--mode", "pixel", "--rec-loss", "l2_metric",
                    "--model", str(env["pvae"]), "--max-steps", "1"))
+
+
+def test_channel_shuffle_permutes_motion_target_and_metric_scale_alike(env):
+    """--channel-shuffle feeds x, y, z in a random order drawn from the step generator; the loss is the
+    l2_metric loss of that permuted sample (so every input slot must learn to carry motion), and it trains."""
+    from moge4d_core.errors import MoGe4DInputError
+    from training.options import coerce_options
+    from training.train_vae import DESCRIPTION, VaeOptions, VaeTask, _rec_loss, kl_divergence
+
+    def task_for(*extra):
+        o = coerce_options(VaeOptions, args(env, "two", env["root"] / "cs", "--model", str(env["mvae"]),
+                                            "--rec-loss", "l2_metric", *extra), "vae", DESCRIPTION)
+        t = VaeTask(o)
+        t.setup(torch.device("cpu"))
+        return t
+
+    plain, shuffled = task_for(), task_for("--channel-shuffle")
+    batch = shuffled.collate([shuffled.datasets()[0][i] for i in range(2)])
+    x, scale = batch["delta"], batch["metric_scale"]
+    seen = set()
+    for seed in range(12):
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            got, _ = shuffled.loss(shuffled.model, batch, g)
+        g = torch.Generator().manual_seed(seed)
+        noise = torch.randn(shuffled.model.vae.latent_shape(2, T, *x.shape[-2:]), generator=g)
+        perm = torch.randperm(3, generator=g)
+        seen.add(tuple(perm.tolist()))
+        with torch.no_grad():
+            recon, mean, logvar = shuffled.model(x[:, perm], noise)
+            want = _rec_loss(recon, x[:, perm], "l2_metric", scale[:, perm]) + 1e-6 * kl_divergence(mean, logvar)
+            unshuffled, _ = plain.loss(plain.model, batch, torch.Generator().manual_seed(seed))
+        assert got.item() == pytest.approx(want.item(), rel=1e-6)
+        if perm.tolist() != [0, 1, 2]:
+            assert got.item() != pytest.approx(unshuffled.item(), rel=1e-4)     # the order reaches the loss
+    assert len(seen) >= 4                                                         # the permutation varies
+    r = train(args(env, "one", env["root"] / "cs_train", "--model", str(env["mvae"]), "--max-steps", "12",
+                   "--lr", "1e-3", "--checkpoint-every", "0", "--rec-loss", "l2_metric", "--channel-shuffle"))
+    assert np.all(np.isfinite(r.losses)) and np.mean(r.losses[-4:]) < np.mean(r.losses[:4]), r.losses
+    with pytest.raises(MoGe4DInputError, match="channel-shuffle"):
+        train(args(env, "two", env["root"] / "bad3", "--mode", "pixel", "--channel-shuffle",
+                   "--model", str(env["pvae"]), "--max-steps", "1"))
