@@ -81,10 +81,6 @@ class VaeOptions(CommonOptions):
                               "(motion mode): L2 of the de-normalised motion in metres (x z/fx, x z/fy, x z), the "
                               "units of the trajectory error, so far static background weighs as it does there",
                         choices=["l1", "l2", "l1_balanced", "l2_metric"])
-    channel_shuffle: bool = opt(False, "motion mode: feed each sample's x, y, z motion channels to the VAE in a "
-                                       "random order (the target and --rec-loss l2_metric's scale permuted alike), "
-                                       "so every input slot learns to carry motion; a small VAE trained without it "
-                                       "carried only the slot that opened first (the nano VAE: x, not y or z)")
     export_official: bool = opt(True, "motion mode: also export the release folder layout export/VAE/")
 
     lr: float = opt(5e-6, "learning rate")
@@ -190,9 +186,6 @@ class VaeTask(TrainTask):
         if o.mode == "pixel" and o.rec_loss in ("l1_balanced", "l2_metric"):
             raise MoGe4DInputError(f"--rec-loss {o.rec_loss} weighs motion elements: it is for --mode motion; use l1 "
                                    f"or l2 in pixel mode")
-        if o.mode == "pixel" and o.channel_shuffle:
-            raise MoGe4DInputError("--channel-shuffle permutes the x, y, z motion channels: it is for --mode motion; "
-                                   "drop it in pixel mode (RGB channels are not interchangeable)")
         dt = DTYPES[o.weight_dtype]
         if o.mode == "motion":
             vae = self._motion_vae()
@@ -317,12 +310,8 @@ class VaeTask(TrainTask):
         x = (batch["delta"] if self.o.mode == "motion" else batch["video"]).to(self.device)
         b, _, t, h, w = x.shape
         noise = torch.randn(_MV.latent_shape(b, t, h, w), generator=g, device=self.device, dtype=torch.float32)
-        scale = batch.get("metric_scale")
-        if self.o.mode == "motion" and self.o.channel_shuffle:
-            perm = torch.randperm(3, generator=g, device=g.device).to(x.device)
-            x = x[:, perm]
-            scale = None if scale is None else scale[:, perm.to(scale.device)]
         recon, mean, logvar = model(x, noise)
+        scale = batch.get("metric_scale")
         rec = _rec_loss(recon, x, self.o.rec_loss, None if scale is None else scale.to(self.device))
         kl = kl_divergence(mean, logvar)
         return rec + self.o.kl_scale * kl, {"rec": float(rec.detach()), "kl": float(kl.detach())}
