@@ -52,6 +52,30 @@ def test_channel_gain_finds_a_dropped_channel():
     assert "x / y / z (pooled over the samples): 0.750 / 0.250 / 0.250" in rep.summary()   # ... this does not
 
 
+def test_axis_error_names_the_wrong_axis():
+    from training.eval.evaluate import EvalReport
+    from training.eval.metrics import axis_squared_error
+    g = torch.Generator().manual_seed(0)
+    gt = torch.randn(4, 6, 3, generator=g, dtype=torch.float64)
+    vis = torch.rand(4, 6, generator=g) > 0.3
+    vis[1, 0] = True
+    pred = gt.clone()
+    pred[1:, :, 0] += 0.5                                 # right in y and z, 0.5 off in x
+    sums, n = axis_squared_error(pred, gt, vis)
+    assert n == int(vis[1:].sum())
+    torch.testing.assert_close(torch.from_numpy(sums), torch.tensor([0.25 * n, 0.0, 0.0], dtype=torch.float64))
+    rep = EvalReport()
+    rep.add("a", pred, gt, vis)
+    rep.add("b", gt.clone(), gt, None)                    # exact, all 18 pairs visible
+    model, base = rep.axis_rms()
+    torch.testing.assert_close(torch.from_numpy(model), torch.tensor([(0.25 * n / (n + 18)) ** 0.5, 0, 0],
+                                                                    dtype=torch.float64))
+    still = (gt[:1] - gt)[1:]                             # the zero-motion baseline's error
+    want = torch.sqrt((still[vis[1:]].square().sum(0) + still.reshape(-1, 3).square().sum(0)) / (n + 18))
+    torch.testing.assert_close(torch.from_numpy(base), want)
+    assert "RMS error per axis x / y / z (model): " + f"{model[0]:.3f} / 0.000 / 0.000" in rep.summary()
+
+
 def test_roundtrip_cli_scores_the_motion_vae_by_hand(tmp_path, capsys):
     from moge4d_core.geometry.normalization import apply_motion
     from moge4d_core.loading.motion_vae import load_motion_vae

@@ -3,7 +3,8 @@
 For each sample: the first frame (colours, ground-truth depth and intrinsics from ``<id>_meta.json`` when the
 synthetic generator wrote it, else DELTA's ``[[W,0,W/2],[0,W,H/2]]``) → 4D-STraG → de-normalisation → predicted
 trajectories, scored with the average trajectory error (:func:`~.metrics.trajectory_error`, visible points,
-frames ≥ 1) against the ground truth, next to the zero-motion baseline.  With a ViSM model in the folder also
+frames ≥ 1) against the ground truth, next to the zero-motion baseline, and the RMS error per axis (x / y / z,
+model and baseline, pooled over the samples: which motion direction the model gets wrong).  With a ViSM model in the folder also
 the masked PSNR of the inpainted ``_dt3d_render`` against the source video on the render's known pixels.
 
     python -m training.eval --models moge4d_core/nano_model --data DIR [--count 16] [--steps 20] [--seed 0]
@@ -29,13 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 
 from moge4d_core.errors import MoGe4DInputError
 from moge4d_core.types import Geometry
 from training.datasets.trajscene import TrajSceneDataset
 
-from .metrics import masked_psnr, trajectory_error, zero_motion_baseline
+from .metrics import axis_squared_error, masked_psnr, trajectory_error, zero_motion_baseline
 
 __all__ = ["EvalReport", "block_average_floor", "evaluate", "motion_gain", "motion_vae_roundtrip", "main"]
 
@@ -51,6 +53,22 @@ class EvalReport:
     psnr: list = field(default_factory=list)
     gain: list = field(default_factory=list)
     channel_terms: list = field(default_factory=list)
+    axis_terms: list = field(default_factory=list)     # per sample: (model (3,), baseline (3,), count), see add()
+
+    def add(self, sample_id: str, pred, gt, vis) -> None:
+        """Score one sample's predicted trajectories ``pred`` (T,N,3) against ``gt`` (T,N,3) and the zero-motion
+        baseline: the pooled error of eq. 7 and the per-axis squared errors."""
+        base = zero_motion_baseline(gt)
+        self.ids.append(sample_id)
+        self.model_error.append(trajectory_error(pred, gt, vis))
+        self.baseline_error.append(trajectory_error(base, gt, vis))
+        (m, n), (b, _) = axis_squared_error(pred, gt, vis), axis_squared_error(base, gt, vis)
+        self.axis_terms.append((m, b, n))
+
+    def axis_rms(self) -> tuple:
+        """(model, baseline) RMS error per axis x, y, z, each (3,), pooled over the samples."""
+        n = sum(t[2] for t in self.axis_terms)
+        return tuple(np.sqrt(sum(t[k] for t in self.axis_terms) / n) for k in (0, 1))
 
     def summary(self) -> str:
         m, b = statistics.mean(self.model_error), statistics.mean(self.baseline_error)
@@ -58,6 +76,10 @@ class EvalReport:
                  f"average trajectory error ({self.label}): {m:.4f}",
                  f"average trajectory error (zero-motion baseline): {b:.4f}",
                  f"ratio {self.label} / baseline: {m / b:.3f}"]
+        if self.axis_terms:
+            m_rms, b_rms = self.axis_rms()
+            lines.append(f"RMS error per axis x / y / z ({self.label}): {' / '.join(f'{v:.3f}' for v in m_rms)}; "
+                         f"zero-motion baseline: {' / '.join(f'{v:.3f}' for v in b_rms)}")
         if self.psnr:
             lines.append(f"ViSM masked PSNR on known pixels: {statistics.mean(self.psnr):.2f} dB")
         if self.gain:
@@ -111,9 +133,7 @@ def _score_decoded_motions(data_dir, decode, label: str, *, count: int, frames: 
         pred = apply_motion(decoded, s.first_frame_points, s.spec).reshape(s.points.shape[0], -1, 3)
         gt = s.points.reshape(s.points.shape[0], -1, 3)
         vis = None if s.visibility is None else s.visibility.reshape(gt.shape[0], -1)
-        report.ids.append(s.id)
-        report.model_error.append(trajectory_error(pred, gt, vis))
-        report.baseline_error.append(trajectory_error(zero_motion_baseline(gt), gt, vis))
+        report.add(s.id, pred, gt, vis)
         report.gain.append(motion_gain(decoded, s.delta_hat))
         report.channel_terms.append(channel_gain_terms(decoded, s.delta_hat))
     if not report.ids:
@@ -203,9 +223,7 @@ def evaluate(models_dir, data_dir, *, count: int = 16, steps: int = 20, cfg: flo
         pred = denormalize(motion).points
         gt = s.points.reshape(s.points.shape[0], -1, 3)
         vis = None if s.visibility is None else s.visibility.reshape(gt.shape[0], -1)
-        report.ids.append(s.id)
-        report.model_error.append(trajectory_error(pred, gt, vis))
-        report.baseline_error.append(trajectory_error(zero_motion_baseline(gt), gt, vis))
+        report.add(s.id, pred, gt, vis)
         if models.vism is not None and s.render is not None and s.video is not None:
             render = s.render.float() / 255
             holes = s.mask.float()

@@ -41,7 +41,7 @@ import torch
 
 from moge4d_core.errors import MoGe4DInputError
 
-__all__ = ["trajectory_error", "zero_motion_baseline", "masked_psnr"]
+__all__ = ["trajectory_error", "axis_squared_error", "zero_motion_baseline", "masked_psnr"]
 
 
 def _f64(x: Any, name: str) -> np.ndarray:
@@ -104,6 +104,25 @@ def trajectory_error(pred: Any, gt: Any, visibility: Optional[Any] = None) -> fl
     if count == 0:
         raise MoGe4DInputError("trajectory_error: no point is visible in frames 1..T-1; nothing to average")
     return float(dist[vis].sum() / count)
+
+
+def axis_squared_error(pred: Any, gt: Any, visibility: Optional[Any] = None) -> tuple[np.ndarray, int]:
+    """Per-axis squared error over the pairs :func:`trajectory_error` averages (frames t >= 1, visible points).
+
+    Returns ``(sums, count)``: ``sums`` (3,) float64, ``Σ (pred - gt)²`` separately for x, y and z (OpenCV
+    camera axes, world = first-frame camera), and the number of (t, n) pairs. Pool several samples by adding
+    both, then ``sqrt(sums / count)`` is the RMS error per axis: it tells which motion direction a model gets
+    wrong (the pooled L2 of eq. 7 does not). Same shapes and errors as :func:`trajectory_error`.
+    """
+    p, g = _f64(pred, "axis_squared_error: pred"), _f64(gt, "axis_squared_error: gt")
+    if g.ndim != 3 or g.shape[-1] != 3 or p.shape != g.shape or g.shape[0] < 2:
+        raise MoGe4DInputError(f"axis_squared_error: pred {tuple(p.shape)} and gt {tuple(g.shape)} must both be "
+                               f"(T,N,3) with T >= 2")
+    sq = (p[1:] - g[1:]) ** 2                                         # (T-1, N, 3)
+    if visibility is None:
+        return sq.reshape(-1, 3).sum(0), int(sq.shape[0] * sq.shape[1])
+    vis = _bool(visibility, "axis_squared_error: visibility", g.shape[:2])[1:]
+    return sq[vis].sum(0), int(vis.sum())
 
 
 def zero_motion_baseline(gt: Any) -> Any:
