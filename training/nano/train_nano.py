@@ -6,10 +6,10 @@
         [--install]
 
 Stages (each a normal trainer run, resumable with the trainer's own checkpoints; the arguments are listed in
-:data:`STAGES`): ``pixel_vae`` (plain Wan VAE on the RGB videos) → ``motion_vae`` (from the pixel VAE with fresh
-``NANO`` adapters, :func:`write_motion_init`; every part trains, encoder included, on full 17-frame grids with the
-L2 of the de-normalised motion, ``--rec-loss l2_metric``; then its latent space is whitened exactly,
-:mod:`.whiten`) → ``strag`` (flow matching from scratch, full model, latents cached per sample, :mod:`.cached`)
+:data:`STAGES`): ``pixel_vae`` (plain Wan VAE on the RGB videos, for the ViSM) → ``motion_vae`` (a Wan VAE
+set to an exact 8×8 block-mean codec, :mod:`.block_codec`, with fresh ``NANO`` adapters, :func:`write_motion_init`;
+only the decoder adapter trains, on full 17-frame grids with the L2 of the de-normalised motion, ``--rec-loss
+l2_metric``; then its latent space is whitened exactly, :mod:`.whiten`) → ``strag`` (flow matching from scratch, full model, latents cached per sample, :mod:`.cached`)
 → ``vism`` (full training from scratch on same-view render/mask/video triplets, latents cached likewise).
 ``--install`` copies the exports to ``moge4d_core/nano_model/`` as ``vae.safetensors``, ``motion_vae.safetensors``
 (the whitened one), ``strag.safetensors``, ``vism.safetensors``, and writes the demo image there
@@ -31,14 +31,13 @@ COMMON = ["--crop", "none", "--grid", "64x96", "--seed", "0", "--no-progress", "
 STAGES = {
     "pixel_vae": ["--mode", "pixel", "--frames", "5", "--crop", "32x48", "--model", "{pixel_init}",
                   "--batch-size", "4", "--max-steps", "300", "--lr", "5e-3"],
-    # full 17-frame grids (5-frame crops do not carry over to 17 frames, centre crops never show the borders), the
-    # Wan encoder trained too (the nano pixel VAE's does not pass motion maps on), the loss in metres (the
-    # trajectory error's units: a normalised L2 leaves far static background noisy), no gradient clipping (summed
-    # losses have gradient norms near 1e5; clipping them to 1 stalls Adam)
-    "motion_vae": ["--mode", "motion", "--frames", "17", "--model", "{motion_init}",
-                   "--train-encoder-adapter", "--train-encoder", "--decoder-lr-scale", "1.0", "--rec-loss", "l2_metric",
-                   "--batch-size", "1", "--max-steps", "2000", "--lr", "1e-3", "--lr-scheduler", "cosine",
-                   "--grad-clip", "0"],
+    # the Wan VAE starts as an exact 8×8 block-mean codec (write_motion_init) and stays frozen: only the decoder
+    # adapter trains (it undoes the encoder adapter's sigmoid and sharpens block edges), on full 17-frame grids
+    # (5-frame crops do not carry over to 17 frames, centre crops never show the borders), with the loss in metres
+    # (the trajectory error's units), no gradient clipping (summed losses have gradient norms near 1e5)
+    "motion_vae": ["--mode", "motion", "--frames", "17", "--model", "{motion_init}", "--no-train-decoder",
+                   "--rec-loss", "l2_metric", "--batch-size", "1", "--max-steps", "400", "--lr", "1e-3",
+                   "--lr-scheduler", "cosine", "--grad-clip", "0"],
     "strag": ["--frames", "17", "--init-config", str(CONFIGS / "strag.json"), "--motion-vae", "{motion_white}",
               "--batch-size", "8", "--max-steps", "3000", "--lr", "5e-4",
               "--weight-decay", "0.0", "--control-drop", "0.0", "--text-drop", "0.0", "--reference",
@@ -78,19 +77,21 @@ def write_pixel_init(work: Path) -> Path:
 
 
 def write_motion_init(work: Path) -> Path:
-    """The motion VAE's starting point: the trained pixel VAE with fresh ``NANO`` trajectory adapters (32
-    channels; ``--base-vae`` alone would give the release's 128-channel adapters, 4× slower at full resolution)
-    built as the loader does (encoder adapter = exact ``sigmoid``, seeded decoder adapter)."""
+    """The motion VAE's starting point: a ``NANO`` Wan VAE set to an exact per-frame 8×8 block-mean codec
+    (:mod:`.block_codec`; a small Wan VAE trained here from random or pixel-VAE weights passes one motion channel
+    of three) with fresh ``NANO`` trajectory adapters (32 channels; the release's 128 are 4× slower at full
+    resolution) built as the loader does (encoder adapter = exact ``sigmoid``, seeded decoder adapter)."""
     import torch
 
-    from moge4d_core.loading.motion_vae import load_motion_vae, save_motion_vae
+    from moge4d_core.loading.motion_vae import save_motion_vae
     from moge4d_core.models.motion_vae import MotionVAE
-    from moge4d_core.models.nano import NANO, motion_vae_config
+    from moge4d_core.models.nano import NANO, motion_vae_config, wan_vae_kwargs
 
-    base = load_motion_vae(work / "pixel_vae" / EXPORTS["pixel_vae"], fresh_adapters=True)[0]
+    from .block_codec import block_codec_wan_vae
+
     torch.manual_seed(0)
     model = MotionVAE(motion_vae_config(NANO))
-    model.vae.load_state_dict(base.vae.state_dict())
+    model.vae.load_state_dict(block_codec_wan_vae(**wan_vae_kwargs(NANO)).state_dict())
     return save_motion_vae(model, work / "motion_init.safetensors")
 
 
