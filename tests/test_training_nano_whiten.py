@@ -88,12 +88,13 @@ def test_nano_install_is_all_or_nothing_and_writes_the_demo_image(tmp_path):
 
     from moge4d_core.errors import MoGe4DInputError
     from training.nano.demo_assets import SCENE
-    from training.nano.train_nano import EXPORTS, INSTALLED, WHITE, install
+    from training.nano.train_nano import EXPORTS, INSTALLED, install
 
     work, target = tmp_path / "runs", tmp_path / "nano_model"
     target.mkdir()
     (target / "strag.safetensors").write_bytes(b"old")
-    sources = [work / WHITE] + [work / st / EXPORTS[st] for st in INSTALLED if st != "motion_white"]
+    sources = [work / "motion_decoder" / EXPORTS["motion_decoder"]] + [
+        work / st / EXPORTS[st] for st in INSTALLED if st != "motion_decoder"]
     for i, src in enumerate(sources[:-1]):
         src.parent.mkdir(parents=True, exist_ok=True)
         src.write_bytes(bytes([i]) * 8)
@@ -112,3 +113,22 @@ def test_nano_install_is_all_or_nothing_and_writes_the_demo_image(tmp_path):
     assert img.shape == (SCENE["height"], SCENE["width"], 3) and depth.shape == img.shape[:2]
     assert depth.dtype == np.float32 and 1.0 < depth.min() < depth.max() < 20.0
     assert "motion_scale=8.0" in spec["source"] and spec["caption"]
+
+
+def test_set_posterior_sigma_sets_the_noise_the_release_adds_in_the_dit_space(tmp_path):
+    from moge4d_core.loading.motion_vae import load_motion_vae
+    from training.nano.train_nano import WHITE, stage_argv, write_motion_init
+    from training.nano.whiten import set_posterior_sigma
+
+    vae = load_motion_vae(write_motion_init(tmp_path))[0].eval()
+    delta = torch.randn(1, 3, 5, 16, 24) * 0.3
+    mean_before = vae.encode(delta)
+    set_posterior_sigma(vae, 0.3, delta)
+    z, logvar = vae.posterior(delta)
+    torch.testing.assert_close(torch.exp(0.5 * logvar), torch.full_like(logvar, 0.3))   # codec: constant
+    torch.testing.assert_close(z, mean_before)                                          # the mean is untouched
+    g = torch.Generator().manual_seed(0)
+    spread = (vae.encode(delta, sample=True, generator=g) - z).std()
+    assert 0.25 < spread < 0.35
+    argv = stage_argv("motion_decoder", "DATA", tmp_path)
+    assert "--traj-norm" in argv and "--train-encoder" not in argv and WHITE not in " ".join(argv)

@@ -2,17 +2,19 @@
 
     python -m training.datasets.synthetic --out DATA/train --count 400 --height 64 --width 96 --frames 17 \\
         --seed 100 --motion-rule by_colour --novel-view source --motion-scale 8 --object-scale 3
-    python -m training.nano.train_nano --data DATA/train --work RUNS [--stage all|pixel_vae|motion_vae|strag|vism]
-        [--install]
+    python -m training.nano.train_nano --data DATA/train --work RUNS
+        [--stage all|pixel_vae|motion_vae|strag|motion_decoder|vism] [--install]
 
 Stages (each a normal trainer run, resumable with the trainer's own checkpoints; the arguments are listed in
 :data:`STAGES`): ``pixel_vae`` (plain Wan VAE on the RGB videos, for the ViSM) → ``motion_vae`` (a Wan VAE
 set to an exact 8×8 block-mean codec, :mod:`.block_codec`, with fresh ``NANO`` adapters, :func:`write_motion_init`;
 only the decoder adapter trains, on full 17-frame grids with the L2 of the de-normalised motion, ``--rec-loss
-l2_metric``; then its latent space is whitened exactly, :mod:`.whiten`) → ``strag`` (flow matching from scratch, full model, latents cached per sample, :mod:`.cached`)
-→ ``vism`` (full training from scratch on same-view render/mask/video triplets, latents cached likewise).
+l2_metric``; then its latent space is whitened exactly, :mod:`.whiten`) → ``strag`` (flow matching from scratch,
+full model, latents cached per sample, :mod:`.cached`) → ``motion_decoder`` (the motion VAE's decoder trained again
+against latent noise like the STraG's errors, posterior σ 0.3 in the whitened space; encoder and latent space
+unchanged, so the STraG stays valid) → ``vism`` (full training from scratch on same-view render/mask/video triplets, latents cached likewise).
 ``--install`` copies the exports to ``moge4d_core/nano_model/`` as ``vae.safetensors``, ``motion_vae.safetensors``
-(the whitened one), ``strag.safetensors``, ``vism.safetensors``, and writes the demo image there
+(the ``motion_decoder`` stage's), ``strag.safetensors``, ``vism.safetensors``, and writes the demo image there
 (:mod:`.demo_assets`).  Model sizes: :data:`moge4d_core.models.nano.NANO`
 (configs in ``training/configs/nano/``).  The nano model has no text encoder (zero text context).
 """
@@ -42,16 +44,25 @@ STAGES = {
               "--batch-size", "8", "--max-steps", "3000", "--lr", "5e-4",
               "--weight-decay", "0.0", "--control-drop", "0.0", "--text-drop", "0.0", "--reference",
               "--lr-scheduler", "cosine"],
+    # after the STraG: the motion decoder (adapter + Wan decoder; encoder, quant_conv, latent space unchanged) learns
+    # to decode latents with an error like the STraG's: posterior σ set to 0.3 in the STraG's (whitened) space,
+    # sampled there (--traj-norm) as the release samples it (write_noisy_posterior)
+    "motion_decoder": ["--mode", "motion", "--frames", "17", "--model", "{motion_noisy}", "--traj-norm",
+                       "--decoder-lr-scale", "1.0", "--rec-loss", "l2_metric", "--batch-size", "1", "--max-steps", "300",
+                       "--lr", "5e-4", "--lr-scheduler", "cosine", "--grad-clip", "0"],
     "vism": ["--frames", "17", "--init-config", str(CONFIGS / "vism.json"), "--full", "--vae", "{pixel_vae}",
              "--batch-size", "8", "--max-steps", "600", "--lr", "5e-4", "--weight-decay", "0.0"],
 }
 EXPORTS = {"pixel_vae": "export/wan_vae.safetensors", "motion_vae": "export/motion_vae.safetensors",
+           "motion_decoder": "export/motion_vae.safetensors",
            "strag": "export/4D-STraG/diffusion_pytorch_model.safetensors",
            "vism": "export/4D-ViSM-base/diffusion_pytorch_model.safetensors"}
 WHITE = "motion_vae/export/motion_vae_white.safetensors"     # the motion VAE export, latent space whitened
-INSTALLED = {"pixel_vae": "vae.safetensors", "motion_white": "motion_vae.safetensors", "strag": "strag.safetensors",
+INSTALLED = {"pixel_vae": "vae.safetensors", "motion_decoder": "motion_vae.safetensors", "strag": "strag.safetensors",
              "vism": "vism.safetensors"}
 WHITEN_SAMPLES = 64
+NOISY = "motion_noisy.safetensors"     # the whitened motion VAE with posterior σ = DECODER_SIGMA
+DECODER_SIGMA = 0.3
 
 
 def write_pixel_init(work: Path) -> Path:
@@ -116,11 +127,29 @@ def write_whitened(data: str, work: Path) -> Path:
         return save_motion_vae(vae, work / WHITE)
 
 
+def write_noisy_posterior(data: str, work: Path) -> Path:
+    """The whitened motion VAE with its posterior σ set to :data:`DECODER_SIGMA` in the STraG's latent space
+    (:func:`~.whiten.set_posterior_sigma`): the noise the ``motion_decoder`` stage trains the decoder against."""
+    import torch
+
+    from moge4d_core.loading.motion_vae import load_motion_vae, save_motion_vae
+    from training.datasets import TrajSceneDataset
+
+    from .whiten import set_posterior_sigma
+
+    vae = load_motion_vae(work / WHITE)[0].eval()
+    ds = TrajSceneDataset(data, frames=17, crop=None, grid=(64, 96))
+    set_posterior_sigma(vae, DECODER_SIGMA, ds[0].delta_hat.permute(3, 0, 1, 2)[None])
+    with torch.no_grad():
+        return save_motion_vae(vae, work / NOISY)
+
+
 def stage_argv(stage: str, data: str, work: Path) -> list[str]:
     paths = {k: str(work / k / v) for k, v in EXPORTS.items()}
     paths["pixel_init"] = str(work / "pixel_init.safetensors")
     paths["motion_init"] = str(work / "motion_init.safetensors")
     paths["motion_white"] = str(work / WHITE)
+    paths["motion_noisy"] = str(work / NOISY)
     args = [a.format(**paths) for a in STAGES[stage]]
     return ["--data", data, "--out", str(work / stage), *COMMON, *args]
 
@@ -130,9 +159,11 @@ def run_stage(stage: str, data: str, work: Path) -> None:
         write_pixel_init(work)
     if stage == "motion_vae":
         write_motion_init(work)
+    if stage == "motion_decoder":
+        write_noisy_posterior(data, work)
     argv = stage_argv(stage, data, work)
     print(f"== {stage}: {' '.join(argv)}", flush=True)
-    if stage in ("pixel_vae", "motion_vae"):
+    if stage in ("pixel_vae", "motion_vae", "motion_decoder"):
         from training.train_vae import train
         train(argv)
         if stage == "motion_vae":
@@ -175,7 +206,7 @@ def main(argv=None) -> int:
 
 
 def install(work: Path, target: Path = INSTALL) -> list[Path]:
-    """Copy the four exports of ``work`` to ``target`` under :data:`INSTALLED` names and write the demo files
+    """Copy the four installed exports of ``work`` to ``target`` under :data:`INSTALLED` names and write the demo files
     (:mod:`.demo_assets`). All or nothing: a missing export is reported before anything is written, and the
     files are moved in only once all of them were written."""
     from moge4d_core.errors import MoGe4DInputError
@@ -183,8 +214,7 @@ def install(work: Path, target: Path = INSTALL) -> list[Path]:
 
     from .demo_assets import write_demo_assets
 
-    sources = {name: work / WHITE if stage == "motion_white" else work / stage / EXPORTS[stage]
-               for stage, name in INSTALLED.items()}
+    sources = {name: work / stage / EXPORTS[stage] for stage, name in INSTALLED.items()}
     missing = [str(p) for p in sources.values() if not p.is_file()]
     if missing:
         raise MoGe4DInputError(f"install: missing exports {missing}; train those stages first "

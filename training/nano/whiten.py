@@ -20,13 +20,15 @@ the one of (the STraG trainer's default, True).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from moge4d_core.errors import require
 from moge4d_core.models import constants as C
 from moge4d_core.models.motion_vae import MotionVAE
 
-__all__ = ["latent_moments", "whiten_motion_vae"]
+__all__ = ["latent_moments", "set_posterior_sigma", "whiten_motion_vae"]
 
 
 def _affine(traj_norm: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,3 +83,16 @@ def whiten_motion_vae(vae: MotionVAE, mean: torch.Tensor, std: torch.Tensor, *, 
     p.weight.copy_(pw.to(dt)); p.bias.copy_(pb.to(dt))
     return vae
 
+
+
+@torch.no_grad()
+def set_posterior_sigma(vae: MotionVAE, sigma: float, delta: torch.Tensor) -> MotionVAE:
+    """Shift ``vae``'s ``quant_conv`` log-variance biases so that, on the motion ``delta`` (B,3,T,H,W), the mean
+    log-variance of every channel is ``2·ln sigma``; in place, returns ``vae``. The release adds the posterior
+    noise ``exp(logvar/2)·ε`` in the DiT's latent space, so after whitening this is the noise σ in that space
+    (exactly σ everywhere when the encoder's log-variance is constant, as for the block codec)."""
+    require(sigma > 0, f"set_posterior_sigma: sigma must be positive, got {sigma}")
+    _, logvar = vae.posterior(delta)
+    q = vae.vae.quant_conv
+    q.bias[C.LATENT_CHANNELS:] += 2 * math.log(sigma) - logvar.mean((0, 2, 3, 4)).to(q.bias.dtype)
+    return vae
