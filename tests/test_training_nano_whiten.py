@@ -80,6 +80,18 @@ def test_nano_configs_are_the_nano_sizes_and_the_strag_stage_trains_with_the_ref
     assert "--reference" in argv and argv[argv.index("--lr-scheduler") + 1] == "cosine"
 
 
+def test_nano_strag_tune_stage_fine_tunes_the_strag_on_the_trajectory_error_through_the_final_decoder(tmp_path):
+    from training.nano.train_nano import EXPORTS, INSTALLED, STAGES, stage_argv
+
+    stages = list(STAGES)
+    assert stages.index("strag") < stages.index("motion_decoder") < stages.index("strag_tune")
+    argv = stage_argv("strag_tune", "DATA", tmp_path)
+    assert argv[argv.index("--model") + 1] == str(tmp_path / "strag" / EXPORTS["strag"])
+    assert argv[argv.index("--motion-vae") + 1] == str(tmp_path / "motion_decoder" / EXPORTS["motion_decoder"])
+    assert float(argv[argv.index("--trajectory-loss") + 1]) > 0 and "--reference" in argv
+    assert INSTALLED["strag_tune"] == "strag.safetensors" and "strag" not in INSTALLED
+
+
 def test_nano_install_is_all_or_nothing_and_writes_the_demo_image(tmp_path):
     import json
 

@@ -130,10 +130,15 @@ class DiTTask(TrainTask):
 
     # -- one flow-matching prediction
     def flow_loss(self, model, x0: torch.Tensor, generator: torch.Generator, **kwargs) -> tuple[torch.Tensor, dict]:
+        loss, metrics, _, _ = self.flow_prediction(model, x0, generator, **kwargs)
+        return loss, metrics
+
+    def flow_prediction(self, model, x0: torch.Tensor, generator: torch.Generator, **kwargs):
+        """The flow loss plus what it was computed from: ``(loss, metrics, pred (B,C,F,h,w), FlowBatch)``."""
         fb = flow_matching_inputs(x0, self.sigmas, generator)
         pred = model(latents=fb.noisy, timestep=fb.timestep, **kwargs)
         loss = masked_mse(pred, fb.target, self.o.loss_threshold)
-        return loss, {"sigma": float(fb.sigma.float().mean())}
+        return loss, {"sigma": float(fb.sigma.float().mean())}, pred, fb
 
     # -- exports
     def export(self, model, folder: Path) -> dict[str, Path]:

@@ -85,6 +85,9 @@ class StragOptions(CommonOptions):
     control_drop: float = opt(0.02, "probability of zeroing the control latent")
     clip_drop: float = opt(0.02, "probability of zeroing the CLIP context")
     text_drop: float = opt(0.1, "probability of replacing the caption by the empty prompt")
+    trajectory_loss: float = opt(0.0, "weight of the trajectory-space loss (training.trajectory_loss: eq. 7 in metres "
+                                      "of the one-step estimate x_t - sigma*v decoded by the frozen motion VAE; "
+                                      "0: off, the release's objective)")
     shift: float = opt(5.0, "shift of the training sigma grid")
     loss_threshold: float = opt(50.0, "elements with |pred - target| above this are left out of the MSE")
     export_merged: bool = opt(False, "LoRA runs: also export the full DiT with the LoRA merged")
@@ -237,8 +240,27 @@ class StragTask(DiTTask):
                 clip = self.clip_tokens.expand(b, -1, -1) * (u[:, 1] >= o.clip_drop).float().view(b, 1, 1)
             text = self.text(batch["caption"], u[:, 2] < o.text_drop)
             feats = self.features(batch["colors"]) if self.features is not None else None
-        return self.flow_loss(model, x0, g, text=text, clip=clip, control=control, depth=depth, ref_latent=ref,
-                              motion_features=feats)
+        loss, metrics, pred, fb = self.flow_prediction(model, x0, g, text=text, clip=clip, control=control,
+                                                       depth=depth, ref_latent=ref, motion_features=feats)
+        if o.trajectory_loss > 0:
+            traj = self.trajectory_term(pred, fb, batch)
+            metrics["flow"], metrics["trajectory"] = float(loss.detach()), float(traj.detach())
+            loss = loss + o.trajectory_loss * traj
+        return loss, metrics
+
+    def trajectory_term(self, pred: torch.Tensor, fb, batch: dict) -> torch.Tensor:
+        """Eq. 7 (metres) of the one-step estimate ``x̂0 = x_t − σ·v̂`` decoded by the frozen motion VAE
+        (:func:`training.trajectory_loss.trajectory_loss`); gradients reach the DiT through ``pred``."""
+        from .trajectory_loss import trajectory_loss
+
+        dev = self.device
+        s = fb.sigma.view(-1, *([1] * (pred.ndim - 1)))
+        x0_hat = fb.noisy - s * pred.float()
+        p = next(self.motion_vae.parameters())
+        delta = self.motion_vae.decode(x0_hat.to(p.dtype), traj_norm=self.o.traj_norm).float().permute(0, 2, 3, 4, 1)
+        vis = batch.get("visibility")
+        return trajectory_loss(delta, batch["points"].to(dev), batch["first_frame_points"].to(dev), batch["spec"],
+                               None if vis is None else vis.to(dev))
 
 
 def train(options: Any = None, callbacks=()) -> TrainResult:

@@ -3,7 +3,7 @@
     python -m training.datasets.synthetic --out DATA/train --count 400 --height 64 --width 96 --frames 17 \\
         --seed 100 --motion-rule by_colour --novel-view source --motion-scale 8 --object-scale 3
     python -m training.nano.train_nano --data DATA/train --work RUNS
-        [--stage all|pixel_vae|motion_vae|strag|motion_decoder|vism] [--install]
+        [--stage all|pixel_vae|motion_vae|strag|motion_decoder|strag_tune|vism] [--install]
 
 Stages (each a normal trainer run, resumable with the trainer's own checkpoints; the arguments are listed in
 :data:`STAGES`): ``pixel_vae`` (plain Wan VAE on the RGB videos, for the ViSM) → ``motion_vae`` (a Wan VAE
@@ -12,9 +12,11 @@ only the decoder adapter trains, on full 17-frame grids with the L2 of the de-no
 l2_metric``; then its latent space is whitened exactly, :mod:`.whiten`) → ``strag`` (flow matching from scratch,
 full model, latents cached per sample, :mod:`.cached`) → ``motion_decoder`` (the motion VAE's decoder trained again
 against latent noise like the STraG's errors, posterior σ 0.3 in the whitened space; encoder and latent space
-unchanged, so the STraG stays valid) → ``vism`` (full training from scratch on same-view render/mask/video triplets, latents cached likewise).
+unchanged, so the STraG stays valid) → ``strag_tune`` (the STraG fine-tuned with the trajectory-space loss,
+``--trajectory-loss``, :mod:`training.trajectory_loss`: eq. 7 in metres of its one-step estimate decoded by that
+final decoder, next to the flow loss) → ``vism`` (full training from scratch on same-view render/mask/video triplets, latents cached likewise).
 ``--install`` copies the exports to ``moge4d_core/nano_model/`` as ``vae.safetensors``, ``motion_vae.safetensors``
-(the ``motion_decoder`` stage's), ``strag.safetensors``, ``vism.safetensors``, and writes the demo image there
+(the ``motion_decoder`` stage's), ``strag.safetensors`` (the ``strag_tune`` stage's), ``vism.safetensors``, and writes the demo image there
 (:mod:`.demo_assets`).  Model sizes: :data:`moge4d_core.models.nano.NANO`
 (configs in ``training/configs/nano/``).  The nano model has no text encoder (zero text context).
 """
@@ -29,6 +31,8 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "nano"
 INSTALL = Path(__file__).resolve().parents[2] / "moge4d_core" / "nano_model"
 COMMON = ["--crop", "none", "--grid", "64x96", "--seed", "0", "--no-progress", "--log-every", "10",
           "--checkpoint-every", "100", "--warmup-steps", "20", "--grad-clip", "1.0"]
+
+TRAJECTORY_WEIGHT = 4.0     # weight of the strag_tune stage's trajectory loss (metres) next to the flow MSE
 
 STAGES = {
     "pixel_vae": ["--mode", "pixel", "--frames", "5", "--crop", "32x48", "--model", "{pixel_init}",
@@ -50,15 +54,22 @@ STAGES = {
     "motion_decoder": ["--mode", "motion", "--frames", "17", "--model", "{motion_noisy}", "--traj-norm",
                        "--decoder-lr-scale", "1.0", "--rec-loss", "l2_metric", "--batch-size", "1", "--max-steps", "300",
                        "--lr", "5e-4", "--lr-scheduler", "cosine", "--grad-clip", "0"],
+    # after the decoder: the STraG fine-tuned on the trajectory error itself (eq. 7 in metres of its one-step
+    # estimate decoded by the final motion decoder, training.trajectory_loss) besides the flow loss
+    "strag_tune": ["--frames", "17", "--model", "{strag}", "--motion-vae", "{motion_decoder}",
+                   "--trajectory-loss", str(TRAJECTORY_WEIGHT), "--batch-size", "4", "--max-steps", "300",
+                   "--lr", "2e-4", "--weight-decay", "0.0", "--control-drop", "0.0", "--text-drop", "0.0",
+                   "--reference", "--lr-scheduler", "cosine"],
     "vism": ["--frames", "17", "--init-config", str(CONFIGS / "vism.json"), "--full", "--vae", "{pixel_vae}",
              "--batch-size", "8", "--max-steps", "600", "--lr", "5e-4", "--weight-decay", "0.0"],
 }
 EXPORTS = {"pixel_vae": "export/wan_vae.safetensors", "motion_vae": "export/motion_vae.safetensors",
            "motion_decoder": "export/motion_vae.safetensors",
            "strag": "export/4D-STraG/diffusion_pytorch_model.safetensors",
+           "strag_tune": "export/4D-STraG/diffusion_pytorch_model.safetensors",
            "vism": "export/4D-ViSM-base/diffusion_pytorch_model.safetensors"}
 WHITE = "motion_vae/export/motion_vae_white.safetensors"     # the motion VAE export, latent space whitened
-INSTALLED = {"pixel_vae": "vae.safetensors", "motion_decoder": "motion_vae.safetensors", "strag": "strag.safetensors",
+INSTALLED = {"pixel_vae": "vae.safetensors", "motion_decoder": "motion_vae.safetensors", "strag_tune": "strag.safetensors",
              "vism": "vism.safetensors"}
 WHITEN_SAMPLES = 64
 NOISY = "motion_noisy.safetensors"     # the whitened motion VAE with posterior σ = DECODER_SIGMA
@@ -168,7 +179,7 @@ def run_stage(stage: str, data: str, work: Path) -> None:
         train(argv)
         if stage == "motion_vae":
             write_whitened(data, work)
-    elif stage == "strag":
+    elif stage in ("strag", "strag_tune"):
         from training.engine import run
         from training.options import coerce_options
         from training.train_strag import DESCRIPTION, StragOptions
