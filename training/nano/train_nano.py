@@ -57,7 +57,7 @@ STAGES = {
     # after the decoder: the STraG fine-tuned on the trajectory error itself (eq. 7 in metres of its one-step
     # estimate decoded by the final motion decoder, training.trajectory_loss) besides the flow loss
     "strag_tune": ["--frames", "17", "--model", "{strag}", "--motion-vae", "{motion_decoder}",
-                   "--trajectory-loss", str(TRAJECTORY_WEIGHT), "--batch-size", "4", "--max-steps", "300",
+                   "--trajectory-loss", str(TRAJECTORY_WEIGHT), "--batch-size", "4", "--max-steps", "600",
                    "--lr", "2e-4", "--weight-decay", "0.0", "--control-drop", "0.0", "--text-drop", "0.0",
                    "--reference", "--lr-scheduler", "cosine"],
     "vism": ["--frames", "17", "--init-config", str(CONFIGS / "vism.json"), "--full", "--vae", "{pixel_vae}",
