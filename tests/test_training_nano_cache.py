@@ -32,7 +32,9 @@ def _same_loss(cached, plain, batch, model, steps=2):
     for step in range(steps):                      # the second step reads the cache
         a, _ = cached.loss(model, batch, torch.Generator().manual_seed(step))
         b, _ = plain.loss(model, batch, torch.Generator().manual_seed(step))
-        assert torch.equal(a, b), (step, float(a), float(b))
+        # The cache encodes each sample alone, the trainer the whole batch: on CPUs whose kernels sum in a
+        # batch-size-dependent order the two differ in the last bits (1e-7 relative seen on a 2-core AVX2 host).
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=0, msg=lambda m: f"step {step}: {m}")
 
 
 def test_cached_strag_and_vism_losses_equal_the_trainers(tmp_path):

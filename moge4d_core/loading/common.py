@@ -39,17 +39,36 @@ def _load_safetensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor
             f"downloading; download it again.") from None
 
 
+_ZIP_MAGIC = b"PK\x03\x04"          # torch.save's default (zip) container
+_PICKLE_PROTO = 0x80                  # first byte of a protocol-2+ pickle (torch's legacy container)
+
+
 def _load_torch_pickle(path: Path) -> dict[str, torch.Tensor]:
+    """A ``.pth`` / ``.pt`` / ``.bin`` / ``.torch`` / ``.ckpt`` file through ``torch.load(weights_only=True)``.
+
+    The first bytes are checked before torch sees the file, so random bytes, an HTML error page or an empty
+    download get "this is not a PyTorch checkpoint" rather than torch's message about mmap or zip records.
+    """
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise MoGe4DInputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if not head:
+        raise MoGe4DInputError(f"{path}: the file is empty; download it again")
+    if head != _ZIP_MAGIC and head[0] != _PICKLE_PROTO:
+        raise MoGe4DInputError(
+            f"{path}: this is not a PyTorch checkpoint (it starts with {head!r}, where a file written by torch.save "
+            f"starts with {_ZIP_MAGIC!r} or a pickle header). The download may have failed or saved an error page; "
+            f"download it again, or pass the .safetensors file.")
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=head == _ZIP_MAGIC)
     except Exception as exc:
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception:
-            raise MoGe4DInputError(
-                f"{path}: could not be read as a PyTorch weights file with weights_only=True ({exc}). "
-                f"Only plain state dicts of tensors are accepted; a file that needs arbitrary "
-                f"unpickling is refused for safety.") from None
+        raise MoGe4DInputError(
+            f"{path}: could not be read as a PyTorch weights file with weights_only=True "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). The file may be truncated "
+            f"(download it again); a file that needs arbitrary unpickling is refused for safety, only plain "
+            f"state dicts of tensors are accepted.") from None
     return _as_flat_state_dict(obj, path)
 
 
@@ -114,16 +133,56 @@ def find_weights(path: str | os.PathLike, preferred: Iterable[str] = ()) -> Path
 
 
 def load_file_state_dict(path: str | os.PathLike, device: str = "cpu") -> dict[str, torch.Tensor]:
-    """Load one weights file, an index JSON or a folder into a flat ``{name: tensor}`` dict."""
+    """Load one weights file, an index JSON or a folder into a flat ``{name: tensor}`` dict.
+
+    Every floating-point tensor is checked for NaN / inf (:func:`check_finite`), so a damaged file is refused at
+    load, naming the tensor, instead of running the whole pipeline and failing at the video writer.
+
+    Args:
+        path: a weights file (see the module docstring), an index JSON or a folder holding one.
+        device: where safetensors places the tensors.
+
+    Returns:
+        ``{name: tensor}`` as stored (dtypes unchanged).
+    """
     p = find_weights(path)
     name = p.name
     if name.endswith(".index.json"):
-        return _load_index(p, device=device)
+        return _load_index(p, device=device)       # each shard is checked as it is read
     if p.suffix in (".safetensors", ".sft"):
-        return _load_safetensors(p, device=device)
-    if p.suffix in (".pth", ".pt", ".bin", ".torch", ".ckpt"):
-        return _load_torch_pickle(p)
-    raise MoGe4DInputError(f"{p}: unknown weights format '{p.suffix}'; expected one of {', '.join(WEIGHT_SUFFIXES)}")
+        state = _load_safetensors(p, device=device)
+    elif p.suffix in (".pth", ".pt", ".bin", ".torch", ".ckpt"):
+        state = _load_torch_pickle(p)
+    else:
+        raise MoGe4DInputError(f"{p}: unknown weights format '{p.suffix}'; expected one of "
+                               f"{', '.join(WEIGHT_SUFFIXES)}")
+    check_finite(state, p)
+    return state
+
+
+def check_finite(state: Mapping[str, torch.Tensor], source: str | os.PathLike) -> None:
+    """Refuse a state dict holding NaN or inf in any floating-point tensor.
+
+    One reduction per tensor (fp8 tensors are widened to fp16, which holds every fp8 value, NaN and inf included).
+
+    Args:
+        state: ``{name: tensor}``.
+        source: the file the tensors came from, for the message.
+
+    Raises:
+        MoGe4DInputError: naming the file, the first bad tensor and how many values are bad.
+    """
+    for key, t in state.items():
+        if not t.is_floating_point() or t.numel() == 0:
+            continue
+        if t.element_size() == 1:                   # float8 variants: isfinite is not defined for them on CPU
+            t = t.to(torch.float16)
+        finite = torch.isfinite(t)
+        if not bool(finite.all()):
+            bad = int((~finite).sum())
+            raise MoGe4DInputError(
+                f"{source}: tensor '{key}' holds {bad} NaN/inf value(s) of {t.numel()}; the file is damaged "
+                f"(a diverged training run or a broken conversion). Use another copy of the file.")
 
 
 def read_metadata(path: str | os.PathLike) -> dict:

@@ -43,7 +43,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import MoGe4DInputError
-from .common import load_file_state_dict, save_state_dict
+from .common import check_finite, load_file_state_dict, save_state_dict
 
 KOHYA_PREFIX = "lora_unet__"
 OFFICIAL_STRENGTH = 0.55
@@ -121,6 +121,7 @@ def parse_kohya_lora(state: Mapping[str, torch.Tensor], module_names: Optional[I
             f"Text-encoder LoRAs (lora_te_*), LyCORIS/DoRA variants and diffusers/PEFT key layouts are not supported here.")
     if not groups:
         raise MoGe4DInputError(f"{source}: holds no LoRA weights")
+    check_finite(state, source)                 # a NaN alpha or up/down would spread over the whole merged model
     candidates = list(module_names) if module_names is not None else _default_candidates(groups)
     if module_names is not None:
         given = set(candidates)

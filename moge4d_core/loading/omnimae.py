@@ -30,7 +30,7 @@ import torch
 
 from ..errors import MoGe4DInputError
 from ..models.omnimae import NUM_POSITIONS, OmniMAEEncoder
-from .common import check_keys, find_weights, load_file_state_dict
+from .common import check_finite, check_keys, find_weights, load_file_state_dict
 
 STRAG_PREFIX = "omnimae_extractor."
 IGNORED_PREFIXES = ("trunk.mask_token", "trunk.decoder.", "head.")
@@ -48,6 +48,7 @@ def _read_prefixed_safetensors(files: list[Path], prefix: str) -> dict[str, torc
                         out[k] = h.get_tensor(k)
         except Exception as exc:
             raise MoGe4DInputError(f"{f}: not a readable safetensors file ({exc})") from None
+        check_finite({k: v for k, v in out.items()}, f)
     return out
 
 
