@@ -3,22 +3,23 @@
 Files: ``scene.npz`` (trajectories), ``ply/frame_XXXX.ply`` (points per frame), per camera ``render_<cam>.mp4``,
 ``holes_<cam>.mp4`` (white = hole) and ``inpainted_<cam>.mp4`` (when inpainted), ``motion_preview.mp4``,
 ``contact_sheet.png`` (rows: per camera the render, the holes and the inpainted frames; columns: 4 frames)
-and ``timings.txt``.  Everything is written into a temporary folder next to ``out`` first and moved in at the
-end, so a failure leaves ``out`` as it was.
+and ``timings.txt``, plus the manifest ``moge4d_run.json``.  Everything is written into a temporary folder next to
+``out`` that then replaces ``out`` whole (:func:`moge4d_core.io.output_folder.output_folder`): a failure leaves ``out``
+as it was, a rerun never leaves files of an earlier run (other cameras, more frames) beside the new ones, and a
+folder that is not a MoGe4D output is refused untouched.
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..io import save_trajectories_npz, write_mp4, write_ply_sequence
+from ..io.output_folder import output_folder
 from .trajectory import motion_preview
 
-__all__ = ["contact_sheet", "write_outputs"]
+__all__ = ["contact_sheet", "estimate_output_bytes", "write_outputs"]
 
 
 def contact_sheet(result, columns: int = 4) -> np.ndarray:
@@ -36,14 +37,35 @@ def contact_sheet(result, columns: int = 4) -> np.ndarray:
     return (sheet.numpy() * 255 + 0.5).astype(np.uint8)
 
 
-def write_outputs(result, out, *, fps: float = 8.0) -> list[Path]:
-    """Write ``result`` into ``out`` (created if needed); returns the final paths."""
+def estimate_output_bytes(frames: int, height: int, width: int, cameras: int, *, inpaint: bool = True) -> int:
+    """Rough size in bytes of what :func:`write_outputs` writes for ``frames`` x ``height`` x ``width``.
+
+    PLY sequence (15 B per point and frame) + ``scene.npz`` (13 B per point and frame) + H.264 videos (about
+    0.25 B per pixel and frame: motion preview, and per camera render, holes and inpainted) + the contact sheet.
+    Meant to catch a clearly too small disk, not to be exact.
+    """
+    px = int(frames) * int(height) * int(width)
+    videos = 1 + int(cameras) * (3 if inpaint else 2)
+    sheet = int(cameras) * 3 * int(height) * 4 * int(width) * 3
+    return int(28 * px + videos * px * 0.25 + sheet + 2 ** 20)
+
+
+def write_outputs(result, out, *, fps: float = 8.0, command: str = "generate") -> list[Path]:
+    """Write ``result`` into ``out``, replacing a previous MoGe4D output there whole.
+
+    Args:
+        result: a :class:`~.run.SceneResult`.
+        out: output folder: missing, empty or an earlier MoGe4D output (else refused, untouched).
+        fps: frame rate of the videos.
+        command: recorded in the folder's manifest.
+
+    Returns:
+        the final paths of the top-level items written (files and the ``ply`` folder), sorted by name.
+    """
     from PIL import Image
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out, prefix=".partial-") as tmp:
-        tmp = Path(tmp)
+    with output_folder(out, command=command) as tmp:
         save_trajectories_npz(result.trajectories, tmp / "scene.npz")
         write_ply_sequence(result.trajectories, tmp / "ply", prefix="frame")
         write_mp4(motion_preview(result.motion), tmp / "motion_preview.mp4", fps=fps)
@@ -55,13 +77,5 @@ def write_outputs(result, out, *, fps: float = 8.0) -> list[Path]:
                 write_mp4(v.frames, tmp / f"inpainted_{name}.mp4", fps=fps)
         Image.fromarray(contact_sheet(result)).save(tmp / "contact_sheet.png")
         (tmp / "timings.txt").write_text(result.times.summary() + "\n")
-        final = []
-        for item in sorted(tmp.iterdir()):
-            dest = out / item.name
-            if dest.is_dir():
-                shutil.rmtree(dest)
-            elif dest.exists():
-                dest.unlink()
-            shutil.move(str(item), dest)
-            final.append(dest)
-    return final
+        names = sorted(item.name for item in tmp.iterdir())
+    return [out / name for name in names]
