@@ -85,7 +85,8 @@ class NormalizationSpec:
 
     ``fx``, ``fy`` are *normalised* focal lengths (pixels / image width, pixels / image height), the
     alpha_x, alpha_y of the paper: dx_hat = dx * fx / z0, dy_hat = dy * fy / z0, dz_hat = dz / z0.
-    ``mode`` is ``"official"`` (the released checkpoint's fixed pseudo-intrinsics) or ``"real_k"``.
+    ``mode`` is ``"release"`` (the released checkpoint's constants), ``"official"`` (the release's
+    pseudo-intrinsics rule at the working size) or ``"real_k"`` (the image's own K).
     ``depth_fill`` replaces NaN / inf / zero first-frame depth (official: 1.0).
     """
 

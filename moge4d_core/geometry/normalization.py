@@ -12,10 +12,16 @@ with (fx, fy) the *normalised* focal lengths (alpha_x = fx_px / W, alpha_y = fy_
 
 and frame 0 is exactly ``P0``.
 
-Two constant sets (:class:`~moge4d_core.types.NormalizationSpec`):
+Constant sets (:class:`~moge4d_core.types.NormalizationSpec`):
 
-* ``official``: the fixed pseudo-intrinsics the released STraG / motion VAE were trained with,
-  derived from an "original size" (720, 960) resized to the working size (1.043478, 1.0 at 368x512).
+* ``release`` (:func:`release_spec`): the constants the released STraG / motion VAE were trained with,
+  1.043478 and 1.0, at any working size. The release trained at 368x512 only, so these numbers are what its
+  normalised motion means; compat mode uses them whatever size it runs at.
+* ``official`` (:func:`official_spec`): the release's *rule* applied at the working size: an "original size"
+  (720, 960) resized to the working size (1.043478, 1.0 at 368x512, 1.125, 1.0 at 64x96). Our trainers
+  normalise with this rule at the size they train at (``training/datasets/samples.py``), so a model trained
+  here at another size (the nano model, 96x64) gets back the constants it learnt with. At 368x512 it equals
+  ``release``.
 * ``real_k``: the image's own intrinsics (fx_px / W, fy_px / H), as the paper describes.
 
 Shapes: trajectories are ``(..., T, N, 3)`` or ``(..., T, H, W, 3)`` (any point layout; ``P0`` is the
@@ -41,6 +47,19 @@ def official_spec(height: int, width: int,
     """The released checkpoint's constants at a working size (368x512 -> fx 1.043478, fy 1)."""
     fx, fy = official_pseudo_focal(height, width, *original_size)
     return NormalizationSpec(fx=fx, fy=fy, mode="official")
+
+
+RELEASE_TRAIN_SIZE = (368, 512)   # (H, W) the released STraG and motion VAE were trained at
+
+
+def release_spec() -> NormalizationSpec:
+    """The released checkpoint's own constants (fx 1.043478, fy 1), independent of the working size.
+
+    Returns:
+        :func:`official_spec` at 368x512, with ``mode="release"``.
+    """
+    fx, fy = official_pseudo_focal(*RELEASE_TRAIN_SIZE, *OFFICIAL_TRAIN_ORIGINAL_SIZE)
+    return NormalizationSpec(fx=fx, fy=fy, mode="release")
 
 
 def real_k_spec(K: torch.Tensor, width: int, height: int) -> NormalizationSpec:

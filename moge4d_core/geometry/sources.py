@@ -228,6 +228,22 @@ def official_pixel_K(height: int, width: int, original_size: tuple[int, int] = O
                          [0.0, 0.0, 1.0]])
 
 
+def official_render_K(height: int, width: int,
+                      original_size: tuple[int, int] = OFFICIAL_INFER_ORIGINAL_SIZE) -> torch.Tensor:
+    """Pixel K (3,3) of the official renderers at ``height x width`` (reference D).
+
+    They project with the normalised K of :func:`official_pseudo_focal` and take pixel ``floor(u W)``, i.e.
+    ``fx_px = fx W``, ``cx = W/2`` (likewise for y). The back-projection (:func:`official_pixel_K`) uses
+    ``fx (W-1)``: the release renders a static camera about 0.5 px wider at the border than the input grid, and
+    compat mode reproduces that.
+
+    Returns:
+        (3, 3) float32 pixel intrinsics.
+    """
+    fx, fy = official_pseudo_focal(height, width, *original_size)
+    return torch.tensor([[fx * width, 0.0, width / 2.0], [0.0, fy * height, height / 2.0], [0.0, 0.0, 1.0]])
+
+
 def with_official_intrinsics(geom: Geometry) -> Geometry:
     """Replace the camera by the released MoGe4D checkpoint's fixed pseudo-intrinsics (reference B).
 
@@ -280,5 +296,5 @@ def token_norm_preview(tokens: torch.Tensor, grid: tuple[int, int], height: int,
 
 
 __all__ = ["DEPTH_KINDS", "DEFAULT_WIDTH", "DEFAULT_HEIGHT", "as_rgb", "geometry_from_depth", "geometry_from_moge",
-           "check_working_size", "min_pool_depth", "resize_geometry", "official_pixel_K",
+           "check_working_size", "min_pool_depth", "resize_geometry", "official_pixel_K", "official_render_K",
            "with_official_intrinsics", "depth_preview", "confidence_mask", "token_norm_preview"]

@@ -5,12 +5,15 @@ de-normalised :class:`Trajectories` → for each camera path: render (points z-b
 optional 4D-ViSM inpainting → frames.  :class:`StageTimes` records wall time and peak memory per stage.
 
 ``compat=True`` reproduces the released inference (reference §J): the official pseudo-intrinsics for the
-first-frame back-projection, the official motion normalisation, reference tokens from the image, MPM off,
-Euler / shift 5 / 50 steps / CFG 6, inpainting seed = seed + 1 — with the de-normalisation applied.
+first-frame back-projection, the release's motion-normalisation constants at any working size, the official
+render intrinsics for preset cameras (``fx·W``, where the back-projection uses ``fx·(W−1)``), reference tokens
+from the image, MPM off, Euler / shift 5 / 50 steps / CFG 6, inpainting seed = seed + 1 — with the
+de-normalisation applied.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import resource
 import sys
 import time
@@ -21,7 +24,7 @@ import torch
 
 from ..errors import require
 from ..geometry.scene_camera import camera_path_for_scene
-from ..geometry.sources import resize_geometry, with_official_intrinsics
+from ..geometry.sources import official_render_K, resize_geometry, with_official_intrinsics
 from ..models.conditioning import ImageContext, TextContext
 from ..render.api import render_trajectories
 from ..types import CameraPath, Geometry, Motion, MotionFeatures, RenderResult, Trajectories
@@ -99,7 +102,7 @@ def motion_features_of(omnimae, image: torch.Tensor) -> MotionFeatures:
 
 
 def compat_options(frames: int = 49) -> TrajectoryOptions:
-    return TrajectoryOptions(frames=frames, normalization="official", reference=True, mpm=False)
+    return TrajectoryOptions(frames=frames, normalization="release", reference=True, mpm=False)
 
 
 def _step_progress(progress: Optional[Progress], name: str):
@@ -147,8 +150,10 @@ def run_pipeline(*, image: torch.Tensor, strag, motion_vae, image_vae: ImageVAE,
     with times.stage("de-normalise"):
         traj = denormalize(motion, fps=fps)
     views = []
+    # Preset cameras take the scene's K; in compat mode that is the official renderer's K (fx·W, not fx·(W−1)).
+    camera_scene = dataclasses.replace(traj, K=official_render_K(traj.height, traj.width)) if compat else traj
     for cam in cameras:
-        path = cam if isinstance(cam, CameraPath) else camera_path_for_scene(cam, traj)
+        path = cam if isinstance(cam, CameraPath) else camera_path_for_scene(cam, camera_scene)
         with times.stage(f"render {path.name}"):
             rend = render_trajectories(traj, path, **(render_kwargs or {}))
         frames = None

@@ -7,8 +7,10 @@ the normalised relative motion ΔP̂ (T,H,W,3) with frame 0 = 0.
 
 ``denormalize`` applies the depth-guided inverse the released inference omits (reference §B):
 ``ΔX = Δx̂·z0/αx, ΔY = Δŷ·z0/αy, ΔZ = Δẑ·z0``, ``P_t = P0 + ΔP_t`` with ``P0`` the geometry's first-frame
-points (OpenCV camera, world = first-frame camera).  ``normalization="official"`` uses the fixed
-pseudo-intrinsics the released checkpoints were trained with (αx = 1.043478, αy = 1 at 368×512);
+points (OpenCV camera, world = first-frame camera).  ``normalization="release"`` uses the constants the
+released checkpoints were trained with (αx = 1.043478, αy = 1) at any working size (compat mode);
+``"official"`` the release's pseudo-intrinsics rule at the working size (equal to ``release`` at 368×512; what our
+trainers use at their size, so models trained here, e.g. the nano model, get their own constants back);
 ``"real_k"`` the geometry's own K (the paper's formulation; for checkpoints trained that way).
 """
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Callable, Optional
 import torch
 
 from ..errors import MoGe4DInputError, require
-from ..geometry.normalization import apply_motion, official_spec, real_k_spec
+from ..geometry.normalization import apply_motion, official_spec, real_k_spec, release_spec
 from ..models.conditioning import ImageContext, TextContext
 from ..types import Geometry, Motion, MotionFeatures, NormalizationSpec, Trajectories
 from .conditioning import StragConditions, check_frames, check_size, encode_strag_conditions
@@ -30,12 +32,12 @@ from .settings import NativeSampler, SamplerSettings
 __all__ = ["NORMALIZATIONS", "TrajectoryOptions", "normalization_spec", "check_text", "strag_inputs",
            "sample_motion_latent", "decode_motion", "generate_motion", "denormalize", "motion_preview"]
 
-NORMALIZATIONS = ("official", "real_k")
+NORMALIZATIONS = ("official", "real_k", "release")
 
 
 @dataclass(frozen=True)
 class TrajectoryOptions:
-    """frames: T = 4k+1 (release 49); normalization: ``official`` | ``real_k`` (see module docstring);
+    """frames: T = 4k+1 (release 49); normalization: ``official`` | ``real_k`` | ``release`` (module docstring);
     reference: feed the image to ``ref_conv`` (official inference) — False gives the zero reference of
     official training; mpm: use the Motion Perception Module when features are given (needs its weights)."""
 
@@ -51,6 +53,14 @@ class TrajectoryOptions:
 
 
 def normalization_spec(geometry: Geometry, mode: str) -> NormalizationSpec:
+    """The constants that undo the STraG's normalisation (see the module docstring).
+
+    Args:
+        geometry: the first-frame geometry (its size for ``official``, its K for ``real_k``).
+        mode: one of :data:`NORMALIZATIONS`.
+    """
+    if mode == "release":
+        return release_spec()
     if mode == "official":
         return official_spec(geometry.height, geometry.width)
     return real_k_spec(geometry.K.float(), geometry.width, geometry.height)
