@@ -11,6 +11,8 @@ import comfy.model_management as mm
 import comfy.utils
 import folder_paths
 
+from .validation import list_input_files
+
 
 def progress_callback(total: int):
     """A ``progress(done, total)`` callback for core loops (``done`` = items finished so far):
@@ -35,17 +37,9 @@ def output_device():
 
 
 def input_files(extensions: tuple[str, ...]) -> list[str]:
-    """Files under ComfyUI's input folder (recursive, relative, sorted) with one of ``extensions``."""
-    root = Path(folder_paths.get_input_directory())
-    if not root.is_dir():
-        return []
-    found = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.suffix.lower() in extensions]
-    return sorted(found)
-
-
-def input_path(name: str) -> str:
-    """Absolute path of a file picked from the input folder (annotated names allowed)."""
-    return folder_paths.get_annotated_filepath(name)
+    """Files under ComfyUI's input folder (recursive, relative, sorted) with one of ``extensions``: the names
+    :func:`nodes.validation.resolve_input_file` accepts (links leading out of the folder are left out)."""
+    return list_input_files(extensions)
 
 
 def output_folder(prefix: str) -> tuple[Path, str, str]:

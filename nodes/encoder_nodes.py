@@ -24,12 +24,11 @@ from moge4d_core.models.omnimae import extract_motion_features
 from moge4d_core.models.unidepth import to_geometry
 
 import comfy.model_management as mm
-import folder_paths
 
 from . import comfy_types as T
 from .comfy_runtime import compute_device, output_device, progress_callback
-from .models import (MODEL_FOLDER, PRECISIONS, model_files, model_for_inference, model_path, resolve_dtype,
-                     wrap_model)
+from .models import PRECISIONS, model_files, model_for_inference, resolve_dtype, wrap_model
+from .validation import OMNIMAE, UNIDEPTH, ModelFile, model_file_problem, resolve_model_file, result
 
 INTRINSICS = ["predicted", "official_pseudo"]
 
@@ -65,14 +64,8 @@ def _loader_inputs(subfolder: str, what: str):
     ]
 
 
-def _file_ok(file, what):
-    if not file or folder_paths.get_full_path(MODEL_FOLDER, file) is None:
-        return f"{what}: file '{file}' not found in the '{MODEL_FOLDER}' model folder"
-    return True
-
-
-def _load(loader, file: str, precision: str, what: str):
-    path = model_path(file, what)
+def _load(loader, file: str, precision: str, spec: ModelFile):
+    path = resolve_model_file(file, spec, model_files())
     load_device = compute_device()
     offload = mm.unet_offload_device()
     dtype = resolve_dtype(precision, load_device)
@@ -94,13 +87,13 @@ class MoGe4DLoadUniDepth(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, file, **kwargs):
-        return _file_ok(file, "MoGe4D Load UniDepth")
+    def validate_inputs(cls, file):
+        return result(model_file_problem(file, UNIDEPTH, model_files()))
 
     @classmethod
     def execute(cls, file, precision="auto") -> io.NodeOutput:
         return io.NodeOutput(_load(lambda p, dt, dev: load_unidepth(p, dtype=dt, device=dev)[0], file, precision,
-                                   "UniDepth file"))
+                                   UNIDEPTH))
 
 
 class MoGe4DDepth(io.ComfyNode):
@@ -240,13 +233,13 @@ class MoGe4DLoadOmniMAE(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, file, **kwargs):
-        return _file_ok(file, "MoGe4D Load OmniMAE")
+    def validate_inputs(cls, file):
+        return result(model_file_problem(file, OMNIMAE, model_files()))
 
     @classmethod
     def execute(cls, file, precision="auto") -> io.NodeOutput:
         return io.NodeOutput(_load(lambda p, dt, dev: load_omnimae(p, dtype=dt, device=dev), file, precision,
-                                   "OmniMAE file"))
+                                   OMNIMAE))
 
 
 class MoGe4DMotionFeatures(io.ComfyNode):

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from moge4d_core.errors import MoGe4DInputError
 
-MODEL_FOLDER = "moge4d"
+from .validation import MODEL_FOLDER  # noqa: F401  (re-exported)
 MODEL_EXTENSIONS = {".safetensors", ".bin", ".pth", ".torch", ".pt"}
 PRECISIONS = ["auto", "fp32", "fp16", "bf16"]
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -50,16 +50,6 @@ def model_files(subfolder: str | None = None) -> list[str]:
         inside = [f for f in files if f.startswith(subfolder.rstrip("/") + "/")]
         return inside + [f for f in files if f not in inside]
     return list(files)
-
-
-def model_path(name: str, what: str) -> str:
-    """Absolute path of ``name`` in the ``moge4d`` model folder, or a readable error."""
-    path = folder_paths.get_full_path(MODEL_FOLDER, name) if name else None
-    if path is None:
-        raise MoGe4DInputError(f"{what}: '{name}' not found in the '{MODEL_FOLDER}' model folder "
-                               f"({folder_paths.folder_names_and_paths.get(MODEL_FOLDER, ([],))[0]}); put the "
-                               f"file there (e.g. models/moge4d/unidepth/) and refresh")
-    return path
 
 
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:

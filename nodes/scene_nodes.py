@@ -11,7 +11,8 @@ from moge4d_core.geometry.projection import trajectories_to_tracks
 from moge4d_core.io import load_trajectories, save_trajectories_npz, write_ply_sequence, write_splat_sequence
 
 from . import comfy_types as T
-from .comfy_runtime import input_files, input_path, output_folder, output_device
+from .comfy_runtime import input_files, output_folder, output_device
+from .validation import input_file_problem, resolve_input_file, result
 
 TRAJECTORY_EXTENSIONS = (".pkl", ".npz")
 
@@ -45,19 +46,18 @@ class MoGe4DLoadTrajectories(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, file, **kwargs):
-        if not file or not os.path.isfile(input_path(file)):
-            return f"MoGe4D Load Trajectories: file '{file}' not found in ComfyUI's input folder"
-        return True
+    def validate_inputs(cls, file):
+        return result(input_file_problem(file, TRAJECTORY_EXTENSIONS))
 
     @classmethod
     def fingerprint_inputs(cls, file, **kwargs):
-        path = input_path(file)
-        return os.path.getmtime(path) if os.path.exists(path) else float("nan")
+        if input_file_problem(file, TRAJECTORY_EXTENSIONS) is not None:
+            return float("nan")
+        return os.path.getmtime(resolve_input_file(file, TRAJECTORY_EXTENSIONS))
 
     @classmethod
     def execute(cls, file, allow_unsafe_pickle=False) -> io.NodeOutput:
-        traj = load_trajectories(input_path(file), allow_unsafe=allow_unsafe_pickle)
+        traj = load_trajectories(resolve_input_file(file, TRAJECTORY_EXTENSIONS), allow_unsafe=allow_unsafe_pickle)
         return io.NodeOutput(traj, first_frame_image(traj), traj.num_frames)
 
 

@@ -10,12 +10,10 @@ A ComfyUI ``SAMPLER`` (``KSamplerSelect`` ...) and/or ``SIGMAS`` (``BasicSchedul
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import torch
 from comfy_api.latest import io
 
-import folder_paths
 import comfy.samplers
 import comfy.model_management as mm
 
@@ -31,7 +29,8 @@ from . import comfy_types as T
 from .comfy_runtime import compute_device, output_device, progress_callback
 from .dit_runtime import (dit_for_inference, flow_model_sampling, image_context, load_dit, native_sampler, step_count,
                           text_context)
-from .models import MODEL_FOLDER, PRECISIONS, model_files, model_for_inference, model_path, resolve_dtype, wrap_model
+from .models import PRECISIONS, model_files, model_for_inference, resolve_dtype, wrap_model
+from .validation import MOTION_VAE, STRAG, STRAG_BASE, model_file_problem, resolve_model_file, result
 
 NONE = "none"
 VAE_PARTS = ("encoder_prompt", "decoder_prompt", "vae")
@@ -55,14 +54,9 @@ def offload_input():
                                     "(slow, but a 14B model then needs only a few GB of VRAM).")
 
 
-def _file_ok(file, what):
-    if not file or folder_paths.get_full_path(MODEL_FOLDER, file) is None:
-        return f"{what}: file '{file}' not found in the '{MODEL_FOLDER}' model folder"
-    return True
-
-
-def _optional_path(name: str, what: str):
-    return None if not name or name == NONE else model_path(name, what)
+def _optional_path(name: str, spec, choices: list[str]):
+    """None for 'none' (or no value), else the resolved listed model file."""
+    return None if name in (None, "", NONE) else resolve_model_file(name, spec, choices)
 
 
 # ------------------------------------------------------------------------------------------------ loaders
@@ -95,14 +89,16 @@ class MoGe4DLoadSTraG(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, file, **kwargs):
-        return _file_ok(file, "MoGe4D Load 4D-STraG")
+    def validate_inputs(cls, file):
+        # base_control is left to ComfyUI's own list check (a name here would report every problem twice)
+        return result(model_file_problem(file, STRAG, model_files()))
 
     @classmethod
     def execute(cls, file, base_control=NONE, precision="auto", fp8_storage=False, block_offload=False,
                 mpm=True) -> io.NodeOutput:
-        path = model_path(file, "4D-STraG file")
-        base = _optional_path(base_control, "base_control file")
+        files = model_files()
+        path = resolve_model_file(file, STRAG, files)
+        base = _optional_path(base_control, STRAG_BASE, files)
 
         def load(dtype, compute_dtype):
             return load_strag(path, dtype=dtype, compute_dtype=compute_dtype, base=base, mpm=mpm)[0]
@@ -128,14 +124,7 @@ def motion_vae_choices() -> list[str]:
 
 
 def _motion_vae_path(name: str) -> str:
-    if name.endswith("/"):
-        for root in folder_paths.get_folder_paths(MODEL_FOLDER):
-            full = os.path.join(root, name.rstrip("/"))
-            if os.path.isdir(full):
-                return full
-        raise MoGe4DInputError(f"motion VAE: folder '{name}' not found in the '{MODEL_FOLDER}' model folder; put the "
-                               f"release's VAE/ folder (encoder_prompt/, decoder_prompt/, vae/) there and refresh")
-    return model_path(name, "motion VAE file")
+    return resolve_model_file(name, MOTION_VAE, motion_vae_choices())
 
 
 class MoGe4DLoadMotionVAE(io.ComfyNode):
@@ -159,12 +148,8 @@ class MoGe4DLoadMotionVAE(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, vae, **kwargs):
-        try:
-            _motion_vae_path(vae)
-        except MoGe4DInputError as exc:
-            return str(exc)
-        return True
+    def validate_inputs(cls, vae):
+        return result(model_file_problem(vae, MOTION_VAE, motion_vae_choices()))
 
     @classmethod
     def execute(cls, vae, precision="auto") -> io.NodeOutput:

@@ -43,7 +43,8 @@ from moge4d_core.pipeline.settings import SamplerSettings
 from . import comfy_types as T
 from .comfy_runtime import output_device, progress_callback
 from .dit_runtime import dit_for_inference, image_context, load_dit, native_sampler, step_count, text_context
-from .models import MODEL_FOLDER, model_files, model_path
+from .models import MODEL_FOLDER, model_files
+from .validation import VISM_BASE, VISM_LORA, model_file_problem, resolve_model_file, result
 from .strag_nodes import (NONE, clip_vision_input, fp8_input, native_inputs, offload_input, precision_input,
                           sampler_inputs)
 
@@ -108,16 +109,16 @@ class MoGe4DLoadViSM(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, file, **kwargs):
-        if not file or folder_paths.get_full_path(MODEL_FOLDER, file) is None:
-            return f"MoGe4D Load 4D-ViSM: file '{file}' not found in the '{MODEL_FOLDER}' model folder"
-        return True
+    def validate_inputs(cls, file):
+        # lora is left to ComfyUI's own list check (a name here would report every problem twice)
+        return result(model_file_problem(file, VISM_BASE, model_files()))
 
     @classmethod
     def execute(cls, file, lora=NONE, strength=OFFICIAL_STRENGTH, precision="auto", fp8_storage=False,
                 block_offload=False) -> io.NodeOutput:
-        path = model_path(file, "4D-ViSM base file")
-        lora_path = None if lora in (None, "", NONE) else model_path(lora, "4D-ViSM LoRA file")
+        files = model_files()
+        path = resolve_model_file(file, VISM_BASE, files)
+        lora_path = None if lora in (None, "", NONE) else resolve_model_file(lora, VISM_LORA, files)
 
         def load(dtype, compute_dtype):
             return load_vism_base(path, dtype=dtype, compute_dtype=compute_dtype)[0]
@@ -245,14 +246,22 @@ def lora_choices() -> list[str]:
     return found
 
 
+def _lora_target(name) -> tuple[str, str]:
+    """(folder, name inside it) of a LoRA choice: ``loras/x`` is ``x`` in ComfyUI's loras folder unless the
+    moge4d folder itself holds ``loras/x``."""
+    if isinstance(name, str) and name.startswith(LORAS_PREFIX) and folder_paths.get_full_path(MODEL_FOLDER, name) is None:
+        return "loras", name[len(LORAS_PREFIX):]
+    return MODEL_FOLDER, name
+
+
+def _lora_problem(name):
+    folder, rel = _lora_target(name)
+    return model_file_problem(name, VISM_LORA, lora_choices(), folder=folder, display=rel)
+
+
 def _lora_path(name: str) -> str:
-    path = folder_paths.get_full_path(MODEL_FOLDER, name)
-    if path is None and name.startswith(LORAS_PREFIX):
-        path = folder_paths.get_full_path("loras", name[len(LORAS_PREFIX):])
-    if path is None:
-        raise MoGe4DInputError(f"lora: '{name}' not found in models/{MODEL_FOLDER} or models/loras; put the 4D-ViSM "
-                               f"LoRA (lora_diffusion_pytorch_model.safetensors) in models/moge4d/4D-ViSM/ and refresh")
-    return path
+    folder, rel = _lora_target(name)
+    return resolve_model_file(name, VISM_LORA, lora_choices(), folder=folder, display=rel)
 
 
 def _lora_stems(state: dict) -> dict[str, str]:
@@ -287,12 +296,8 @@ class MoGe4DApplyViSMLoRA(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, lora, **kwargs):
-        try:
-            _lora_path(lora)
-        except MoGe4DInputError as exc:
-            return str(exc)
-        return True
+    def validate_inputs(cls, lora):
+        return result(_lora_problem(lora))
 
     @classmethod
     def execute(cls, model, lora, strength=OFFICIAL_STRENGTH) -> io.NodeOutput:

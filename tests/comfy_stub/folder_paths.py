@@ -23,8 +23,30 @@ def get_temp_directory():
     return _temp
 
 
+def annotated_filepath(name):
+    """As ComfyUI v0.21: ``"x.png [output]"`` -> ("x.png", output dir); no annotation -> (name, None)."""
+    if name.endswith("[output]"):
+        return name[:-9], get_output_directory()
+    if name.endswith("[input]"):
+        return name[:-8], get_input_directory()
+    if name.endswith("[temp]"):
+        return name[:-7], get_temp_directory()
+    return name, None
+
+
 def get_annotated_filepath(name, default_dir=None):
-    return os.path.join(default_dir or _input, name)
+    """As ComfyUI v0.21: a plain ``os.path.join`` (it does not refuse ``..`` or absolute names)."""
+    name, base_dir = annotated_filepath(name)
+    if base_dir is None:
+        base_dir = default_dir if default_dir is not None else get_input_directory()
+    return os.path.join(base_dir, name)
+
+
+def exists_annotated_filepath(name):
+    name, base_dir = annotated_filepath(name)
+    if base_dir is None:
+        base_dir = get_input_directory()
+    return os.path.exists(os.path.join(base_dir, name))
 
 
 def get_save_image_path(filename_prefix, output_dir, image_width=0, image_height=0):

@@ -126,3 +126,12 @@ class ComfyNode:
     @classmethod
     def execute(cls, **kwargs) -> NodeOutput:
         raise NotImplementedError
+
+    @classmethod
+    def validate_inputs(cls, **kwargs):
+        """Placeholder, as in ComfyUI: only an override in a node class is called."""
+        raise NotImplementedError
+
+    @classmethod
+    def fingerprint_inputs(cls, **kwargs):
+        raise NotImplementedError
