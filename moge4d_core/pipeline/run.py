@@ -2,7 +2,8 @@
 
 image (H,W,3) [0,1] → geometry (UniDepthV2, or given) → optional OmniMAE features → 4D-STraG motion →
 de-normalised :class:`Trajectories` → for each camera path: render (points z-buffer) + hole mask →
-optional 4D-ViSM inpainting → frames.  :class:`StageTimes` records wall time and peak memory per stage.
+optional 4D-ViSM inpainting → frames.  The render runs on the STraG's compute device (on CUDA the Triton
+z-buffer, or gsplat for Gaussians; :func:`render_on_device`); its result comes back to the CPU.  :class:`StageTimes` records wall time and peak memory per stage.
 
 ``compat=True`` reproduces the released inference (reference §J): the official pseudo-intrinsics for the
 first-frame back-projection, the release's motion-normalisation constants at any working size, the official
@@ -31,10 +32,11 @@ from ..types import CameraPath, Geometry, Motion, MotionFeatures, RenderResult, 
 from .image_vae import ImageVAE, WanImageVAE
 from .inpaint import inpaint
 from .settings import NativeSampler, SamplerSettings, compat_settings
+from .denoise_loop import model_device_dtype
 from .trajectory import TrajectoryOptions, denormalize, generate_motion
 
 __all__ = ["StageTimes", "NovelView", "SceneResult", "estimate_geometry", "motion_features_of",
-           "compat_options", "run_pipeline"]
+           "render_on_device", "compat_options", "run_pipeline"]
 
 Progress = Callable[[str, int, int], None]
 
@@ -101,6 +103,31 @@ def motion_features_of(omnimae, image: torch.Tensor) -> MotionFeatures:
         return extract_motion_features(omnimae, image)
 
 
+def render_on_device(traj: Trajectories, path: CameraPath, device: Union[str, torch.device], **kwargs) -> RenderResult:
+    """Render ``traj`` along ``path`` on ``device``, the result on the CPU.
+
+    On CUDA the renderer's ``backend="auto"`` picks the Triton z-buffer (points) or gsplat (Gaussians) and falls
+    back to PyTorch with one log line; on the CPU it is the PyTorch code.
+
+    Args:
+        traj: the scene (points (T,N,3), colours (N,3), visibility (T,N) or None), on any device.
+        path: the camera path (moved by the renderer to the points' device).
+        device: where to render, e.g. the STraG's compute device.
+        kwargs: :func:`~moge4d_core.render.api.render_trajectories` options.
+
+    Returns:
+        :class:`RenderResult` with rgb (T,H,W,3), depth (T,H,W), holes (T,H,W) on the CPU; ``extras`` keeps
+        ``"backend"`` (what ran) and its tensors on the CPU.
+    """
+    device = torch.device(device)
+    moved = dataclasses.replace(
+        traj, points=traj.points.to(device), colors=traj.colors.to(device),
+        visibility=None if traj.visibility is None else traj.visibility.to(device))
+    res = render_trajectories(moved, path, **kwargs)
+    extras = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in res.extras.items()}
+    return RenderResult(rgb=res.rgb.cpu(), depth=res.depth.cpu(), holes=res.holes.cpu(), extras=extras)
+
+
 def compat_options(frames: int = 49) -> TrajectoryOptions:
     return TrajectoryOptions(frames=frames, normalization="release", reference=True, mpm=False)
 
@@ -151,11 +178,12 @@ def run_pipeline(*, image: torch.Tensor, strag, motion_vae, image_vae: ImageVAE,
         traj = denormalize(motion, fps=fps)
     views = []
     # Preset cameras take the scene's K; in compat mode that is the official renderer's K (fx·W, not fx·(W−1)).
+    render_device = model_device_dtype(strag)[0]
     camera_scene = dataclasses.replace(traj, K=official_render_K(traj.height, traj.width)) if compat else traj
     for cam in cameras:
         path = cam if isinstance(cam, CameraPath) else camera_path_for_scene(cam, camera_scene)
         with times.stage(f"render {path.name}"):
-            rend = render_trajectories(traj, path, **(render_kwargs or {}))
+            rend = render_on_device(traj, path, render_device, **(render_kwargs or {}))
         frames = None
         if vism is not None:
             with times.stage(f"inpaint {path.name} (4D-ViSM)"):

@@ -45,9 +45,22 @@ def choose_backend(backend: str, device: torch.device) -> str:
             raise RuntimeError("triton")
         return "triton"
     # auto
-    if device.type == "cuda" and not _TRITON_BROKEN and zb.triton_available():
-        return "triton"
+    if device.type == "cuda" and not _TRITON_BROKEN:
+        if zb.triton_available():
+            return "triton"
+        _say_once("MoGe4D render: triton is not installed; the points z-buffer runs in PyTorch on CUDA "
+                  "(pip install triton for the fused kernel)")
     return "torch"
+
+
+_SAID: set = set()
+
+
+def _say_once(message: str) -> None:
+    """Log ``message`` once per process (a fallback notice, not repeated per frame or per call)."""
+    if message not in _SAID:
+        _SAID.add(message)
+        log.warning(message)
 
 
 def render_points_zbuffer(setup: FrameSetup, *, backend: str, point_size: int = 1,
