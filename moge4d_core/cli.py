@@ -23,13 +23,21 @@ Commands
                  python -m moge4d_core demo --out out/
 
 ``presets``  list the camera presets and their parameters.
+
+Before any model loads or any file is written, :func:`preflight` checks everything that is cheap to check (sizes,
+frame counts, sampler settings, camera names, device, model files, image and depth, the output folder, free disk
+space). Every command builds its outputs in a temporary folder next to ``--out`` and then replaces ``--out`` whole
+(:mod:`moge4d_core.io.output_folder`): ``--out`` must be new, empty or an earlier MoGe4D output (it holds
+``moge4d_run.json``); a failure leaves it as it was.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import MoGe4DInputError
 
@@ -56,13 +64,161 @@ def _load_scene(args):
     return load_trajectories(args.trajectories, allow_unsafe=args.allow_unsafe_pickle)
 
 
+_MIB = 2 ** 20
+
+
+@dataclass
+class Checked:
+    """What :func:`preflight` read while checking: the image ``(H,W,3)`` [0,1], the depth ``(H,W)`` or None, the
+    model files (generate / demo), and the command line recorded in the output manifest."""
+
+    command: str
+    image: Any = None
+    depth: Any = None
+    files: Any = None
+
+
+def render_output_bytes(frames: int, points: int, cameras: int, height: int, width: int) -> int:
+    """Rough size in bytes of what ``render`` writes: PLY sequence (15 B per point and frame), ``scene.npz``
+    (13 B per point and frame) and two H.264 videos per camera (about 0.25 B per pixel and frame)."""
+    return int(28 * frames * points + 2 * cameras * frames * height * width * 0.25 + _MIB)
+
+
+def _check_cameras(names, frames: int, width: int, height: int) -> None:
+    """Build every named preset on a one-point dummy scene: unknown names and bad defaults fail here."""
+    import difflib
+
+    import torch
+
+    from .geometry.camera_paths import CAMERA_PRESETS, make_camera_path
+
+    for name in names:
+        if name not in CAMERA_PRESETS:
+            close = difflib.get_close_matches(name, list(CAMERA_PRESETS), n=3)
+            hint = f"did you mean {' or '.join(close)}? " if close else ""
+            raise MoGe4DInputError(f"--camera {name}: unknown camera preset; {hint}valid presets: "
+                                   f"{', '.join(CAMERA_PRESETS)} (see `python -m moge4d_core presets`)")
+        try:
+            make_camera_path(name, max(frames, 1), max(width, 1), max(height, 1),
+                             points0=torch.tensor([[0.0, 0.0, 2.0], [0.5, 0.5, 3.0]]))
+        except MoGe4DInputError as exc:
+            raise MoGe4DInputError(f"--camera {name}: {exc}") from None
+
+
+def _positive(value, name: str, *, integer: bool = False, zero_ok: bool = False) -> None:
+    import math
+
+    ok = value is not None and not isinstance(value, bool) and math.isfinite(float(value))
+    ok = ok and (float(value) >= 0 if zero_ok else float(value) > 0)
+    if not ok:
+        raise MoGe4DInputError(f"{name}: expected a {'whole ' if integer else ''}number "
+                               f"{'>= 0' if zero_ok else '> 0'}, got {value!r}")
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise MoGe4DInputError(f"--device {device!r}: not a torch device ({exc}); use cpu or cuda") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise MoGe4DInputError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise MoGe4DInputError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise MoGe4DInputError(f"--device {device}: MPS is not available here; use --device cpu")
+
+
+def _command_line(args, command: str) -> str:
+    cams = " ".join(f"--camera {c}" for c in (getattr(args, "camera", None) or []))
+    return f"{command} {cams}".strip()
+
+
+def preflight(args, command: str, *, models_dir=None, image_path=None, depth_path=None, fov=None,
+              depth_kind: str = "metric") -> Checked:
+    """Every cheap check of ``command`` (``render`` / ``generate`` / ``demo``), before any model loads or any
+    file is written: sizes and frame counts, sampler settings, camera names (each preset is built on a dummy
+    scene), the device, the model folder's files, the image and depth (read here), the output folder, and the
+    free disk space for the outputs (``render``: checked again once the scene's size is known).
+
+    Returns:
+        :class:`Checked` with what was read. Raises :class:`MoGe4DInputError` naming the option at fault.
+    """
+    from .io.output_folder import check_free_space, check_output_folder
+
+    checked = Checked(command=_command_line(args, command))
+    if command == "render":
+        if not args.demo and not args.trajectories:
+            raise MoGe4DInputError("render: pass --demo for the built-in scene or --trajectories FILE (.pkl / .npz)")
+        if args.demo:
+            for opt in ("frames", "width", "height"):
+                _positive(getattr(args, opt), f"--{opt}", integer=True)
+        elif not Path(args.trajectories).is_file():
+            raise MoGe4DInputError(f"--trajectories {args.trajectories}: no such file")
+        for opt in ("render_width", "render_height"):
+            _positive(getattr(args, opt), f"--{opt.replace('_', '-')}", integer=True, zero_ok=True)
+        _positive(args.point_size, "--point-size", integer=True)
+        if args.fov is not None and args.fov != 0:
+            from .geometry.intrinsics import check_fov
+
+            check_fov(args.fov, "--fov")
+        frames = args.frames if args.demo else 2
+        width = args.render_width or (args.width if args.demo else 16)
+        height = args.render_height or (args.height if args.demo else 16)
+        _check_cameras(args.camera, frames, width, height)
+        check_output_folder(args.out)
+        return checked
+
+    from .io.images import read_depth, read_image
+    from .pipeline.conditioning import check_frames, check_size
+    from .pipeline.model_dir import find_model_files
+    from .pipeline.outputs import estimate_output_bytes
+    from .pipeline.settings import SamplerSettings
+    from .pipeline.trajectory import TrajectoryOptions
+
+    check_frames(args.frames, "--frames")
+    if args.width < 16 or args.height < 16:
+        raise MoGe4DInputError(f"--width/--height: {args.width}x{args.height}; both must be at least 16")
+    check_size(args.height, args.width, "--width/--height")
+    SamplerSettings(steps=args.steps, cfg=args.cfg, shift=args.shift, seed=args.seed, solver=args.solver)
+    _positive(args.inpaint_steps, "--inpaint-steps", integer=True, zero_ok=True)
+    _positive(args.fps, "--fps")
+    _positive(args.lora_strength, "--lora-strength", zero_ok=True)
+    TrajectoryOptions(frames=args.frames, normalization=args.normalization, reference=not args.no_reference)
+    _check_cameras(args.camera, args.frames, args.width, args.height)
+    _check_device(args.device)
+    depth_scale = getattr(args, "depth_scale", None)
+    if depth_path is None and depth_scale is not None:
+        raise MoGe4DInputError("--depth-scale: only used with --depth FILE; remove it or pass --depth")
+    if depth_path is not None:
+        if fov is None:
+            raise MoGe4DInputError("--depth needs --fov (horizontal field of view in degrees)")
+        from .geometry.intrinsics import check_fov
+
+        check_fov(fov, "--fov")
+    checked.files = find_model_files(models_dir)
+    if depth_path is None and checked.files.unidepth is None:
+        raise MoGe4DInputError(f"{models_dir}: no UniDepthV2 folder (unidepth-v2-vitl14/); add it, or pass "
+                               f"--depth FILE --fov DEG")
+    checked.image = read_image(image_path, "--image")
+    if depth_path is not None:
+        checked.depth = read_depth(depth_path, scale=depth_scale, metric=depth_kind == "metric", what="--depth")
+    check_output_folder(args.out)
+    need = estimate_output_bytes(args.frames, args.height, args.width, len(args.camera), inpaint=not args.no_inpaint)
+    check_free_space(args.out, need, detail=f"{args.frames} frames at {args.width}x{args.height}, "
+                                            f"{len(args.camera)} camera(s)")
+    return checked
+
+
 def cmd_render(args) -> int:
     from .geometry.scene_camera import camera_path_for_scene
     from .io import save_trajectories_npz, write_mp4, write_ply_sequence
+    from .io.output_folder import check_free_space, output_folder
     from .render import render_trajectories
 
-    if not args.demo and not args.trajectories:
-        raise MoGe4DInputError("render: pass --demo for the built-in scene or --trajectories FILE (.pkl / .npz)")
+    preflight(args, "render")
     t0 = time.perf_counter()
     scene = _load_scene(args)
     t_scene = time.perf_counter() - t0
@@ -71,86 +227,53 @@ def cmd_render(args) -> int:
     paths = [camera_path_for_scene(name, scene, width=args.render_width, height=args.render_height,
                                    fov_deg=args.fov or 0.0) for name in args.camera]
     width, height = paths[0].width, paths[0].height
-    out.mkdir(parents=True, exist_ok=True)
+    need = render_output_bytes(scene.num_frames, scene.num_points, len(paths), height, width)
+    check_free_space(out, need, detail=f"{scene.num_frames} frames x {scene.num_points} points, {len(paths)} "
+                                       f"camera(s) at {width}x{height}")
     summary = [f"scene: {scene.num_frames} frames x {scene.num_points} points ({scene.height}x{scene.width}), "
                f"built in {t_scene:.2f} s"]
-    for name, path in zip(args.camera, paths):
-        t1 = time.perf_counter()
-        result = render_trajectories(scene, path, mode=args.mode, point_size=args.point_size,
-                                     progress=_progress(f"render {name}"))
-        t_render = time.perf_counter() - t1
-        video = write_mp4(result.rgb, out / f"render_{name}.mp4", fps=scene.fps)
-        mask = write_mp4(result.holes[..., None].expand(-1, -1, -1, 3), out / f"holes_{name}.mp4", fps=scene.fps)
-        hole_pct = 100.0 * float(result.holes.mean())
-        summary.append(f"{name}: rendered {path.num_frames} frames at {width}x{height} ({args.mode}) in "
-                       f"{t_render:.2f} s, holes {hole_pct:.1f}% -> {video}, {mask}")
-    plys = write_ply_sequence(scene, out / "ply", prefix="frame")
-    npz = save_trajectories_npz(scene, out / "scene.npz")
-    summary.append(f"PLY sequence: {len(plys)} files in {out / 'ply'}; scene: {npz}")
+    with output_folder(out, command="render " + " ".join(f"--camera {c}" for c in args.camera)) as tmp:
+        for name, path in zip(args.camera, paths):
+            t1 = time.perf_counter()
+            result = render_trajectories(scene, path, mode=args.mode, point_size=args.point_size,
+                                         progress=_progress(f"render {name}"))
+            t_render = time.perf_counter() - t1
+            write_mp4(result.rgb, tmp / f"render_{name}.mp4", fps=scene.fps)
+            write_mp4(result.holes[..., None].expand(-1, -1, -1, 3), tmp / f"holes_{name}.mp4", fps=scene.fps)
+            hole_pct = 100.0 * float(result.holes.mean())
+            summary.append(f"{name}: rendered {path.num_frames} frames at {width}x{height} ({args.mode}) in "
+                           f"{t_render:.2f} s, holes {hole_pct:.1f}% -> {out / f'render_{name}.mp4'}, "
+                           f"{out / f'holes_{name}.mp4'}")
+        plys = write_ply_sequence(scene, tmp / "ply", prefix="frame")
+        save_trajectories_npz(scene, tmp / "scene.npz")
+    summary.append(f"PLY sequence: {len(plys)} files in {out / 'ply'}; scene: {out / 'scene.npz'}")
     print("\n".join(summary))
     return 0
 
 
-def _read_image(path) -> "torch.Tensor":
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    p = Path(path)
-    if not p.is_file():
-        raise MoGe4DInputError(f"--image {p}: no such file")
-    try:
-        arr = np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255.0
-    except Exception as exc:  # PIL raises many types
-        raise MoGe4DInputError(f"--image {p}: cannot read it as an image ({exc})") from None
-    return torch.from_numpy(arr)
-
-
-def _read_depth(path) -> "torch.Tensor":
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    p = Path(path)
-    if not p.is_file():
-        raise MoGe4DInputError(f"--depth {p}: no such file")
-    if p.suffix == ".npy":
-        arr = np.load(p, allow_pickle=False).astype(np.float32)
-    else:
-        arr = np.asarray(Image.open(p), dtype=np.float32)
-    if arr.ndim == 3:
-        arr = arr[..., 0]
-    if arr.ndim != 2:
-        raise MoGe4DInputError(f"--depth {p}: expected an (H,W) depth map, got shape {arr.shape}")
-    return torch.from_numpy(arr)
-
-
-def _generate(args, *, models_dir, image_path, depth_path=None, fov=None, depth_kind="metric") -> int:
+def _generate(args, *, models_dir, image_path, depth_path=None, fov=None, depth_kind="metric",
+              command: str = "generate") -> int:
     import torch
 
     from .geometry.sources import geometry_from_depth
-    from .pipeline.model_dir import encode_prompts, find_model_files, load_models, strag_clip_context
+    from .pipeline.model_dir import encode_prompts, load_models, strag_clip_context
     from .pipeline.outputs import write_outputs
     from .pipeline.run import run_pipeline
     from .pipeline.settings import SamplerSettings
     from .pipeline.trajectory import TrajectoryOptions
 
+    checked = preflight(args, command, models_dir=models_dir, image_path=image_path, depth_path=depth_path,
+                        fov=fov, depth_kind=depth_kind)
     t0 = time.perf_counter()
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     options = TrajectoryOptions(frames=args.frames, normalization=args.normalization, reference=not args.no_reference)
     traj_settings = SamplerSettings(steps=args.steps, cfg=args.cfg, shift=args.shift, seed=args.seed, solver=args.solver)
     inp_settings = traj_settings.replace(steps=args.inpaint_steps or args.steps, seed=args.seed + 1)
-    image = _read_image(image_path)
+    image, files = checked.image, checked.files
     geometry = None
-    if depth_path is not None:
-        if fov is None:
-            raise MoGe4DInputError("--depth needs --fov (horizontal field of view in degrees)")
-        depth = _read_depth(depth_path)
+    if checked.depth is not None:
+        depth = checked.depth
         geometry = geometry_from_depth(image, depth[..., None].expand(*depth.shape, 3), fov, depth_kind=depth_kind)
-    files = find_model_files(models_dir)
-    if geometry is None and files.unidepth is None:
-        raise MoGe4DInputError(f"{models_dir}: no UniDepthV2 folder (unidepth-v2-vitl14/); add it, or pass "
-                               f"--depth FILE --fov DEG")
     models = load_models(files, device=args.device, dtype=dtype, inpaint=not args.no_inpaint,
                          depth=geometry is None, lora_strength=args.lora_strength)
     positive, negative = encode_prompts(models, args.prompt or "", args.negative_prompt)
@@ -166,7 +289,7 @@ def _generate(args, *, models_dir, image_path, depth_path=None, fov=None, depth_
                           trajectory_settings=traj_settings, inpaint_settings=inp_settings, options=options,
                           clip=strag_clip_context(models, args.height, args.width), compat=args.compat,
                           size=(args.width, args.height), fps=args.fps, progress=progress)
-    written = write_outputs(result, args.out, fps=args.fps)
+    written = write_outputs(result, args.out, fps=args.fps, command=checked.command)
     print(f"models loaded in {t_load:.1f} s from {files.root}")
     print(result.times.summary())
     print(f"wrote {len(written)} outputs to {args.out}: " + ", ".join(p.name for p in written))
@@ -195,7 +318,7 @@ def cmd_demo(args) -> int:
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     return _generate(args, models_dir=NANO_DIR, image_path=NANO_DIR / spec["image"],
-                     depth_path=NANO_DIR / spec["depth"], fov=spec["fov_deg"], depth_kind="metric")
+                     depth_path=NANO_DIR / spec["depth"], fov=spec["fov_deg"], depth_kind="metric", command="demo")
 
 
 def _add_generate_args(g, demo: bool) -> None:
@@ -265,9 +388,13 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="image -> 4D scene -> novel-view videos (the whole pipeline)")
     g.add_argument("--image", help="input image")
     g.add_argument("--models", help="model folder (4D-STraG/, 4D-ViSM/, VAE/, Wan2.1-Fun-V1.1-14B-InP/, ...)")
-    g.add_argument("--depth", help="depth map (.npy metric, or an image) instead of UniDepthV2; needs --fov")
+    g.add_argument("--depth", help="depth map instead of UniDepthV2 (.npy float metres, or an image; integer "
+                                   "depth needs --depth-scale); needs --fov")
     g.add_argument("--fov", type=float, default=None, help="horizontal field of view of --depth, degrees")
     g.add_argument("--depth-kind", choices=["metric", "relative", "relative_inverse"], default="metric")
+    g.add_argument("--depth-scale", type=float, default=None,
+                   help="metres per unit of an integer --depth image or array (e.g. 0.001 for millimetre PNGs); "
+                        "required for integer metric depth, float depth is taken as metres")
     _add_generate_args(g, demo=False)
     g.set_defaults(func=cmd_generate)
 

@@ -1,4 +1,6 @@
 """The CLI main job at tiny size, and its bad-input behaviour (nothing written)."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -64,3 +66,84 @@ def test_trajectories_reject_bad_input(bad, match):
 
     with pytest.raises(MoGe4DInputError, match=match):
         Trajectories(**bad)
+
+
+# ---- outputs replace --out whole; cheap checks come before the scene is loaded or anything is rendered ----
+def _snapshot(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_rerun_with_fewer_frames_and_other_cameras_replaces_the_output(tmp_path):
+    out = tmp_path / "out"
+    assert main(["render", "--demo", "--frames", "5", "--width", "32", "--height", "24", "--camera", "orbit_left",
+                 "--camera", "dolly_in", "--out", str(out)]) == 0
+    assert len(list((out / "ply").glob("*.ply"))) == 5
+    assert main(["render", "--demo", *SMALL, "--camera", "dolly_in", "--out", str(out)]) == 0
+    names = set(_snapshot(out))
+    assert len(list((out / "ply").glob("*.ply"))) == 3
+    assert not {"render_orbit_left.mp4", "holes_orbit_left.mp4"} & names
+    from moge4d_core.io import load_trajectories
+
+    assert load_trajectories(out / "scene.npz").num_frames == 3
+    assert "moge4d_run.json" in names and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_render_into_an_unrelated_folder_is_refused_and_untouched(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("mine")
+    assert main(["render", "--demo", *SMALL, "--out", str(out)]) == 2
+    assert "not a MoGe4D output" in capsys.readouterr().err
+    assert _snapshot(out) == {"thesis.tex": b"mine"}
+
+
+def test_render_failure_mid_write_leaves_the_previous_output(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    assert main(["render", "--demo", *SMALL, "--camera", "orbit_left", "--out", str(out)]) == 0
+    before = _snapshot(out)
+
+    def broken(*a, **k):
+        raise OSError(5, "I/O error")
+
+    monkeypatch.setattr("moge4d_core.io.write_ply_sequence", broken)
+    with pytest.raises(OSError):
+        main(["render", "--demo", "--frames", "4", "--width", "32", "--height", "24", "--camera", "orbit_left",
+              "--out", str(out)])
+    assert _snapshot(out) == before and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--camera", "orbit_lfet"], "--camera orbit_lfet: unknown camera preset; did you mean orbit_left"),
+    (["--camera", "orbit_left", "--camera", "spirl"], "--camera spirl.*did you mean spiral"),
+    (["--fov", "200"], "--fov: field of view must be in"),
+    (["--point-size", "0"], "--point-size"),
+    (["--render-width", "-5"], "--render-width"),
+])
+def test_render_cheap_checks_come_before_the_scene_is_read(tmp_path, monkeypatch, capsys, extra, match):
+    scene = make_demo_scene(height=24, width=32, num_frames=2)
+    save_trajectories_npz(scene, tmp_path / "s.npz")
+
+    def no_load(*a, **k):
+        raise AssertionError("the scene was loaded before the arguments were checked")
+
+    monkeypatch.setattr("moge4d_core.io.load_trajectories", no_load)
+    out = tmp_path / "out"
+    assert main(["render", "--trajectories", str(tmp_path / "s.npz"), *extra, "--out", str(out)]) == 2
+    assert re.search(match, capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_render_refuses_when_the_disk_is_clearly_too_small(tmp_path, monkeypatch, capsys):
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr("moge4d_core.io.output_folder.shutil.disk_usage", lambda p: usage(10 ** 9, 0, 2 ** 20))
+
+    def no_render(*a, **k):
+        raise AssertionError("rendered before the free space was checked")
+
+    monkeypatch.setattr("moge4d_core.render.render_trajectories", no_render)
+    out = tmp_path / "out"
+    assert main(["render", "--demo", "--frames", "9", "--width", "320", "--height", "240", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "MiB" in err and "only 1 MiB are free" in err and not out.exists()
