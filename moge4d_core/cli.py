@@ -340,8 +340,10 @@ def _add_generate_args(g, demo: bool) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed (inpainting uses seed + 1)")
     g.add_argument("--solver", choices=["euler", "unipc", "dpmpp_2m"], default="euler")
     g.add_argument("--fps", type=float, default=8.0)
-    g.add_argument("--normalization", choices=["official", "real_k"], default="official",
-                   help="motion (de)normalisation constants: the release's pseudo-intrinsics or the real K")
+    g.add_argument("--normalization", choices=["official", "real_k", "release"], default="official",
+                   help="motion (de)normalisation constants: official = the release's pseudo-intrinsics rule at the "
+                        "working size (what our trainers use); release = the released checkpoint's own constants "
+                        "(1.043478, 1) at any size (what --compat uses); real_k = the image's K")
     g.add_argument("--no-reference", action="store_true", help="zero reference tokens (as in release training)")
     g.add_argument("--mpm", action="store_true", help="use the Motion Perception Module (needs its weights)")
     g.add_argument("--compat", action="store_true", help="the released inference settings (reference J)")
