@@ -1,6 +1,8 @@
 """Camera-path nodes: presets, JSON import, and converters to / from ComfyUI's LOAD3D_CAMERA."""
 from __future__ import annotations
 
+import json
+
 from comfy_api.latest import io
 
 from moge4d_core.geometry.camera_json import camera_path_from_json, camera_path_from_nerfstudio
@@ -8,10 +10,11 @@ from moge4d_core.geometry.camera_load3d import load3d_camera_path, load3d_from_c
 from moge4d_core.geometry.camera_paths import CAMERA_PRESETS, preset_names
 from moge4d_core.geometry.camera_plot import frustum_plot
 from moge4d_core.geometry.scene_camera import camera_path_for_scene, parse_params
-from moge4d_core.errors import require
+from moge4d_core.errors import MoGe4DInputError, require
 
 from . import comfy_types as T
 from .comfy_runtime import output_device
+from .validation import problem_of, result
 
 EASINGS = ["ease_in_out", "linear", "ease_in", "ease_out"]
 
@@ -20,6 +23,41 @@ def _preview(path, scene=None):
     pts = scene.points[0] if scene is not None else None
     cols = scene.colors if scene is not None else None
     return frustum_plot(path, pts, point_colors=cols)[None].float().to(output_device())
+
+
+JSON_EXPECTED = ('expected MoGe4D\'s format {"format": "moge4d_camera_path", "version": 1, "width": W, "height": H, '
+                 '"frames": [{"c2w": 4x4 camera-to-world rows (OpenCV axes), "K": 3x3 pixel intrinsics rows}, ...]} '
+                 'or a nerfstudio camera_path.json {"render_width": W, "render_height": H, "camera_path": '
+                 '[{"camera_to_world": 16 numbers (row-major 4x4), "fov": vertical degrees}, ...]}')
+
+
+def camera_path_from_text(text: str, input_name: str = "json_text"):
+    """A :class:`~moge4d_core.types.CameraPath` from pasted JSON text (MoGe4D or nerfstudio format).
+
+    Args:
+        text: the JSON text.
+        input_name: the node input, for messages.
+
+    Returns:
+        The camera path (``c2w (T,4,4)``, ``K (T,3,3)`` float32, OpenCV axes).
+
+    Raises:
+        MoGe4DInputError: empty text, a JSON syntax error (with line and column), not an object, or a missing /
+            wrong field (named by the core reader); every message names ``input_name`` and the expected format.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise MoGe4DInputError(f"{input_name}: empty; paste a camera path: {JSON_EXPECTED}")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MoGe4DInputError(f"{input_name}: not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}; "
+                               f"{JSON_EXPECTED}") from None
+    if not isinstance(obj, dict):
+        raise MoGe4DInputError(f"{input_name}: the JSON is a {type(obj).__name__}, not an object; {JSON_EXPECTED}")
+    try:
+        return camera_path_from_nerfstudio(obj) if "camera_path" in obj else camera_path_from_json(obj)
+    except MoGe4DInputError as exc:
+        raise MoGe4DInputError(f"{input_name}: {exc}; {JSON_EXPECTED}") from None
 
 
 def _preset_help() -> str:
@@ -102,12 +140,14 @@ class MoGe4DCameraPathFromJSON(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, json_text) -> io.NodeOutput:
-        from moge4d_core.geometry.scene_camera import parse_params as _json_object
+    def validate_inputs(cls, json_text):
+        if json_text is None:  # linked: checked in execute
+            return True
+        return result(problem_of(lambda: camera_path_from_text(json_text)))
 
-        obj = _json_object(json_text)
-        require(bool(obj), "json_text: empty; paste a MoGe4D or nerfstudio camera path JSON")
-        path = camera_path_from_nerfstudio(obj) if "camera_path" in obj else camera_path_from_json(obj)
+    @classmethod
+    def execute(cls, json_text) -> io.NodeOutput:
+        path = camera_path_from_text(json_text)
         return io.NodeOutput(path, _preview(path))
 
 
