@@ -14,7 +14,7 @@ from moge4d_core.errors import MoGe4DInputError, require
 
 from . import comfy_types as T
 from .comfy_runtime import output_device
-from .validation import problem_of, result
+from .validation import camera_params_problem, problem_of, result, widget_problem
 
 EASINGS = ["ease_in_out", "linear", "ease_in", "ease_out"]
 
@@ -108,6 +108,10 @@ class MoGe4DCameraPath(io.ComfyNode):
                 io.Image.Output(display_name="preview", tooltip="Top and side views of the camera frustums and points."),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, preset, params=""):
+        return result(camera_params_problem(preset, params) or widget_problem(cls, preset=preset))
 
     @classmethod
     def execute(cls, preset, frames=0, width=0, height=0, fov=0.0, magnitude=0.0, easing="ease_in_out",

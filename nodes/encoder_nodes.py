@@ -28,7 +28,8 @@ import comfy.model_management as mm
 from . import comfy_types as T
 from .comfy_runtime import compute_device, output_device, progress_callback
 from .models import PRECISIONS, model_files, model_for_inference, resolve_dtype, wrap_model
-from .validation import OMNIMAE, UNIDEPTH, ModelFile, model_file_problem, resolve_model_file, result
+from .validation import (OMNIMAE, UNIDEPTH, ModelFile, model_file_problem, resolve_model_file, result, widget_problem,
+                         working_size_problem)
 
 INTRINSICS = ["predicted", "official_pseudo"]
 
@@ -42,6 +43,10 @@ def _size_inputs():
                      tooltip="Working height (multiple of 16; the release uses 368). 0 with width 0 keeps the "
                              "input size."),
     ]
+
+
+def _validate_size(cls, width, height):
+    return result(widget_problem(cls, width=width, height=height) or working_size_problem(width, height))
 
 
 def _working_size(geom, width: int, height: int):
@@ -128,6 +133,10 @@ class MoGe4DDepth(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, width=DEFAULT_WIDTH, height=DEFAULT_HEIGHT):
+        return _validate_size(cls, width, height)
+
+    @classmethod
     def execute(cls, unidepth, image, resolution_level=-1, fov_override=0.0, width=DEFAULT_WIDTH,
                 height=DEFAULT_HEIGHT, intrinsics="predicted") -> io.NodeOutput:
         model = model_for_inference(unidepth)
@@ -176,6 +185,10 @@ class MoGe4DGeometryFromMoGe(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, width=DEFAULT_WIDTH, height=DEFAULT_HEIGHT):
+        return _validate_size(cls, width, height)
+
+    @classmethod
     def execute(cls, moge_geometry, index=0, metric=True, width=DEFAULT_WIDTH, height=DEFAULT_HEIGHT) -> io.NodeOutput:
         geom = _working_size(geometry_from_moge(moge_geometry, index, metric=metric), width, height)
         return io.NodeOutput(geom, _preview(geom))
@@ -208,6 +221,10 @@ class MoGe4DGeometryFromDepth(io.ComfyNode):
             outputs=[T.Geometry.Output(display_name="geometry"),
                      io.Image.Output(display_name="depth_preview", tooltip="Inverse depth, near = bright.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, width=DEFAULT_WIDTH, height=DEFAULT_HEIGHT):
+        return _validate_size(cls, width, height)
 
     @classmethod
     def execute(cls, image, depth, fov=60.0, depth_kind="relative_inverse", near=1.0, far=10.0,

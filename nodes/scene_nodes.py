@@ -12,7 +12,7 @@ from moge4d_core.io import load_trajectories, save_trajectories_npz, write_ply_s
 
 from . import comfy_types as T
 from .comfy_runtime import input_files, output_folder, output_device
-from .validation import input_file_problem, resolve_input_file, result
+from .validation import input_file_problem, output_prefix_problem, resolve_input_file, result
 
 TRAJECTORY_EXTENSIONS = (".pkl", ".npz")
 
@@ -117,6 +117,10 @@ class MoGe4DSavePLYSequence(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, filename_prefix):
+        return result(output_prefix_problem(filename_prefix))
+
+    @classmethod
     def execute(cls, trajectories, filename_prefix, format="points", splat_scale=0.01,
                 axes="opengl") -> io.NodeOutput:
         folder, stem, subfolder = output_folder(filename_prefix)
@@ -149,6 +153,10 @@ class MoGe4DSaveTrajectories(io.ComfyNode):
             ],
             outputs=[],
         )
+
+    @classmethod
+    def validate_inputs(cls, filename_prefix):
+        return result(output_prefix_problem(filename_prefix))
 
     @classmethod
     def execute(cls, trajectories, filename_prefix) -> io.NodeOutput:

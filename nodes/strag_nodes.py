@@ -30,7 +30,8 @@ from .comfy_runtime import compute_device, output_device, progress_callback
 from .dit_runtime import (dit_for_inference, flow_model_sampling, image_context, load_dit, native_sampler, step_count,
                           text_context)
 from .models import PRECISIONS, model_files, model_for_inference, resolve_dtype, wrap_model
-from .validation import MOTION_VAE, STRAG, STRAG_BASE, model_file_problem, resolve_model_file, result
+from .validation import (MOTION_VAE, STRAG, STRAG_BASE, frames_problem, model_file_problem, resolve_model_file,
+                         result, widget_problem)
 
 NONE = "none"
 VAE_PARTS = ("encoder_prompt", "decoder_prompt", "vae")
@@ -241,6 +242,10 @@ class MoGe4DTrajectorySampler(io.ComfyNode):
                                                                 "(T frames)."),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, frames=49):
+        return result(widget_problem(cls, frames=frames) or frames_problem(frames))
 
     @classmethod
     def execute(cls, strag_model, motion_vae, geometry, positive, negative, frames=49, steps=50, cfg=6.0, shift=5.0,

@@ -29,6 +29,11 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import folder_paths
 
 from moge4d_core.errors import MoGe4DInputError
+from moge4d_core.geometry.camera_presets import resolve_params
+from moge4d_core.geometry.camera_paths import CAMERA_PRESETS
+from moge4d_core.geometry.scene_camera import parse_params
+from moge4d_core.geometry.sources import check_working_size
+from moge4d_core.pipeline.conditioning import check_frames
 
 MODEL_FOLDER = "moge4d"
 
@@ -252,11 +257,48 @@ def widget_problem(node_cls, **values: Any) -> Optional[str]:
             continue
         options = getattr(spec, "options", None)
         if options is not None and value not in options:
-            shown = options if len(options) <= 20 else f"a list of {len(options)}"
-            return f"{key}: {value!r} is not one of {shown}"
+            shown = ", ".join(map(str, options[:20])) + (f", ... ({len(options)} in all)" if len(options) > 20 else "")
+            return f"{key}: {value!r} is not one of the listed options ({shown})"
         lo, hi = getattr(spec, "min", None), getattr(spec, "max", None)
         if lo is not None and value < lo:
             return f"{key}: {value} is smaller than the minimum {lo}"
         if hi is not None and value > hi:
             return f"{key}: {value} is bigger than the maximum {hi}"
+    return None
+
+
+def working_size_problem(width: Any, height: Any) -> Optional[str]:
+    """Working resolution widgets: 0 x 0 (keep the input size) or what the core's ``check_working_size`` accepts.
+    Skipped when either is linked (None)."""
+    if width is None or height is None or (width == 0 and height == 0):
+        return None
+    return problem_of(lambda: check_working_size(width, height))
+
+
+def frames_problem(frames: Any, name: str = "frames") -> Optional[str]:
+    """A frame-count widget: the core's ``check_frames`` (4k+1). Skipped when linked (None)."""
+    return None if frames is None else problem_of(lambda: check_frames(int(frames), name))
+
+
+def camera_params_problem(preset: Any, params: Any) -> Optional[str]:
+    """The preset name and its JSON parameters, with the core's ``parse_params`` / ``resolve_params``.
+    Skipped when either is linked (None)."""
+    if preset is None or params is None:
+        return None
+    if preset not in CAMERA_PRESETS:
+        return f"preset: unknown camera preset {preset!r}; valid presets: {', '.join(CAMERA_PRESETS)}"
+    return problem_of(lambda: resolve_params(CAMERA_PRESETS[preset], parse_params(params)))
+
+
+def output_prefix_problem(prefix: Any, input_name: str = "filename_prefix") -> Optional[str]:
+    """A ``filename_prefix`` whose folder would leave ComfyUI's output folder (the rule of
+    ``folder_paths.get_save_image_path``, checked without creating anything). Skipped when linked (None)."""
+    if prefix is None:
+        return None
+    out = folder_paths.get_output_directory()
+    sub = os.path.dirname(os.path.normpath(str(prefix)))
+    full = os.path.abspath(os.path.join(out, sub))
+    if not str(prefix).strip() or os.path.commonpath((out, full)) != out:
+        return (f"{input_name}: {prefix!r} would write outside ComfyUI's output folder ({out}); use a relative "
+                f"name such as 'moge4d/scene'")
     return None

@@ -73,3 +73,79 @@ def test_camera_json_valid_texts_pass_and_load(nodes):
         assert _validate(node, json_text=text) == []
         out, _ = node.execute(json_text=text).args
         assert out.num_frames == 3 and (out.width, out.height) == (32, 24)
+
+
+# ------------------------------------------------------------------------------------------------ widgets
+def _custom(errors):
+    return {e["extra_info"]["input_name"]: e["details"] for e in errors if e["type"] == "custom_validation_failed"}
+
+
+CAMERA = dict(preset="orbit_left", frames=0, width=0, height=0, fov=0.0, magnitude=0.0, easing="ease_in_out",
+              params="")
+
+
+def test_camera_preset_and_params_are_checked_with_the_core_rules(nodes):
+    node = _by_id(nodes, "MoGe4DCameraPath")
+    assert _validate(node, **CAMERA) == []
+    assert _validate(node, **{**CAMERA, "params": '{"angle_deg": 45}'}) == []
+    bad = {
+        "orbit_lft": "unknown camera preset 'orbit_lft'",
+        '{"angel_deg": 45}': "unknown parameter(s) angel_deg",
+        '{"angle_deg": 45': "params: not valid JSON",
+        '{"angle_deg": "far"}': "parameter 'angle_deg' must be a number",
+    }
+    for value, message in bad.items():
+        key = "preset" if value == "orbit_lft" else "params"
+        errors = _custom(_validate(node, **{**CAMERA, key: value}))
+        assert set(errors) == {"preset", "params"}, errors         # the two inputs the check reads
+        assert all(message in d for d in errors.values()), errors
+    # linked params: nothing to check yet; the other widgets keep ComfyUI's own range checks
+    assert _validate(node, **{**CAMERA, "params": ["7", 0]}) == []
+    errors = _validate(node, **{**CAMERA, "frames": -1})
+    assert [(e["type"], e["extra_info"]["input_name"]) for e in errors] == [("value_smaller_than_min", "frames")]
+
+
+SAMPLER = dict(strag_model=["1", 0], motion_vae=["2", 0], geometry=["3", 0], positive=["4", 0], negative=["5", 0],
+               frames=49, steps=50, cfg=6.0, shift=5.0, seed=0, solver="euler", normalization="official",
+               reference=True)
+
+
+def test_sampler_frames_must_be_4k_plus_1(nodes):
+    node = _by_id(nodes, "MoGe4DTrajectorySampler")
+    assert _validate(node, **SAMPLER) == []
+    assert "4k+1" in _one_error(_validate(node, **{**SAMPLER, "frames": 20}), "frames")
+    assert "minimum 5" in _one_error(_validate(node, **{**SAMPLER, "frames": 1}), "frames")
+    assert _validate(node, **{**SAMPLER, "frames": ["9", 2]}) == []                  # linked
+    errors = _validate(node, **{**SAMPLER, "steps": 0, "solver": "eulr"})          # ComfyUI's own checks remain
+    assert [(e["type"], e["extra_info"]["input_name"]) for e in errors] == [
+        ("value_smaller_than_min", "steps"), ("value_not_in_list", "solver")]
+
+
+@pytest.mark.parametrize("node_id,links", [
+    ("MoGe4DDepth", dict(unidepth=["1", 0], image=["2", 0], resolution_level=-1, fov_override=0.0,
+                         intrinsics="predicted")),
+    ("MoGe4DGeometryFromMoGe", dict(moge_geometry=["1", 0], index=0, metric=True)),
+    ("MoGe4DGeometryFromDepth", dict(image=["1", 0], depth=["2", 0], fov=60.0, depth_kind="relative_inverse",
+                                     near=1.0, far=10.0)),
+])
+def test_working_size_must_be_multiples_of_16(nodes, node_id, links):
+    node = _by_id(nodes, node_id)
+    for ok in ((512, 368), (0, 0), (["9", 0], 368)):
+        assert _validate(node, **links, width=ok[0], height=ok[1]) == [], ok
+    for bad in ((500, 368), (512, 0), (20, 20)):
+        errors = _custom(_validate(node, **links, width=bad[0], height=bad[1]))
+        assert set(errors) == {"width", "height"} and all("multiples of 16" in d for d in errors.values())
+    assert "maximum 4096" in _custom(_validate(node, **links, width=4112, height=368))["width"]
+
+
+@pytest.mark.parametrize("node_id,extra", [("MoGe4DSavePLYSequence", dict(format="points", splat_scale=0.01,
+                                                                          axes="opengl")),
+                                           ("MoGe4DSaveTrajectories", {})])
+def test_save_prefix_must_stay_in_output(nodes, tmp_path, node_id, extra):
+    node = _by_id(nodes, node_id)
+    assert _validate(node, trajectories=["1", 0], filename_prefix="moge4d/scene", **extra) == []
+    for prefix in ("../escape/scene", str(tmp_path / "elsewhere" / "scene"), "a/../../b/scene"):
+        details = _one_error(_validate(node, trajectories=["1", 0], filename_prefix=prefix, **extra),
+                             "filename_prefix")
+        assert "outside ComfyUI's output folder" in details
+    assert not (tmp_path / "escape").exists() and not (tmp_path / "b").exists()
