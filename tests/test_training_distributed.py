@@ -1,5 +1,5 @@
 """Two-process data-parallel STraG training on the CPU (accelerate launch, DDP over gloo): both processes end
-with identical weights, the checkpoint holds both RNG states, and the export loads with load_strag."""
+with identical weights, the checkpoint holds both RNG states (no pickles), and the export loads with load_strag."""
 import json
 import os
 import socket
@@ -47,8 +47,11 @@ def test_two_cpu_processes_end_with_identical_weights(tmp_path):
 
     state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["step"] == 3 and state["compat"]["data_order"]["processes"] == 2
-    acc = out / "checkpoint-3" / "accelerate"
-    assert (acc / "random_states_0.pkl").is_file() and (acc / "random_states_1.pkl").is_file()
+    ck = out / "checkpoint-3"
+    for rank in (0, 1):                                       # every process's RNG states, JSON + safetensors
+        assert (ck / f"rng-{rank}.json").is_file() and (ck / f"rng-{rank}.safetensors").is_file()
+    assert not (ck / "accelerate").exists() and not list(ck.rglob("*.pkl")) and not list(ck.rglob("*.bin"))
+    assert set(state["files"]) >= {"optimizer.json", "optimizer.safetensors", "scheduler.json", "rng-1.json"}
     assert (out / "checkpoint-2").is_dir()
 
     model, cfg_loaded, _ = load_strag(out / "export" / "4D-STraG" / "diffusion_pytorch_model.safetensors",

@@ -187,7 +187,10 @@ def test_interrupted_checkpoint_write_keeps_earlier_checkpoints(setup, monkeypat
         train(_args(setup, out, cfg, "--max-steps", "4", "--checkpoint-every", "1"))
     assert [s for s, _ in list_checkpoints(out)] == [1]
     assert before and tree_snapshot(out / "checkpoint-1") == before
-    assert (out / ".tmp-checkpoint-2").is_dir()             # the half-written one, never renamed
+    assert not (out / ".tmp-checkpoint-2").exists()         # a failed write removes its temp folder
+    # a real power loss runs no clean-up: the half-written folder stays until the next checkpoint write
+    (out / ".tmp-checkpoint-2").mkdir()
+    (out / ".tmp-checkpoint-2" / "optimizer.safetensors").write_bytes(b"half")
     monkeypatch.setattr(ck, "fsync_tree", real)
     r = train(_args(setup, out, cfg, "--max-steps", "4", "--checkpoint-every", "1", "--keep-checkpoints", "2",
                     "--resume", "latest"))

@@ -16,8 +16,9 @@ does the rest:
   are skipped on resume, so a resumed run sees exactly the batches of an uninterrupted one;
 * randomness of each micro-batch (timesteps, noise, condition drops) comes from a generator seeded with
   ``(seed, step, micro-batch, process)``, independent of what ran before: on the CPU a resumed run is bit-exact;
-* checkpoints (:mod:`training.checkpoint`) every ``--checkpoint-every`` steps and at the end, resume with
-  ``--resume latest|PATH`` after an architecture/config check;
+* checkpoints (:mod:`training.checkpoint`: JSON + safetensors only, nothing pickled, written atomically) every
+  ``--checkpoint-every`` steps and at the end, resume with ``--resume latest|PATH`` (latest = the newest intact
+  one) after an integrity and architecture/config check;
 * evaluation every ``--eval-every`` steps (and before the first step, and at the end): the task's loss on the
   first ``--eval-batches`` batches of the evaluation data with fixed noise, so values are comparable over time;
 * logs: a tqdm progress bar (loss, samples/s, ETA), ``<out>/logs/train.jsonl`` and TensorBoard when installed
@@ -43,8 +44,8 @@ import torch
 
 from moge4d_core.errors import MoGe4DInputError
 
-from .checkpoint import (install_accelerate_hooks, load_checkpoint, read_trainer_state, resolve_resume,
-                         save_checkpoint, check_compatible, list_checkpoints)
+from .checkpoint import (load_checkpoint, load_trainable_weights, refuse_resume_under_deepspeed, resolve_resume,
+                         save_checkpoint, check_compatible, list_checkpoints, validate_checkpoint)
 from .launch import check_process_count
 from .logs import RunLogger
 from .options import CommonOptions, parse_size
@@ -264,10 +265,12 @@ def _run(task: TrainTask, accelerator, callbacks: list) -> TrainResult:
             print(f"[{task.name}] {msg}", file=sys.stderr, flush=True)
 
     # -- resume target first: a bad --resume fails before anything is built or written
-    resume_path = resolve_resume(o.resume, out)
+    resume_path = resolve_resume(o.resume, out, log=say)
     if o.resume == "latest" and resume_path is None:
         say(f"--resume latest: no checkpoint in {out}; starting from scratch")
-    saved_state = read_trainer_state(resume_path) if resume_path is not None else None
+    if resume_path is not None:
+        refuse_resume_under_deepspeed(accelerator, resume_path)
+    saved_state = validate_checkpoint(resume_path) if resume_path is not None else None
 
     set_seed(o.seed)
     task.setup(device)
@@ -284,12 +287,12 @@ def _run(task: TrainTask, accelerator, callbacks: list) -> TrainResult:
     if saved_state is not None:
         check_compatible(saved_state.get("compat", {}), compat, resume_path)
 
+    if resume_path is not None:          # before prepare: DDP / FSDP then start from the restored weights everywhere
+        load_trainable_weights(resume_path, model, trainable_names)
     optimizer = make_optimizer(task.param_groups(), o)
     scheduler = get_scheduler(o.lr_scheduler, optimizer, num_warmup_steps=o.warmup_steps, num_training_steps=total)
-    install_accelerate_hooks(accelerator)
     _fill_deepspeed_auto(accelerator, o)
     model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
     unwrapped = accelerator.unwrap_model(model)
     trainable_params = [p for p in unwrapped.parameters() if p.requires_grad]
     # FSDP clips through the wrapped module (its own clip_grad_norm_ over the shards); elsewhere the trainable tensors
@@ -299,7 +302,7 @@ def _run(task: TrainTask, accelerator, callbacks: list) -> TrainResult:
                            abs_threshold=o.spike_abs, abs_after=o.spike_abs_after)
     step, epoch, bidx, samples_seen, losses = 0, 0, 0, 0, []
     if resume_path is not None:
-        st = load_checkpoint(accelerator, resume_path, unwrapped, trainable_names)
+        st = load_checkpoint(accelerator, resume_path, optimizer=optimizer, scheduler=scheduler, model=model)
         step, epoch, bidx = int(st["step"]), int(st["epoch"]), int(st["batch_in_epoch"])
         samples_seen, losses = int(st.get("samples_seen", 0)), [float(x) for x in st.get("losses", [])]
         guard.load_state_dict(st.get("guard", {}))
@@ -364,7 +367,8 @@ def _run(task: TrainTask, accelerator, callbacks: list) -> TrainResult:
         if o.export_checkpoints:
             export_fn = (lambda f: do_export(f)) if not _sharded(accelerator) else None
         path = save_checkpoint(accelerator, out, step, trainer_state=trainer_state(), trainable=trainable_state(),
-                               keep=o.keep_checkpoints, export_fn=export_fn)
+                               keep=o.keep_checkpoints, optimizer=optimizer, scheduler=scheduler, model=model,
+                               export_fn=export_fn)
         checkpoints.append(path)
         emit({"kind": "checkpoint", "step": step, "path": str(path)})
 
