@@ -80,7 +80,7 @@ def _validate(node, **overrides):
 def _crafted_model_names(tmp_path, listed):
     """Names that are not one of the listed model files: outside the folder, or aliases of a listed file."""
     root = tmp_path / "models" / "moge4d"
-    head, _, tail = listed.partition("/")
+    head = listed.split("/")[0]
     return ["../secret/secret.safetensors", "../../secret/secret.safetensors", str(tmp_path / "secret" / "secret.safetensors"),
             str(root / listed), "/" + listed, f"{head}/../{listed}", "notes.txt"]
 
