@@ -21,8 +21,9 @@
   with the official init: encoder = sigmoid, decoder default init) or ``--init-config`` (a
   :class:`MotionVAEConfig` JSON ``{"vae": AutoencoderKLWan kwargs, "adapter": AdapterConfig fields}``);
 * exports: ``export/motion_vae.safetensors`` (:func:`save_motion_vae`, read by :func:`load_motion_vae`) and the
-  release folder layout ``export/VAE/`` (``encoder_prompt/``, ``decoder_prompt/``, ``vae/``; also read by
-  :func:`load_motion_vae` and by the official scripts).
+  release folder layout ``export/VAE/`` (``encoder_prompt/``, ``decoder_prompt/``, ``vae/``, plus
+  ``moge4d_config.json`` with every size the weights do not carry, GroupNorm groups included; read by
+  :func:`load_motion_vae` and by the official scripts, which ignore the JSON).
 
 ``--mode pixel``: a plain Wan2.1 VAE (diffusers ``AutoencoderKLWan``, encoder and decoder) on the dataset's RGB
 videos in [-1,1] (``<id>.mp4``, centre-cropped to ``--crop`` / multiples of 8), loss ``L1 sum / B + kl_scale ·

@@ -14,7 +14,11 @@ Accepted by :func:`load_motion_vae` (``path``):
    ``decoder_prompt/`` is required. Without ``encoder_prompt/`` the encoder adapter is built with its official
    zero-initialised ``conv_out`` (exactly ``sigmoid``, which is what the released training leaves it as,
    reference §A2). Without ``vae/`` pass ``base_vae=`` (the stock ``Wan2.1_VAE.pth``); the decoder is then the
-   stock one, not the fine-tuned one, and ``config["notes"]`` says so.
+   stock one, not the fine-tuned one, and ``config["notes"]`` says so. A folder written by
+   :func:`save_official_layout` also holds ``moge4d_config.json`` (the full :class:`MotionVAEConfig`, GroupNorm
+   groups included; the official scripts ignore it), which the loader reads back and checks against the weights;
+   without it (the release itself) the release values are used (32 GroupNorm groups) and a note says so when the
+   adapter width is not the release's 128 channels.
 2. **Our own training output**: one safetensors file written by :func:`save_motion_vae` (metadata
    ``moge4d_arch = "moge4d_motion_vae"`` and its config), so nothing is guessed.
 3. **A plain Wan2.1 VAE** (``Wan2.1_VAE.pth`` as published, ComfyUI's ``wan_2.1_vae.safetensors``, both in the
@@ -32,8 +36,10 @@ two agree key for key (checked in the tests).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -49,6 +55,7 @@ SUBFOLDER_FILES = ("pytorch_model.bin", "model.safetensors", "diffusion_pytorch_
                    "pytorch_model.safetensors")
 _OFFICIAL_SUBFOLDERS = ("encoder_prompt", "decoder_prompt", "vae")
 _VAE_PREFIXES = ("model.", "vae.", "first_stage_model.")
+RELEASE_CONFIG_FILE = "moge4d_config.json"
 
 # ------------------------------------------------------------------------------------------------
 # Wan VAE key layouts
@@ -322,6 +329,49 @@ def _sub_weights(root: Path, name: str, what: str) -> Path:
         raise MoGe4DInputError(f"{sub}: no weights file for {what} (expected pytorch_model.bin): {exc}") from None
 
 
+def read_release_config(root: str | os.PathLike) -> Optional[MotionVAEConfig]:
+    """The :class:`MotionVAEConfig` recorded in ``<root>/moge4d_config.json`` by :func:`save_official_layout`.
+
+    Args:
+        root: a release-layout folder (``encoder_prompt/``, ``decoder_prompt/``, ``vae/``).
+
+    Returns:
+        The recorded config, or None when the folder has no such file (the official release has none).
+        Raises :class:`MoGe4DInputError` naming the file when it is unreadable or not a motion VAE config.
+    """
+    path = Path(root) / RELEASE_CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise MoGe4DInputError(f"{path}: unreadable ({str(exc)[:120]}); it records the motion VAE's sizes (GroupNorm "
+                               f"groups included): restore it from the export, or delete it to assume the "
+                               f"release values") from None
+    if not isinstance(doc, dict) or doc.get("moge4d_arch") != ARCH or not isinstance(doc.get("config"), dict):
+        raise MoGe4DInputError(f"{path}: not a motion VAE config (expected {{\"moge4d_arch\": \"{ARCH}\", "
+                               f"\"config\": {{...}}}} as written by save_official_layout)")
+    try:
+        cfg = MotionVAEConfig.from_dict(doc["config"])
+    except TypeError as exc:
+        raise MoGe4DInputError(f"{path}: unknown motion VAE config fields ({exc})") from None
+    if not isinstance(cfg.vae, dict):
+        raise MoGe4DInputError(f"{path}: 'config.vae' must be a mapping of AutoencoderKLWan settings")
+    return cfg
+
+
+def _checked_recorded_adapter(recorded: MotionVAEConfig, inferred: AdapterConfig, path: Path) -> AdapterConfig:
+    rec = recorded.adapter
+    diffs = [f"{k}: weights {getattr(inferred, k)} vs file {getattr(rec, k)}"
+             for k in ("channels", "in_channels", "decoder_blocks") if getattr(inferred, k) != getattr(rec, k)]
+    if diffs:
+        raise MoGe4DInputError(f"{path}: does not describe the adapter weights beside it ({'; '.join(diffs)}); the "
+                               f"folder mixes two exports, re-export it")
+    if rec.groups < 1 or rec.channels % rec.groups:
+        raise MoGe4DInputError(f"{path}: GroupNorm groups {rec.groups} do not divide the {rec.channels} channels")
+    return rec
+
+
 def _load_release(root: Path, base_vae: Optional[str | os.PathLike]) -> tuple[MotionVAE, dict]:
     notes = []
     dec_file = _sub_weights(root, "decoder_prompt", "the trajectory decoder adapter")
@@ -346,6 +396,18 @@ def _load_release(root: Path, base_vae: Optional[str | os.PathLike]) -> tuple[Mo
             f"'model.'). Put it there, or pass base_vae=<path to Wan2.1_VAE.pth> to use the stock decoder.")
     vae_state, vae_cfg, layout = _read_wan_vae_state(vae_file)
     adapter_cfg = infer_adapter_config(enc_state, dec_state, str(root))
+    recorded = read_release_config(root)
+    if recorded is not None:
+        adapter_cfg = _checked_recorded_adapter(recorded, adapter_cfg, root / RELEASE_CONFIG_FILE)
+        vae_cfg = {**vae_cfg, **recorded.vae}
+    elif adapter_cfg.channels != AdapterConfig().channels:
+        msg = (f"{root}: no {RELEASE_CONFIG_FILE} beside the release folder layout, and the adapters have "
+               f"{adapter_cfg.channels} channels (the release has {AdapterConfig().channels}): GroupNorm groups "
+               f"are not stored in these weights, so the release's {adapter_cfg.groups} is assumed. If this folder "
+               f"was trained at another group count (the nano recipe uses 8), decoding is wrong: re-export it "
+               f"with this version (which writes {RELEASE_CONFIG_FILE}) or load the motion_vae.safetensors export")
+        warnings.warn(msg, stacklevel=3)
+        notes.append(msg)
     model = MotionVAE(MotionVAEConfig(vae=vae_cfg, adapter=adapter_cfg))
     _load_vae_into(model.vae, vae_state, str(vae_file))
     _load_module(model.decoder_adapter, dec_state, str(dec_file), "MoGe4D trajectory decoder adapter (decoder_prompt)")
@@ -357,7 +419,8 @@ def _load_release(root: Path, base_vae: Optional[str | os.PathLike]) -> tuple[Mo
             notes.append("encoder_prompt conv_out is all zeros: the encoder adapter is exactly sigmoid(delta)")
     info = {"format": "official_release", "root": str(root),
             "files": {"encoder_prompt": str(enc_file) if enc_file else None, "decoder_prompt": str(dec_file),
-                      "vae": str(vae_file)},
+                      "vae": str(vae_file),
+                      "config": str(root / RELEASE_CONFIG_FILE) if recorded is not None else None},
             "vae_layout": layout, "encoder_adapter": "loaded" if enc_state is not None else "zero_init",
             "notes": notes}
     return model, info
@@ -419,7 +482,9 @@ def save_motion_vae(model: MotionVAE, path: str | os.PathLike,
 
 def save_official_layout(model: MotionVAE, folder: str | os.PathLike) -> Path:
     """Write ``model`` in the official release layout (``encoder_prompt/``, ``decoder_prompt/``, ``vae/`` with
-    original Wan keys prefixed ``model.``, each ``pytorch_model.bin``), readable by the official scripts."""
+    original Wan keys prefixed ``model.``, each ``pytorch_model.bin``), readable by the official scripts, plus
+    ``moge4d_config.json`` (the full config: GroupNorm groups and VAE settings), read back by
+    :func:`load_motion_vae`."""
     root = Path(folder)
     parts = {
         "encoder_prompt": model.encoder_adapter.state_dict(),
@@ -430,9 +495,13 @@ def save_official_layout(model: MotionVAE, folder: str | os.PathLike) -> Path:
     for name, state in parts.items():
         (root / name).mkdir(parents=True, exist_ok=True)
         torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, root / name / "pytorch_model.bin")
+    # every architectural number the weights do not carry (GroupNorm groups, VAE settings), for load_motion_vae
+    doc = {"moge4d_arch": ARCH, "config": json.loads(json.dumps(model.config.to_dict(), default=list)),
+           "note": "written by MoGe4D-for-ComfyUI save_official_layout; the official scripts ignore this file"}
+    (root / RELEASE_CONFIG_FILE).write_text(json.dumps(doc, indent=1), encoding="utf-8")
     return root
 
 
 __all__ = ["load_motion_vae", "load_wan_vae", "save_motion_vae", "save_official_layout",
            "wan_vae_original_to_diffusers", "wan_vae_diffusers_to_original", "infer_wan_vae_config",
-           "infer_adapter_config", "detect_wan_vae_layout"]
+           "infer_adapter_config", "detect_wan_vae_layout", "read_release_config", "RELEASE_CONFIG_FILE"]
