@@ -9,9 +9,9 @@ tensor storage per stage; ``FlopCounterMode`` the FLOPs.
 
 Shortcuts, so that the release-size plan takes seconds on a 2-core CPU:
 
-* **DiTs** run with 1 and with 2 transformer blocks. FLOPs per forward are ``f1 + (L-1)·(f2-f1)``; the activation
-  peak of a deeper model equals the 2-block one (between blocks only the running hidden state, the embedded input
-  and the shared context live). Weights are counted on the full-depth model built on the meta device.
+* **DiTs** run the whole stage with 2 transformer blocks, and one sampling step with 1 block. FLOPs per step are
+  ``f1 + (L-1)·(f2-f1)``; the activation peak of a deeper model equals the 2-block one (between blocks only the
+  running hidden state, the embedded input and the shared context live; ``tests/test_plan.py`` checks 3 blocks). Weights are counted on the full-depth model built on the meta device.
 * **Render** (points z-buffer, PyTorch backend) runs for real on 1 and 2 frames of the full point count with the
   target device's batching, and is extrapolated linearly in frames (its inputs and outputs grow with the
   frames; its scratch with the frames per batch, which the target's batching keeps at or above the frame count
@@ -522,16 +522,38 @@ def _vism_stage(s: PipelineSizes, fm, vism_meta_factory, vae_meta) -> tuple[dict
         return run.phases, step_flops, other
 
 
-def _dit_profile(name, stage_fn, s, fm, cfg, cls_name, other_meta):
-    """Run ``stage_fn`` with a 1- and a 2-block DiT; extrapolate FLOPs to the config's depth."""
-    res = {}
-    for depth in (1, 2):
-        meta = _on_meta(_dit_builder(cfg.replace(num_layers=depth), cls_name), s.dit_dtype)
-        res[depth] = stage_fn(s, fm, lambda meta=meta: meta, other_meta())
-    phases2, f2, other = res[2]
-    phases1, f1, _ = res[1]
-    phases = {k: max(phases1[k], phases2[k]) for k in phases2}
-    return phases, f1 + (cfg.num_layers - 1) * (f2 - f1), other
+def _step_flops(s: PipelineSizes, fm, meta: torch.nn.Module) -> float:
+    """FLOPs of one sampling step of a (shallow) DiT, with conditions of the latent shape made directly (no VAE)."""
+    from ..models import constants as C
+
+    cfg = meta.wan_config
+    f, h, w = (s.frames - 1) // C.TEMPORAL_COMPRESSION + 1, s.height // C.SPATIAL_COMPRESSION, \
+        s.width // C.SPATIAL_COMPRESSION
+    lat = (1, C.LATENT_CHANNELS, f, h, w)
+    with fm:
+        dit = _fake(meta)
+        dit.reset_rope()
+        cond = dict(text=_empty(*_text_shape(cfg)))
+        if cfg.arch == "wan2.1_fun_inp":
+            cond.update(mask=_empty(1, cfg.in_dim - 2 * C.LATENT_CHANNELS, f, h, w), masked_video=_empty(*lat))
+        else:
+            cond.update(control=_empty(*lat), depth=_empty(*lat),
+                        ref_latent=_empty(*lat[:2], h, w) if cfg.ref_conv_in_dim else None,
+                        clip=_empty(1, 257, int(cfg.image_dim)) if cfg.image_dim else None,
+                        motion_features=_empty(1, 196, int(cfg.mpm_feature_dim)) if cfg.mpm_feature_dim else None)
+        with torch.no_grad(), count_flops() as fc:
+            out = _dit_step(dit, s, cond, lat)
+            del out
+        return float(fc.get_total_flops())
+
+
+def _dit_profile(stage_fn, s, fm, cfg, cls_name, other_meta):
+    """Run ``stage_fn`` with a 2-block DiT and one step of a 1-block DiT; extrapolate the step's FLOPs to the
+    config's depth. Returns (phases, FLOPs per step, FLOPs of the rest of the stage)."""
+    meta2 = _on_meta(_dit_builder(cfg.replace(num_layers=2), cls_name), s.dit_dtype)
+    phases, f2, other = stage_fn(s, fm, lambda: meta2, other_meta())
+    f1 = _step_flops(s, fm, _on_meta(_dit_builder(cfg.replace(num_layers=1), cls_name), s.dit_dtype))
+    return phases, float(f1 + (cfg.num_layers - 1) * (f2 - f1)), float(other)
 
 
 def _encoder_stage(fm, metas: Sequence[torch.nn.Module], run_fn) -> tuple[dict, float]:
@@ -660,7 +682,7 @@ def profile_pipeline(s: PipelineSizes) -> PipelineProfile:
     # STraG + motion VAE
     strag_full = _on_meta(_dit_builder(s.strag, "STraGDiT"), s.dit_dtype)
     mvae_meta = _on_meta(_motion_vae_builder(s.motion_vae), s.vae_dtype)     # counted only, never faked
-    phases, step, other = _dit_profile("STraG", _strag_stage, s, fm, s.strag, "STraGDiT",
+    phases, step, other = _dit_profile(_strag_stage, s, fm, s.strag, "STraGDiT",
                                        lambda: _on_meta(_motion_vae_builder(s.motion_vae), s.vae_dtype))
     dit_w = _weights_of("STraG DiT", strag_full, True)
     stages.append(StageProfile("trajectories (4D-STraG)", [dit_w, _weights_of("motion VAE", mvae_meta, False)],
@@ -674,7 +696,7 @@ def profile_pipeline(s: PipelineSizes) -> PipelineProfile:
     if s.vism is not None:
         vism_full = _on_meta(_dit_builder(s.vism, "ViSMDiT"), s.dit_dtype)
         vae_meta = _on_meta(_image_vae_builder(s.image_vae or {}), s.vae_dtype)
-        phases, step, other = _dit_profile("ViSM", _vism_stage, s, fm, s.vism, "ViSMDiT",
+        phases, step, other = _dit_profile(_vism_stage, s, fm, s.vism, "ViSMDiT",
                                            lambda: _on_meta(_image_vae_builder(s.image_vae or {}), s.vae_dtype))
         dit_w = _weights_of("ViSM DiT", vism_full, True)
         stages.append(StageProfile("inpaint (4D-ViSM)", [dit_w, _weights_of("Wan image VAE", vae_meta, False)],
