@@ -848,8 +848,10 @@ def _gib(b: float) -> str:
     return f"{b / GiB:8.2f}"
 
 
-def format_plan(plan: Plan, modes: Sequence[str], choice: Optional[tuple[str, float]], note: str = "") -> str:
-    """Human-readable tables: one per mode, then the GPU times and the choice line."""
+def format_plan(plan: Plan, modes: Sequence[str], choice: Optional[tuple[str, float]], note: str = "",
+                given: Optional[str] = None) -> str:
+    """Human-readable tables: one per mode in ``modes``, the DiT times per GPU, then the choice line (``choice``:
+    (mode, peak GiB) or None; ``given``: a ``--memory`` mode to report beside it)."""
     s = plan.profile.sizes
     lines = [f"MoGe4D plan: {s.frames} frames at {s.width}x{s.height}, {s.steps} steps per DiT stage, CFG {s.cfg:g} "
              f"(DiT batch {s.cfg_batch}); DiTs {str(s.dit_dtype).replace('torch.', '')}"]
@@ -868,13 +870,15 @@ def format_plan(plan: Plan, modes: Sequence[str], choice: Optional[tuple[str, fl
     if dits:
         lines.append("")
         lines.append("DiT time at dense bf16 peak (a floor; real runs reach 35-65 % of it):")
-        lines.append(f"  {'stage':<28}" + "".join(f"{g:>12}" for g in GPU_BF16_PEAK_TFLOPS))
+        lines.append(f"  {'stage':<36}" + "".join(f"{g:>12}" for g in GPU_BF16_PEAK_TFLOPS))
         for e in dits:
-            lines.append(f"  {e.name + ' s/step':<28}" + "".join(
+            lines.append(f"  {e.name + ' s/step':<36}" + "".join(
                 f"{e.flops_per_step / (p * 1e12):>12.2f}" for p in GPU_BF16_PEAK_TFLOPS.values()))
-            lines.append(f"  {e.name + f' s/{e.steps} steps':<28}" + "".join(
+            lines.append(f"  {e.name + f' s/{e.steps} steps':<36}" + "".join(
                 f"{e.seconds(p):>12.1f}" for p in GPU_BF16_PEAK_TFLOPS.values()))
     lines.append("")
+    if given is not None and (choice is None or given != choice[0]):
+        lines.append(f"given --memory {given}: estimated peak {plan.peak_bytes(given) / GiB:.2f} GiB")
     if choice is not None:
         lines.append(f"choice: {choice[0]} (estimated peak {choice[1]:.2f} GiB){note}")
     else:
@@ -931,7 +935,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             obj["error"] = note.strip(" ()")
         print(json.dumps(obj, indent=1))
     else:
-        print(format_plan(plan, modes, choice, note))
+        print(format_plan(plan, modes, choice, note, given=None if mode is None or mode.is_auto else mode.name))
     return rc
 
 
