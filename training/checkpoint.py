@@ -277,8 +277,9 @@ def _optimizer_state(accelerator, optimizer, model) -> Optional[dict]:
     if kind == "fsdp":
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-        sd = get_optimizer_state_dict(model, optimizer.optimizer,
-                                      options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        # CPU offload of tensors already on the CPU crashes in torch's FSDP: only offload from accelerators
+        sd = get_optimizer_state_dict(model, optimizer.optimizer, options=StateDictOptions(
+            full_state_dict=True, cpu_offload=accelerator.device.type != "cpu"))
         return sd if accelerator.is_main_process else None
     return optimizer.state_dict() if accelerator.is_main_process else None
 

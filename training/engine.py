@@ -245,6 +245,7 @@ def run(task: TrainTask, callbacks: Iterable[Callable[[dict], None]] = ()) -> Tr
     accelerator = Accelerator(mixed_precision=o.mixed_precision, gradient_accumulation_steps=o.grad_accum,
                               cpu=cpu, kwargs_handlers=[DistributedDataParallelKwargs(
                                   find_unused_parameters=o.ddp_find_unused)])
+    _fsdp_on_cpu_processes(accelerator)
     try:
         return _run(task, accelerator, list(callbacks))
     finally:
@@ -347,14 +348,14 @@ def _run(task: TrainTask, accelerator, callbacks: list) -> TrainResult:
 
     def trainable_state() -> Optional[dict]:
         if _sharded(accelerator):
-            full = accelerator.get_state_dict(model)
+            full = _full_state_dict(accelerator, model)
             return {k: full[k] for k in trainable_names} if main else None
         named = dict(unwrapped.named_parameters())
         return {k: named[k] for k in trainable_names} if main else None
 
     def do_export(folder: Path) -> dict[str, Path]:
         if _sharded(accelerator):
-            full = accelerator.get_state_dict(model)
+            full = _full_state_dict(accelerator, model)
             if not main:
                 return {}
             m = task.empty_model()
@@ -487,6 +488,45 @@ def _fill_deepspeed_auto(accelerator, o: CommonOptions) -> None:
         ds["train_batch_size"] = o.batch_size * o.grad_accum * accelerator.num_processes
     if ds.get("gradient_clipping", "auto") == "auto":
         ds["gradient_clipping"] = float(o.grad_clip or 0.0)
+
+
+def _fsdp_on_cpu_processes(accelerator) -> None:
+    """Run an FSDP config on CPU processes as FSDP (gloo), not as the DDP accelerate falls back to.
+
+    accelerate only selects FSDP for accelerator devices; on CPU processes (``MULTI_CPU``) it silently trains
+    with DDP instead. PyTorch's FSDP runs on the CPU over gloo, so the run is switched to FSDP here: the config
+    means the same on every machine, and the sharded code paths (gathered checkpoints and exports, re-sharded
+    optimizer state) run in the CPU tests.
+    """
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if (os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+            and accelerator.distributed_type == DistributedType.MULTI_CPU):
+        if os.environ.get("FSDP_SYNC_MODULE_STATES", "false").lower() == "true":
+            raise MoGe4DInputError(
+                "the FSDP config sets fsdp_sync_module_states: true, which accelerate does not support on CPU "
+                "processes; set it to false (every process loads the same weights, so nothing needs syncing)")
+        from accelerate.state import PartialState
+
+        accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin()
+        # both singletons: AcceleratorState() re-reads PartialState's values whenever it is constructed again
+        for state in (PartialState(), accelerator.state):
+            state.distributed_type = DistributedType.FSDP
+            state.device = torch.device("cpu")              # FSDP wants "cpu", accelerate says "cpu:0"
+
+
+def _full_state_dict(accelerator, model) -> dict:
+    """The unsharded model state on the main process (``accelerator.get_state_dict``), except FSDP on CPU
+    processes: there the gathered tensors are already on the CPU, and torch's CPU offload of them crashes."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP and accelerator.device.type == "cpu":
+        from torch.distributed.fsdp import FullStateDictConfig, FullyShardedDataParallel as FSDP, StateDictType
+
+        with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT,
+                                  FullStateDictConfig(offload_to_cpu=False, rank0_only=True)):
+            return model.state_dict()
+    return accelerator.get_state_dict(model)
 
 
 def _sharded(accelerator) -> bool:
