@@ -11,7 +11,8 @@ Shortcuts, so that the release-size plan takes seconds on a 2-core CPU:
 
 * **DiTs** run the whole stage with 2 transformer blocks, and one sampling step with 1 block. FLOPs per step are
   ``f1 + (L-1)·(f2-f1)``; the activation peak of a deeper model equals the 2-block one (between blocks only the
-  running hidden state, the embedded input and the shared context live; ``tests/test_plan.py`` checks 3 blocks). Weights are counted on the full-depth model built on the meta device.
+  running hidden state, the embedded input and the shared context live; ``tests/test_plan.py`` checks 3 blocks).
+  Weights are counted on the full-depth model built on the meta device.
 * **Render** (points z-buffer, PyTorch backend) runs for real on 1 and 2 frames of the full point count with the
   target device's batching, and is extrapolated linearly in frames (its inputs and outputs grow with the
   frames; its scratch with the frames per batch, which the target's batching keeps at or above the frame count
@@ -44,7 +45,7 @@ import math
 import re
 import sys
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -177,7 +178,7 @@ class PipelineSizes:
     height: int = 368
     steps: int = 50
     cfg: float = 6.0
-    text_tokens: int = 512
+    text_tokens: int = 512                         # umT5 input tokens per prompt (worst case: 512)
     dit_dtype: torch.dtype = torch.bfloat16
     encoder_dtype: torch.dtype = torch.bfloat16    # umT5, CLIP
     vae_dtype: torch.dtype = torch.float32         # motion VAE, image VAE (as the loaders load them)
@@ -198,10 +199,6 @@ class PipelineSizes:
     def cfg_batch(self) -> int:
         """Batch of one DiT forward: 2 with (batched) classifier-free guidance, else 1."""
         return 2 if float(self.cfg) != 1.0 and self.batched_cfg else 1
-
-    @property
-    def forwards_per_step(self) -> int:
-        return 2 if float(self.cfg) != 1.0 else 1
 
 
 def release_sizes(frames: int = 49, width: int = 512, height: int = 368, steps: int = 50, cfg: float = 6.0,
@@ -653,7 +650,8 @@ def profile_pipeline(s: PipelineSizes) -> PipelineProfile:
                 run.phase("CLIP")
                 del tok
 
-        weights = [_weights_of(n, m, False) for n, m in zip(names, metas)]   # count before faking (it unties tied weights)
+        # count before faking (to_empty unties tied weights)
+        weights = [_weights_of(n, m, False) for n, m in zip(names, metas)]
         phases, flops = _encoder_stage(fm, metas, run_text)
         stages.append(StageProfile("text + CLIP", weights, max(phases.values()), flops, phases=phases))
     # depth
