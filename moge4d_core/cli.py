@@ -22,6 +22,12 @@ Commands
 
                  python -m moge4d_core demo --out out/
 
+``plan``     a dry run of the whole pipeline at release size with fake tensors (no weights, under a minute on a
+             CPU): per stage and memory mode the resident weights, activation peak and FLOPs per DiT step, and the
+             cheapest memory mode that fits ``--gpu-memory GiB`` (:mod:`moge4d_core.pipeline.plan`)::
+
+                 python -m moge4d_core plan --gpu-memory 24 [--json]
+
 ``presets``  list the camera presets and their parameters.
 
 Before any model loads or any file is written, :func:`preflight` checks everything that is cheap to check (sizes,
@@ -403,6 +409,13 @@ def build_parser() -> argparse.ArgumentParser:
     dm = sub.add_parser("demo", help="run the whole pipeline with the shipped nano model on the CPU")
     _add_generate_args(dm, demo=True)
     dm.set_defaults(func=cmd_demo)
+
+    from .pipeline.plan import add_plan_arguments, cmd_plan
+
+    pl = sub.add_parser("plan", help="dry run at release size: memory per stage and mode, FLOPs per DiT step, "
+                                     "the cheapest memory mode that fits --gpu-memory")
+    add_plan_arguments(pl)
+    pl.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("presets", help="list camera presets")
     p.set_defaults(func=cmd_presets)
