@@ -53,8 +53,8 @@ import torch
 
 from moge4d_core.errors import MoGe4DInputError
 
-from .state_files import (check_json_file, check_safetensors_file, read_state, state_paths, write_safetensors,
-                          write_state)
+from .state_files import (check_json_file, check_safetensors_file, read_checkpoint_tensors, read_state,
+                          state_paths, write_safetensors, write_state)
 
 __all__ = ["CHECKPOINT_PREFIX", "STATE_FILE", "WEIGHTS_FILE", "FORMAT", "list_checkpoints", "resolve_resume",
            "read_trainer_state", "check_compatible", "fsync_tree", "save_checkpoint", "load_checkpoint",
@@ -416,16 +416,8 @@ def load_trainable_weights(ckpt: os.PathLike, model: torch.nn.Module, trainable_
     The tensors must match ``trainable_names`` exactly. Called before ``accelerator.prepare``, so DDP and FSDP
     start from the restored weights on every process.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     wfile = Path(ckpt) / WEIGHTS_FILE
-    check_safetensors_file(wfile)
-    try:
-        tensors = load_file(str(wfile))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise MoGe4DInputError(f"{wfile}: unreadable safetensors file ({str(exc)[:160]}); the checkpoint is "
-                               f"damaged, resume from an earlier one") from None
+    tensors = read_checkpoint_tensors(wfile)
     missing = sorted(set(trainable_names) - set(tensors))
     unexpected = sorted(set(tensors) - set(trainable_names))
     if missing or unexpected:

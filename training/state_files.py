@@ -236,9 +236,6 @@ def read_state(stem: os.PathLike, kind: str) -> Any:
     Returns:
         The state, with tensors on the CPU.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     jpath, tpath = state_paths(stem)
     doc = check_json_file(jpath)
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or "tree" not in doc:
@@ -246,10 +243,21 @@ def read_state(stem: os.PathLike, kind: str) -> Any:
                                f"checkpoint is damaged or was written by another program, resume from an earlier one")
     if doc.get("kind") != kind:
         raise MoGe4DInputError(f"{jpath}: holds a {doc.get('kind')!r} state where a {kind!r} state was expected")
-    check_safetensors_file(tpath)
+    return _decode(doc["tree"], read_checkpoint_tensors(tpath), jpath)
+
+
+def read_checkpoint_tensors(path: os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of one checkpoint safetensors file, its header checked first (:func:`check_safetensors_file`).
+
+    Raises:
+        MoGe4DInputError: naming the file when it is damaged.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    check_safetensors_file(path)
     try:
-        tensors = load_file(str(tpath))
+        return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise MoGe4DInputError(f"{tpath}: unreadable safetensors file ({str(exc)[:160]}); the checkpoint is damaged, "
+        raise MoGe4DInputError(f"{path}: unreadable safetensors file ({str(exc)[:160]}); the checkpoint is damaged, "
                                f"resume from an earlier one") from None
-    return _decode(doc["tree"], tensors, jpath)
