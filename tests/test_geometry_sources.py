@@ -88,6 +88,10 @@ def test_errors_all_zero_constant_fov_and_sizes():
         geometry_from_depth(img, torch.zeros(8, 8), 60.0)
     with pytest.raises(MoGe4DInputError, match="constant"):
         geometry_from_depth(img, torch.full((8, 8), 0.5), 60.0, depth_kind="relative_inverse")
+    # an all-negative metric map is refused here, not later as "no point in front of the camera"
+    with pytest.raises(MoGe4DInputError, match=r"no pixel has a positive depth \(values -3 \.\. -1\).*relative"):
+        geometry_from_depth(img, -1.0 - 2.0 * torch.eye(8), 60.0)
+    geometry_from_depth(img, -1.0 - 2.0 * torch.eye(8), 60.0, depth_kind="relative")   # fine as relative depth
     for fov in (0.0, -5.0, 180.0, 200.0):
         with pytest.raises(MoGe4DInputError, match="field of view"):
             geometry_from_depth(img, torch.rand(8, 8) + 0.1, fov)

@@ -110,6 +110,11 @@ def geometry_from_depth(image: torch.Tensor, depth: torch.Tensor, fov_deg: float
         raise MoGe4DInputError("depth: the depth map is all zero (or NaN): connect a depth image whose values vary")
     if depth_kind == "metric":
         valid = finite & (d > 0)
+        if not bool(valid.any()):
+            raise MoGe4DInputError(
+                f"depth: no pixel has a positive depth (values {float(d[finite].min()):g} .. {float(d[finite].max()):g}); "
+                f"metric depth is the distance along the camera's z axis in metres and must be > 0. If the map is "
+                f"inverse or relative depth, set depth_kind to 'relative_inverse' or 'relative'")
         z = torch.where(valid, d, torch.zeros_like(d))
         metric = True
     else:
