@@ -96,7 +96,7 @@ def _check_cameras(names, frames: int, width: int, height: int) -> None:
 
     import torch
 
-    from .geometry.camera_paths import CAMERA_PRESETS, make_camera_path
+    from .camera.paths import CAMERA_PRESETS, make_camera_path
 
     for name in names:
         if name not in CAMERA_PRESETS:
@@ -219,7 +219,7 @@ def preflight(args, command: str, *, models_dir=None, image_path=None, depth_pat
 
 
 def cmd_render(args) -> int:
-    from .geometry.scene_camera import camera_path_for_scene
+    from .camera.scene import camera_path_for_scene
     from .io import save_trajectories_npz, write_mp4, write_ply_sequence
     from .io.output_folder import check_free_space, output_folder
     from .render import render_trajectories
@@ -360,7 +360,7 @@ def _add_generate_args(g, demo: bool) -> None:
 
 
 def cmd_presets(args) -> int:
-    from .geometry.camera_paths import CAMERA_PRESETS
+    from .camera.paths import CAMERA_PRESETS
 
     for name, spec in CAMERA_PRESETS.items():
         params = ", ".join(f"{p.name}={p.default}" for p in spec.params)

@@ -5,11 +5,11 @@ import json
 
 from comfy_api.latest import io
 
-from moge4d_core.geometry.camera_json import camera_path_from_json, camera_path_from_nerfstudio
-from moge4d_core.geometry.camera_load3d import load3d_camera_path, load3d_from_c2w
-from moge4d_core.geometry.camera_paths import CAMERA_PRESETS, preset_names
-from moge4d_core.geometry.camera_plot import frustum_plot
-from moge4d_core.geometry.scene_camera import camera_path_for_scene, parse_params
+from moge4d_core.io.camera_json import camera_path_from_json, camera_path_from_nerfstudio
+from moge4d_core.camera.load3d import load3d_camera_path, load3d_from_c2w
+from moge4d_core.camera.paths import CAMERA_PRESETS, preset_names
+from moge4d_core.preview.camera_plot import frustum_plot
+from moge4d_core.camera.scene import camera_path_for_scene, parse_params
 from moge4d_core.errors import MoGe4DInputError, require
 
 from . import comfy_types as T

@@ -4,7 +4,7 @@ ComfyUI conditioning to the core contexts.
 
 * :func:`load_dit` loads a core DiT with a loader of :mod:`moge4d_core.loading.wan_dit` and wraps it in a
   ``ModelPatcher``.  ``fp8``: the big Linear weights are stored as scaled fp8 and upcast per layer
-  (:mod:`moge4d_core.models.memory`).  ``offload``: diffusers block offloading keeps the blocks in CPU memory and
+  (:mod:`moge4d_core.pipeline.memory`).  ``offload``: diffusers block offloading keeps the blocks in CPU memory and
   moves one at a time to the compute device; the patcher then has the CPU as its load device (ComfyUI must not
   move the whole model), and :func:`dit_for_inference` hands the pipeline a
   :class:`~moge4d_core.models.device_view.ComputeDeviceView` so noise and conditions go to the compute device.
@@ -22,9 +22,10 @@ import comfy.model_sampling
 import comfy.samplers
 
 from moge4d_core.errors import MoGe4DInputError
-from moge4d_core.models.conditioning import from_comfy_clip_vision_output, from_comfy_conditioning
+from moge4d_core.interop.conditioning import from_comfy_clip_vision_output, from_comfy_conditioning
 from moge4d_core.models.device_view import ComputeDeviceView
-from moge4d_core.models.memory import enable_block_offload, enable_fp8_storage
+from moge4d_core.models.fp8 import enable_fp8_storage
+from moge4d_core.pipeline.memory import enable_block_offload
 from moge4d_core.pipeline.settings import NativeSampler
 
 from .comfy_runtime import compute_device

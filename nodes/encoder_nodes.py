@@ -15,9 +15,9 @@ import torch
 from comfy_api.latest import io
 
 from moge4d_core.geometry.intrinsics import K_from_fov
-from moge4d_core.geometry.sources import (DEFAULT_HEIGHT, DEFAULT_WIDTH, DEPTH_KINDS, as_rgb, confidence_mask,
-                                          depth_preview, geometry_from_depth, geometry_from_moge, resize_geometry,
-                                          token_norm_preview, with_official_intrinsics)
+from moge4d_core.geometry.sources import (DEFAULT_HEIGHT, DEFAULT_WIDTH, DEPTH_KINDS, as_rgb, geometry_from_depth,
+                                          geometry_from_moge, resize_geometry, with_official_intrinsics)
+from moge4d_core.preview import confidence_mask, depth_preview, token_norm_preview
 from moge4d_core.loading.omnimae import load_omnimae
 from moge4d_core.loading.unidepth import load_unidepth
 from moge4d_core.models.omnimae import extract_motion_features

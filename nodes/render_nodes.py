@@ -5,7 +5,7 @@ import torch
 from comfy_api.latest import io
 
 from moge4d_core.render import render_points
-from moge4d_core.render.visualize import depth_to_image
+from moge4d_core.preview import depth_preview
 
 from . import comfy_types as T
 from .comfy_runtime import compute_device, output_device, progress_callback
@@ -51,7 +51,7 @@ class MoGe4DRender(io.ComfyNode):
                                progress=progress_callback(frames))
         out = output_device()
         return io.NodeOutput(result.rgb.float().to(out), result.holes.float().to(out),
-                             depth_to_image(result.depth, result.holes).to(out))
+                             depth_preview(result.depth, result.holes < 0.5).to(out))
 
 
 RENDER_NODES = [MoGe4DRender]

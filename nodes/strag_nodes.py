@@ -22,7 +22,8 @@ from moge4d_core.loading.motion_vae import load_motion_vae
 from moge4d_core.loading.wan_dit import load_strag
 from moge4d_core.pipeline.image_vae import WanImageVAE
 from moge4d_core.pipeline.settings import SamplerSettings
-from moge4d_core.pipeline.trajectory import NORMALIZATIONS, TrajectoryOptions, denormalize, generate_motion, motion_preview
+from moge4d_core.pipeline.trajectory import NORMALIZATIONS, TrajectoryOptions, denormalize, generate_motion
+from moge4d_core.preview import motion_preview
 from moge4d_core.sampling import SOLVERS
 
 from . import comfy_types as T

@@ -29,9 +29,9 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import folder_paths
 
 from moge4d_core.errors import MoGe4DInputError
-from moge4d_core.geometry.camera_presets import resolve_params
-from moge4d_core.geometry.camera_paths import CAMERA_PRESETS
-from moge4d_core.geometry.scene_camera import parse_params
+from moge4d_core.camera.presets import resolve_params
+from moge4d_core.camera.paths import CAMERA_PRESETS
+from moge4d_core.camera.scene import parse_params
 from moge4d_core.geometry.sources import check_working_size
 from moge4d_core.pipeline.conditioning import check_frames
 

@@ -4,10 +4,10 @@ Two ways to run the release's view-synthesis stage (reference §C, §J7):
 
 * ``MoGe4DLoadViSM`` + ``MoGe4DInpaint``: our loader (Fun-InP base + the MoGe4D LoRA merged at strength 0.55)
   and our sampler (:func:`moge4d_core.pipeline.inpaint.inpaint`); the pixel VAE is ComfyUI's own ``VAE``
-  (``VAELoader`` + ``wan_2.1_vae.safetensors``) through :class:`moge4d_core.models.native_wan.ChannelLastVAE`.
+  (``VAELoader`` + ``wan_2.1_vae.safetensors``) through :class:`moge4d_core.interop.native_wan.ChannelLastVAE`.
 * ``UNETLoader`` (Fun-InP) + ``MoGe4DApplyViSMLoRA`` + ``MoGe4DInpaintConditioning`` + the native ``KSampler``
   + ``VAEDecode``: the same model inputs through ComfyUI's Wan stack (``concat_latent_image`` /
-  ``concat_mask``, see :func:`moge4d_core.models.native_wan.fun_inp_concat_inputs`).
+  ``concat_mask``, see :func:`moge4d_core.interop.native_wan.fun_inp_concat_inputs`).
 
 The native path reproduces the release's 4D-ViSM with ``ModelSamplingSD3(shift=5)`` + ``KSampler(euler, scheduler
 normal, 50 steps, cfg 6, denoise 1)``: ``normal`` with shift 5 is the release's σ grid, and one forward pass of
@@ -36,7 +36,7 @@ from moge4d_core.errors import MoGe4DInputError
 from moge4d_core.loading.lora import OFFICIAL_STRENGTH, merge_lora
 from moge4d_core.loading.wan_dit import load_vism_base
 from moge4d_core.models.conditioning import IMAGE_DIM, IMAGE_TOKENS
-from moge4d_core.models.native_wan import ChannelLastVAE, fun_inp_concat_inputs, raw_zero_latent
+from moge4d_core.interop.native_wan import ChannelLastVAE, fun_inp_concat_inputs, raw_zero_latent
 from moge4d_core.pipeline.inpaint import inpaint
 from moge4d_core.pipeline.settings import SamplerSettings
 

@@ -11,22 +11,24 @@ import pytest
 import torch
 
 from moge4d_core.errors import MoGe4DInputError
-from moge4d_core.geometry.camera_paths import (
+from moge4d_core.camera.paths import (
     CAMERA_PRESETS,
     Keyframe,
     c2w_from_load3d,
+    keyframe_path,
+    load3d_camera_path,
+    load3d_from_c2w,
+    make_camera_path,
+)
+from moge4d_core.io.camera_json import (
     camera_path_from_json,
     camera_path_from_nerfstudio,
     camera_path_to_json,
     camera_path_to_nerfstudio,
-    frustum_plot,
-    keyframe_path,
-    load3d_camera_path,
-    load3d_from_c2w,
     load_camera_path_file,
-    make_camera_path,
     save_camera_path_file,
 )
+from moge4d_core.preview.camera_plot import frustum_plot
 from moge4d_core.types import CameraPath
 
 W, H = 64, 48

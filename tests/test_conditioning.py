@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from moge4d_core.errors import MoGe4DInputError
+from moge4d_core.interop.conditioning import from_comfy_clip_vision_output, from_comfy_conditioning
 from moge4d_core.models.conditioning import (
-    IMAGE_DIM, IMAGE_TOKENS, TEXT_DIM, TEXT_LEN, ImageContext, TextContext, from_comfy_clip_vision_output,
-    from_comfy_conditioning, pad_text, validate_image_context, validate_text_context, zero_image_context,
+    IMAGE_DIM, IMAGE_TOKENS, TEXT_DIM, TEXT_LEN, ImageContext, TextContext, pad_text, validate_image_context,
+    validate_text_context, zero_image_context,
 )
 
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from moge4d_core.errors import MoGe4DInputError
-from moge4d_core.geometry.sources import (depth_preview, geometry_from_depth, geometry_from_moge, min_pool_depth,
-                                          resize_geometry, token_norm_preview, with_official_intrinsics)
+from moge4d_core.geometry.sources import (geometry_from_depth, geometry_from_moge, min_pool_depth, resize_geometry,
+                                          with_official_intrinsics)
+from moge4d_core.preview import confidence_mask, depth_preview, token_norm_preview
 
 torch.set_num_threads(1)
 
@@ -168,7 +169,6 @@ def test_previews_are_images_in_unit_range():
 
 
 def test_confidence_mask_scales_by_the_maximum():
-    from moge4d_core.geometry.sources import confidence_mask
 
     c = torch.tensor([[[0.5, 2.0], [float("nan"), 4.0]], [[0.0, 0.0], [0.0, 0.0]]])
     m = confidence_mask(c)

@@ -8,8 +8,8 @@ import torch
 
 from conftest import load_nodes
 from moge4d_core.errors import MoGe4DInputError
-from moge4d_core.geometry.camera_json import camera_path_to_json, camera_path_to_nerfstudio
-from moge4d_core.geometry.camera_paths import make_camera_path
+from moge4d_core.io.camera_json import camera_path_to_json, camera_path_to_nerfstudio
+from moge4d_core.camera.paths import make_camera_path
 
 
 @pytest.fixture()

@@ -172,7 +172,7 @@ def test_sampler_denormalize_render_inpaint_chain(env):
 
 
 def test_channel_last_vae_matches_comfy_wan_normalisation(env):
-    from moge4d_core.models.native_wan import ChannelLastVAE
+    from moge4d_core.interop.native_wan import ChannelLastVAE
 
     vae = env["vae"]
     video = torch.rand(1, 3, 5, 16, 16, generator=torch.Generator().manual_seed(9)) * 2 - 1

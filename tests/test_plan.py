@@ -156,7 +156,7 @@ def test_cpu_attention_flops_counted():
 def test_estimate_within_15_percent_of_measured_nano_stages():
     """Real nano models through the real pipeline functions, live tensor bytes counted per stage, against the
     planner's fake-tensor estimate for the same sizes (model_offload: the stage's models only)."""
-    from moge4d_core.geometry.scene_camera import camera_path_for_scene
+    from moge4d_core.camera.scene import camera_path_for_scene
     from moge4d_core.geometry.sources import geometry_from_depth
     from moge4d_core.pipeline.image_vae import WanImageVAE
     from moge4d_core.pipeline.inpaint import inpaint

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from moge4d_core.demo_scene import make_demo_scene
-from moge4d_core.geometry.scene_camera import camera_path_for_scene
+from moge4d_core.camera.scene import camera_path_for_scene
 from moge4d_core.ops import zbuffer as zb
 from moge4d_core.pipeline.run import render_on_device
 from moge4d_core.render import points as render_points_module

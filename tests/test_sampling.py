@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from moge4d_core.errors import MoGe4DInputError
-from moge4d_core.sampling import (ComfyFlowDenoiser, FlowModelSampling, batched_guided_velocity, cfg_combine,
-                                  denoise_sigmas, euler_step, flow_sigmas, guided_velocity, make_noise,
-                                  sample_flow, sample_with_comfy_sampler, sigma_to_timestep, truncate_sigmas)
+from moge4d_core.interop.comfy_sampler import ComfyFlowDenoiser, FlowModelSampling, sample_with_comfy_sampler
+from moge4d_core.sampling import (batched_guided_velocity, cfg_combine, denoise_sigmas, euler_step, flow_sigmas,
+                                  guided_velocity, make_noise, sample_flow, sigma_to_timestep, truncate_sigmas)
 
 torch.set_num_threads(1)
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from moge4d_core.errors import MoGe4DInputError
-from moge4d_core.geometry.camera_paths import make_camera_path
+from moge4d_core.camera.paths import make_camera_path
 from moge4d_core.io import write_mp4
 from training.datasets import TrajSceneDataset
 from training.prepare import FILTERS, PrepareOptions, main, prepare_dataset, quality_checks

@@ -5,7 +5,8 @@ import torch
 import torch.nn as nn
 
 from moge4d_core.errors import MoGe4DInputError
-from moge4d_core.models import memory
+from moge4d_core.models import fp8
+from moge4d_core.pipeline import memory
 from moge4d_core.models.wan_dit import STraGDiT, WanDiTConfig
 
 torch.set_num_threads(1)
@@ -44,7 +45,7 @@ def fwd(m, inp):
 def test_fp8_storage_keeps_outputs_close(scaled):
     m, inp = tiny(), inputs()
     y0 = fwd(m, inp)
-    names = memory.enable_fp8_storage(m, compute_dtype=torch.float32, scaled=scaled)
+    names = fp8.enable_fp8_storage(m, compute_dtype=torch.float32, scaled=scaled)
     mods = dict(m.named_modules())
     assert "blocks.0.attn1.to_q" in names and "blocks.1.ffn.net.2" in names
     assert "blocks.0.spatial_guidance_self.spatial_guide.1" in names
@@ -71,7 +72,7 @@ def test_scaled_fp8_beats_plain_cast_for_small_weights():
     ref = lins[0](x).detach()
     w_plain = lins[0].weight.detach().to(FP8).float()
     plain_err = rel(nn.functional.linear(x, w_plain, lins[0].bias), ref)
-    w8, s = memory.quantize_fp8(lins[1].weight.detach())
+    w8, s = fp8.quantize_fp8(lins[1].weight.detach())
     scaled_err = rel(nn.functional.linear(x, w8.float() * s, lins[1].bias), ref)
     assert scaled_err < 0.05 < plain_err
     assert plain_err > 3 * scaled_err
@@ -80,7 +81,7 @@ def test_scaled_fp8_beats_plain_cast_for_small_weights():
 def test_already_fp8_weights_keep_their_scale():
     lin = nn.Linear(8, 4)
     w = torch.randn(4, 8) * 1e-3
-    w8, s = memory.quantize_fp8(w)
+    w8, s = fp8.quantize_fp8(w)
     lin.weight = nn.Parameter(w8, requires_grad=False)
 
     class Wrap(nn.Module):
@@ -91,12 +92,12 @@ def test_already_fp8_weights_keep_their_scale():
             self.lin = lin
 
     wrap = Wrap()
-    memory.enable_fp8_storage(wrap, compute_dtype=torch.float32, scales={"lin": s})
+    fp8.enable_fp8_storage(wrap, compute_dtype=torch.float32, scales={"lin": s})
     x = torch.randn(3, 8)
     assert torch.equal(wrap.lin.weight.view(torch.uint8), w8.view(torch.uint8))  # not re-quantised
     assert torch.allclose(wrap.lin(x), nn.functional.linear(x, w8.float() * s, lin.bias), atol=0, rtol=0)
     with pytest.raises(MoGe4DInputError, match="storage_dtype"):
-        memory.enable_fp8_storage(wrap, storage_dtype=torch.float16)
+        fp8.enable_fp8_storage(wrap, storage_dtype=torch.float16)
 
 
 def test_block_offload_cpu_to_cpu_is_exact():

@@ -97,7 +97,7 @@ class DiTTask(TrainTask):
     def setup_training(self, model: torch.nn.Module, lora_rank: int, lora_alpha: Optional[float],
                        frozen_prefixes: tuple[str, ...] = ()) -> None:
         """Full fine-tune (every parameter but ``frozen_prefixes``) or LoRA on every nn.Linear outside them."""
-        from moge4d_core.models.memory import set_gradient_checkpointing
+        from moge4d_core.pipeline.memory import set_gradient_checkpointing
 
         self.frozen_prefixes = tuple(frozen_prefixes)
         model.requires_grad_(True)

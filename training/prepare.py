@@ -20,7 +20,7 @@ Other files (e.g. an old ``_dt3d_render.mp4``) are ignored. Output folder (what
   without ``vis`` gets all True (except sanitised positions);
 * ``<id>_dt3d_render.mp4``   the trajectories rendered with our point renderer
   (:func:`moge4d_core.render.render_points`, mode ``"points"``, black background) along the camera preset
-  ``camera`` (:func:`moge4d_core.geometry.camera_paths.make_camera_path`; default ``orbit_left`` with
+  ``camera`` (:func:`moge4d_core.camera.paths.make_camera_path`; default ``orbit_left`` with
   ``angle_deg = 15`` as :mod:`training.datasets.synthetic` uses), frame t of the points seen by camera t,
   at the grid size H x W with DELTA's intrinsics ``K = [[W, 0, W/2], [0, W, H/2], [0, 0, 1]]`` (square
   pixels, f = W; reference B). Points whose first-frame depth is invalid (filter 1) are not drawn;
@@ -97,8 +97,8 @@ import numpy as np
 import torch
 
 from moge4d_core.errors import MoGe4DInputError, require
-from moge4d_core.geometry.camera_paths import make_camera_path
-from moge4d_core.geometry.camera_presets import CAMERA_PRESETS
+from moge4d_core.camera.paths import make_camera_path
+from moge4d_core.camera.presets import CAMERA_PRESETS
 from moge4d_core.io import DELTA_GRID, load_pickle, read_video_frames, trajectories_from_dict, write_mp4
 from moge4d_core.io._atomic import atomic_dir, atomic_path
 from moge4d_core.render import render_points

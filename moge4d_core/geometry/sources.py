@@ -32,7 +32,7 @@ points"). When enlarging, nearest-neighbour is used (same property). ``K`` is sc
 min-pooling to an arbitrary size; it is ``adaptive_max_pool2d`` on the negated depth.
 
 :func:`with_official_intrinsics` swaps the camera for the released checkpoint's fixed pseudo-intrinsics.
-:func:`depth_preview` and :func:`token_norm_preview` make preview images.
+Preview images of these live in :mod:`moge4d_core.preview`.
 """
 from __future__ import annotations
 
@@ -265,41 +265,6 @@ def with_official_intrinsics(geom: Geometry) -> Geometry:
                     points=points, valid=geom.valid, metric=geom.metric)
 
 
-def depth_preview(depth: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Depth ``(H,W)`` -> grey preview ``(H,W,3)`` in [0,1]: inverse depth rescaled over the valid pixels,
-    near = white, far = dark; invalid pixels black."""
-    d = depth.float()
-    ok = torch.isfinite(d) & (d > 0)
-    if valid is not None:
-        ok = ok & valid.bool()
-    out = torch.zeros_like(d)
-    if bool(ok.any()):
-        inv = 1.0 / d[ok]
-        lo, hi = inv.min(), inv.max()
-        out[ok] = (inv - lo) / (hi - lo) if float(hi - lo) > 0 else torch.ones_like(inv)
-        out[ok] = 0.1 + 0.9 * out[ok]
-    return out[..., None].expand(-1, -1, 3).contiguous()
-
-
-def confidence_mask(confidence: torch.Tensor) -> torch.Tensor:
-    """UniDepth confidence ``(..., H, W)`` -> ``[0, 1]`` mask: divided by its maximum (V2's ``exp(logc)`` is a
-    ranking, not a probability; V2old's sigmoid keeps its order too). Non-finite -> 0."""
-    c = torch.nan_to_num(confidence.float(), nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0)
-    peak = c.amax(dim=(-2, -1), keepdim=True)
-    return torch.where(peak > 0, c / peak.clamp_min(1e-12), torch.zeros_like(c))
-
-
-def token_norm_preview(tokens: torch.Tensor, grid: tuple[int, int], height: int, width: int) -> torch.Tensor:
-    """Patch tokens ``(G_h*G_w, C)`` -> heat map ``(height,width,3)`` in [0,1] of each token's L2 norm
-    (min -> 0, max -> 1), bilinearly upsampled to the image size; grey scale repeated to RGB."""
-    gh, gw = int(grid[0]), int(grid[1])
-    n = tokens.float().norm(dim=-1).reshape(1, 1, gh, gw)
-    lo, hi = n.min(), n.max()
-    n = (n - lo) / (hi - lo) if float(hi - lo) > 0 else torch.zeros_like(n)
-    up = F.interpolate(n, size=(int(height), int(width)), mode="bilinear", align_corners=False)[0, 0].clamp(0, 1)
-    return up[..., None].expand(-1, -1, 3).contiguous()
-
-
 __all__ = ["DEPTH_KINDS", "DEFAULT_WIDTH", "DEFAULT_HEIGHT", "as_rgb", "geometry_from_depth", "geometry_from_moge",
            "check_working_size", "min_pool_depth", "resize_geometry", "official_pixel_K", "official_render_K",
-           "with_official_intrinsics", "depth_preview", "confidence_mask", "token_norm_preview"]
+           "with_official_intrinsics"]

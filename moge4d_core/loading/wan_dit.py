@@ -22,7 +22,7 @@ tensors read from the file become the parameters (converted one at a time, each 
 released after conversion), so a 14B model never exists twice in memory.
 
 ``dtype``: float32 / float16 / bfloat16, or float8_e4m3fn / float8_e5m2 for fp8 *storage* of the big
-Linear weights (per-tensor scaled, see :mod:`moge4d_core.models.memory`) with ``compute_dtype``
+Linear weights (per-tensor scaled, see :mod:`moge4d_core.models.fp8`) with ``compute_dtype``
 (bfloat16) for everything else. Scaled-fp8 files are dequantised (``w_fp8 * scale``) for a non-fp8
 ``dtype`` and kept as they are (fp8 + their scale) for an fp8 ``dtype``. As in diffusers, the timestep
 embedder, the AdaLN tables and the affine LayerNorms stay in float32 when ``dtype`` is 16-bit.
@@ -39,7 +39,7 @@ from typing import Any, Mapping, Optional, Union
 import torch
 
 from ..errors import MoGe4DInputError
-from ..models import memory
+from ..models import fp8 as fp8_storage
 from ..models.wan_dit.config import (ARCH_CONTROL_V11, ARCH_INP, ARCH_STRAG, ARCHS,
                                      KNOWN_WIDTHS, WanDiTConfig, infer_arch)
 from ..models.wan_dit.model import STraGDiT, ViSMDiT, WanDiT
@@ -185,7 +185,7 @@ def read_wan_dit_source(path: Union[str, Path], device: str = "cpu") -> WanDiTSo
             if k.endswith(suf):
                 scales_orig[k[: -len(suf)] + ".weight"] = state.pop(k).float()
                 break
-    fp8_count = sum(1 for v in state.values() if memory.is_fp8(v.dtype))
+    fp8_count = sum(1 for v in state.values() if fp8_storage.is_fp8(v.dtype))
     if scales_orig or marker is not None:
         fmt.append("ComfyUI fp8-scaled")
     elif fp8_count:
@@ -326,11 +326,11 @@ def _keep_fp32(name: str, keep: tuple[str, ...]) -> bool:
 def _materialise(model_cls: type, cfg: WanDiTConfig, src: WanDiTSource, *, dtype: torch.dtype,
                  compute_dtype: torch.dtype, device: Union[str, torch.device], label: str,
                  allow_missing: tuple[str, ...] = ()) -> WanDiT:
-    if dtype not in _FLOAT_DTYPES and not memory.is_fp8(dtype):
+    if dtype not in _FLOAT_DTYPES and not fp8_storage.is_fp8(dtype):
         raise MoGe4DInputError(f"dtype must be float32, float16, bfloat16 or an fp8 dtype, got {dtype}")
     if compute_dtype not in _FLOAT_DTYPES:
         raise MoGe4DInputError(f"compute_dtype must be float32, float16 or bfloat16, got {compute_dtype}")
-    fp8 = memory.is_fp8(dtype)
+    fp8 = fp8_storage.is_fp8(dtype)
     cdtype = compute_dtype if fp8 else dtype
     with torch.device("meta"):
         model = model_cls(**cfg.diffusers_kwargs())
@@ -347,7 +347,7 @@ def _materialise(model_cls: type, cfg: WanDiTConfig, src: WanDiTSource, *, dtype
                                    f"{tuple(t.shape)}, {label} ({_describe(cfg)}) expects {expected[k]}")
 
     keep = tuple(model._keep_in_fp32_modules or ()) if cdtype in (torch.float16, torch.bfloat16) else ()
-    fp8_linears = set(memory.fp8_eligible_linear_names(model)) if fp8 else set()
+    fp8_linears = set(fp8_storage.fp8_eligible_linear_names(model)) if fp8 else set()
     fp8_scales: dict[str, torch.Tensor] = {}
     dev = torch.device(device)
     new_state: dict[str, torch.Tensor] = {}
@@ -356,16 +356,16 @@ def _materialise(model_cls: type, cfg: WanDiTConfig, src: WanDiTSource, *, dtype
         scale = src.scales.get(k)
         module_name = k[: -len(".weight")] if k.endswith(".weight") else None
         if fp8 and module_name in fp8_linears:
-            if memory.is_fp8(t.dtype):
+            if fp8_storage.is_fp8(t.dtype):
                 fp8_scales[module_name] = scale if scale is not None else torch.ones(())
                 out = t
             else:
                 if scale is not None:
                     t = t.float() * scale
-                out, s = memory.quantize_fp8(t, dtype)
+                out, s = fp8_storage.quantize_fp8(t, dtype)
                 fp8_scales[module_name] = s
         else:
-            if scale is not None or memory.is_fp8(t.dtype):
+            if scale is not None or fp8_storage.is_fp8(t.dtype):
                 t = t.float() * (scale if scale is not None else 1.0)
             out = t.to(torch.float32 if _keep_fp32(k, keep) else cdtype)
         out = out.to(dev)
@@ -383,7 +383,7 @@ def _materialise(model_cls: type, cfg: WanDiTConfig, src: WanDiTSource, *, dtype
     if left:
         raise RuntimeError(f"internal: tensors left on the meta device after loading: {left[:5]}")
     if fp8:
-        memory.enable_fp8_storage(model, compute_dtype=cdtype, storage_dtype=dtype, scaled=True, scales=fp8_scales)
+        fp8_storage.enable_fp8_storage(model, compute_dtype=cdtype, storage_dtype=dtype, scaled=True, scales=fp8_scales)
     model._moge4d_arch = cfg.arch
     model.eval()
     return model
@@ -482,11 +482,11 @@ def load_strag(path: Union[str, Path], *, dtype: torch.dtype = torch.bfloat16, d
 
 def _fill_from_base(src: WanDiTSource, base: Union[str, Path]) -> int:
     bsrc = read_wan_dit_source(base)
-    if bsrc.scales or any(memory.is_fp8(t.dtype) for t in bsrc.state.values()):
+    if bsrc.scales or any(fp8_storage.is_fp8(t.dtype) for t in bsrc.state.values()):
         for k in list(bsrc.state):
             t = bsrc.state[k]
             s = bsrc.scales.get(k)
-            if s is not None or memory.is_fp8(t.dtype):
+            if s is not None or fp8_storage.is_fp8(t.dtype):
                 bsrc.state[k] = t.float() * (s if s is not None else 1.0)
     pe = bsrc.state.get("patch_embedding.weight")
     if pe is None or pe.shape[1] not in (48, 64) or "ref_conv.weight" not in bsrc.state:
@@ -538,7 +538,7 @@ def save_wan_dit(model: WanDiT, path: Union[str, Path], *, config: Optional[WanD
     cfg = config or model.wan_config
     state = {}
     for k, v in model.state_dict().items():
-        if memory.is_fp8(v.dtype):
+        if fp8_storage.is_fp8(v.dtype):
             raise MoGe4DInputError(f"save_wan_dit: '{k}' is stored in fp8; save the model before enabling fp8 storage")
         state[wan_keys.diffusers_to_original(k)] = v.detach().cpu()
     for k, v in (extra_tensors or {}).items():

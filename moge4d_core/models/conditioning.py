@@ -13,28 +13,8 @@ Two contexts enter the Wan-Fun 14B DiTs (4D-STraG and 4D-ViSM):
   (:func:`zero_image_context`).
 
 Producers: the core encoders (:func:`moge4d_core.models.text.encode_text`,
-:func:`moge4d_core.models.clip.encode_image`) or ComfyUI's native nodes, converted here without
-importing ComfyUI:
-
-* ``CONDITIONING`` (from ``CLIPTextEncode`` with a ``CLIPLoader(type="wan")`` umT5 model) is a list of
-  ``[cond, extras]`` pairs. ``cond`` is a ``(B, L, 4096)`` tensor (B is 1 for ``CLIPTextEncode``);
-  ``extras`` is a dict (``pooled_output``, sometimes ``attention_mask (B, L)`` and node-specific
-  entries such as ``concat_latent_image``). ComfyUI v0.21's umT5 tokenizer pads to 512 tokens
-  (``min_length=512``, as Wan does) and zeroes the padded positions, so ``L`` is usually 512 with zeros after
-  the prompt tokens plus ``</s>``; the converter handles both that and unpadded tensors (trailing zero rows
-  are treated as padding). ``ConditioningConcat`` can make ``L`` longer, ``ConditioningZeroOut`` makes
-  ``cond`` all zeros.
-  Several pairs (``ConditioningCombine``) mean "average the model's predictions", which is not a
-  batch; :func:`from_comfy_conditioning` refuses them with an explanation. (ComfyUI's own Wan model
-  appears to run ``text_embedding`` on the unpadded ``L`` tokens; the contract here pads to 512 as
-  Wan / VideoX-Fun do, which is what the released MoGe4D checkpoints saw in training.)
-* ``CLIP_VISION_OUTPUT`` (from ``CLIPVisionEncode``) is a ``comfy.clip_vision.Output`` object that
-  supports both ``obj.name`` and ``obj["name"]``: ``last_hidden_state (B, 257, 1280)``,
-  ``penultimate_hidden_states (B, 257, 1280)`` (encoder run with ``intermediate_output=-2``, i.e. the
-  output of block index 30 of 32, equal to Wan's ``use_31_block``), ``image_embeds (B, 1024)``
-  and, in newer versions, ``mm_projected``. ComfyUI's Wan model reads ``penultimate_hidden_states``;
-  so does :func:`from_comfy_clip_vision_output`. (ComfyUI preprocesses with a short-side antialiased
-  resize + centre crop where Wan stretches to 224x224; for MoGe4D's constant grey image both agree.)
+:func:`moge4d_core.models.clip.encode_image`) or ComfyUI's native nodes, converted by
+:mod:`moge4d_core.interop.conditioning`.
 
 Widths are parameters (``dim``) so that tiny test DiTs can use tiny contexts; the defaults are the
 real ones (4096 for umT5-XXL, 1280 for CLIP ViT-H/14).
@@ -42,7 +22,7 @@ real ones (4096 for umT5-XXL, 1280 for CLIP ViT-H/14).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -57,7 +37,6 @@ __all__ = [
     "TEXT_LEN", "TEXT_DIM", "IMAGE_TOKENS", "IMAGE_DIM",
     "TextContext", "ImageContext", "pad_text", "zero_image_context",
     "validate_text_context", "validate_image_context",
-    "from_comfy_conditioning", "from_comfy_clip_vision_output",
 ]
 
 
@@ -208,77 +187,3 @@ def validate_image_context(ctx: ImageContext, *, dim: int = IMAGE_DIM, name: str
             f"the penultimate block of CLIP ViT-H/14 at 224 px. Use clip_vision_h.safetensors (ComfyUI "
             f"CLIPVisionLoader) or the Wan CLIP checkpoint with load_clip_vision.")
     return ctx
-
-
-def _trailing_valid_lengths(cond: torch.Tensor) -> torch.Tensor:
-    """Per row: index after the last token row that is not all zero (ComfyUI zeroes masked positions)."""
-    nonzero = (cond != 0).any(dim=-1).to("cpu")                        # (B, L)
-    idx = torch.arange(1, cond.shape[1] + 1).unsqueeze(0) * nonzero     # position+1 where non-zero
-    return idx.max(dim=1).values.long()
-
-
-def from_comfy_conditioning(cond: Any, *, dim: int = TEXT_DIM, name: str = "conditioning") -> TextContext:
-    """ComfyUI ``CONDITIONING`` (``[[tensor (B, L, D), dict]]``) -> :class:`TextContext` (float32).
-
-    Valid lengths come from ``dict["attention_mask"]`` when present, else from the last non-zero token
-    row (ComfyUI zeroes padded positions; counting trailing zero rows or not gives the same padded
-    tensor). ``L > 512`` is truncated to 512 (ComfyUI itself does not truncate; Wan does).
-    """
-    if isinstance(cond, TextContext):
-        return validate_text_context(cond, dim=dim, name=name)
-    if not isinstance(cond, (list, tuple)) or len(cond) == 0:
-        raise MoGe4DInputError(f"{name}: expected ComfyUI CONDITIONING (a list of [tensor, dict] pairs), "
-                               f"got {type(cond).__name__}{' (empty)' if isinstance(cond, (list, tuple)) else ''}")
-    if len(cond) > 1:
-        raise MoGe4DInputError(
-            f"{name}: holds {len(cond)} conditioning entries (e.g. from ConditioningCombine or area/timestep "
-            f"conditioning). MoGe4D takes one prompt per input: connect a single CLIPTextEncode, or join prompts "
-            f"with ConditioningConcat.")
-    entry = cond[0]
-    if not isinstance(entry, (list, tuple)) or len(entry) < 1 or not isinstance(entry[0], torch.Tensor):
-        raise MoGe4DInputError(f"{name}: entry is not a [tensor, dict] pair (got {type(entry).__name__})")
-    t = entry[0]
-    extras = entry[1] if len(entry) > 1 and isinstance(entry[1], dict) else {}
-    if t.ndim == 2:
-        t = t.unsqueeze(0)
-    if t.ndim != 3:
-        raise MoGe4DInputError(f"{name}: conditioning tensor must be (B, L, D), got {tuple(t.shape)}")
-    if t.shape[-1] != dim:
-        raise MoGe4DInputError(
-            f"{name}: token width {t.shape[-1]}, expected {dim}: conditioning from a non-umT5 encoder. The Wan models "
-            f"need umT5-XXL: load umt5_xxl_fp16.safetensors (or the fp8_scaled file) with CLIPLoader type 'wan'.")
-    t = t.detach().float()
-    mask = extras.get("attention_mask")
-    if isinstance(mask, torch.Tensor) and mask.shape == t.shape[:2]:
-        valid = (mask != 0).to(t.device)
-        lengths = valid.sum(dim=1).long().to("cpu")
-        # valid rows first, in their order (a no-op for right padding), padded rows after
-        order = torch.argsort((~valid).long(), dim=1, stable=True)
-        t = torch.gather(torch.where(valid.unsqueeze(-1), t, torch.zeros_like(t)), 1, order.unsqueeze(-1).expand_as(t))
-    else:
-        lengths = _trailing_valid_lengths(t)
-    return TextContext.from_embeddings(t, lengths, name=name)
-
-
-def from_comfy_clip_vision_output(obj: Any, *, dim: int = IMAGE_DIM, name: str = "clip_vision_output") -> ImageContext:
-    """ComfyUI ``CLIP_VISION_OUTPUT`` -> :class:`ImageContext` (float32) from ``penultimate_hidden_states (B, 257, dim)``."""
-    if isinstance(obj, ImageContext):
-        return validate_image_context(obj, dim=dim, name=name)
-    if obj is None:
-        raise MoGe4DInputError(f"{name}: no CLIP vision output connected; connect CLIPVisionEncode "
-                               f"(clip_vision_h.safetensors) or use a zero image context")
-    tokens = getattr(obj, "penultimate_hidden_states", None)
-    if tokens is None and isinstance(obj, dict):
-        tokens = obj.get("penultimate_hidden_states")
-    if not isinstance(tokens, torch.Tensor):
-        raise MoGe4DInputError(
-            f"{name}: {type(obj).__name__} has no 'penultimate_hidden_states' tensor; expected the output of "
-            f"ComfyUI's CLIPVisionEncode with a CLIP ViT-H/14 model (clip_vision_h.safetensors)")
-    if tokens.ndim == 2:
-        tokens = tokens.unsqueeze(0)
-    if tokens.ndim != 3 or tuple(tokens.shape[1:]) != (IMAGE_TOKENS, dim):
-        raise MoGe4DInputError(
-            f"{name}: penultimate_hidden_states of shape {tuple(tokens.shape)}, expected (B, {IMAGE_TOKENS}, {dim}) "
-            f"from CLIP ViT-H/14 at 224 px. Use clip_vision_h.safetensors in CLIPVisionLoader (ViT-L / bigG "
-            f"models have other widths) and crop 'center' or 'none' in CLIPVisionEncode.")
-    return ImageContext(tokens.detach().float())

@@ -1,7 +1,7 @@
 """A view of a block-offloaded model that reports its *compute* device.
 
 The pipeline places noise and condition tensors on ``next(model.parameters()).device``.  With diffusers group
-offloading (:func:`moge4d_core.models.memory.enable_block_offload`) the parameters rest on the offload device
+offloading (:func:`moge4d_core.pipeline.memory.enable_block_offload`) the parameters rest on the offload device
 (CPU) and only move to the GPU inside each block's forward, so that rule would put the inputs on the CPU while
 the model returns GPU tensors.  :class:`ComputeDeviceView` wraps such a model: its first parameter is an empty
 tensor on the compute device, every attribute (``config``, ``feature_adapter``, ...) and ``forward`` are the

@@ -12,7 +12,8 @@ from typing import Callable, Mapping, Optional
 
 import torch
 
-from ..sampling import dit_velocity, make_noise, sample_flow, sample_with_comfy_sampler
+from ..interop.comfy_sampler import sample_with_comfy_sampler
+from ..sampling import dit_velocity, make_noise, sample_flow
 from .settings import NativeSampler, SamplerSettings
 
 __all__ = ["run_dit_sampling", "model_device_dtype"]

@@ -17,7 +17,7 @@ import torch
 
 from ..io import save_trajectories_npz, write_mp4, write_ply_sequence
 from ..io.output_folder import output_folder
-from .trajectory import motion_preview
+from ..preview import motion_preview
 
 __all__ = ["contact_sheet", "estimate_output_bytes", "write_outputs"]
 

@@ -26,7 +26,7 @@ Memory modes (:func:`parse_memory_mode`; the names the residency code, CLI and n
   STraG + motion VAE → render → ViSM + image VAE);
 * ``block_swap:N``: per DiT, N transformer blocks resident plus its non-block weights plus the block being
   streamed in; other stages as ``model_offload``;
-* ``fp8``: the DiTs' fp8-eligible ``nn.Linear`` weights (:func:`moge4d_core.models.memory.fp8_eligible_linear_names`)
+* ``fp8``: the DiTs' fp8-eligible ``nn.Linear`` weights (:func:`moge4d_core.models.fp8.fp8_eligible_linear_names`)
   stored as ``float8_e4m3fn``, bf16 compute; one dequantised weight transient (the largest eligible Linear as
   float32 then bf16, as ``ScaledFP8LinearHook`` computes it) on top of the stage's peak;
 * combinations with ``+``: ``fp8+block_swap:N``, ``fp8+full``, ``fp8+model_offload`` (= ``fp8``).
@@ -354,7 +354,7 @@ def _weights_of(name: str, model: torch.nn.Module, dit: bool) -> ModelWeights:
     kw = {}
     elem = next(model.parameters()).element_size()
     if dit:
-        from ..models.memory import fp8_eligible_linear_names
+        from ..models.fp8 import fp8_eligible_linear_names
         blocks = model.blocks
         blk = blocks[0]
         kw["num_blocks"] = len(blocks)

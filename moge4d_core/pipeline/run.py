@@ -24,7 +24,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from ..errors import require
-from ..geometry.scene_camera import camera_path_for_scene
+from ..camera.scene import camera_path_for_scene
 from ..geometry.sources import official_render_K, resize_geometry, with_official_intrinsics
 from ..models.conditioning import ImageContext, TextContext
 from ..render.api import render_trajectories

@@ -30,7 +30,7 @@ from .image_vae import ImageVAE
 from .settings import NativeSampler, SamplerSettings
 
 __all__ = ["NORMALIZATIONS", "TrajectoryOptions", "normalization_spec", "check_text", "strag_inputs",
-           "sample_motion_latent", "decode_motion", "generate_motion", "denormalize", "motion_preview"]
+           "sample_motion_latent", "decode_motion", "generate_motion", "denormalize"]
 
 NORMALIZATIONS = ("official", "real_k", "release")
 
@@ -163,14 +163,3 @@ def denormalize(motion: Motion, fps: float = 8.0) -> Trajectories:
     vis = (g.valid[None] & ~bad).reshape(t, -1)
     return Trajectories(points=pts.reshape(t, -1, 3).contiguous(), colors=g.image.reshape(-1, 3).float().clamp(0, 1),
                         height=g.height, width=g.width, visibility=vis, K=g.K.float(), fps=fps)
-
-
-def motion_preview(motion: Motion) -> torch.Tensor:
-    """(T,H,W,3) in [0,1]: direction of the normalised image-plane motion as hue-like colour (x → red/cyan,
-    y → green/magenta), brightness = |ΔP̂| over the whole clip's maximum. Frame 0 is black."""
-    d = motion.delta.float()
-    mag = d.norm(dim=-1)
-    scale = mag.max().clamp_min(1e-8)
-    n = d / scale
-    rgb = torch.stack([0.5 + 0.5 * n[..., 0], 0.5 + 0.5 * n[..., 1], 0.5 + 0.5 * n[..., 2]], dim=-1)
-    return (rgb * (mag / scale)[..., None]).clamp(0, 1)

@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 from moge4d_core.errors import MoGe4DInputError, require
-from moge4d_core.geometry.camera_paths import make_camera_path
+from moge4d_core.camera.paths import make_camera_path
 from moge4d_core.geometry.intrinsics import K_from_fov
 from moge4d_core.io import write_mp4
 from moge4d_core.render import render_points

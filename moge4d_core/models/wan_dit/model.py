@@ -89,7 +89,7 @@ class MAdaNorm(nn.Module):
         ``features (B, S, feature_dim)``: one feature per spatial token (``S = h'*w'``), the same for
         every frame. Computed in float32 (``x`` is the float32 output of Wan's AdaLN).
         """
-        # gate dtype = compute dtype (the Linear may be held in fp8 storage, see models.memory)
+        # gate dtype = compute dtype (the Linear may be held in fp8 storage, see models.fp8)
         params = self.spatial_guide(features.to(self.gate.dtype)).float()
         scale, shift = params.chunk(2, dim=-1)  # (B, S, dim) each
         gate = self.gate.float()

@@ -38,8 +38,8 @@ from kornia.geometry.quaternion import Quaternion
 
 from ..errors import MoGe4DInputError, require
 from ..types import CameraPath
-from .camera_keyframes import interpolate_poses
-from .camera_presets import EASINGS, F64, ease, look_at_R, make_c2w, path_time
+from .keyframes import interpolate_poses
+from .presets import EASINGS, F64, ease, look_at_R, make_c2w, path_time
 
 DEFAULT_LOAD3D_FOV = 35.0
 _F3 = torch.diag(torch.tensor([1.0, -1.0, -1.0], dtype=F64))

@@ -1,12 +1,14 @@
-"""Camera paths (``MOGE4D_CAMERA_PATH``): presets, keyframes, JSON, ComfyUI ``LOAD3D_CAMERA``, preview plot.
+"""Camera paths (``MOGE4D_CAMERA_PATH``): :func:`make_camera_path` from a preset, plus the room's other parts.
 
-This module is the one entry point the node layer and the CLI import; the work lives in small modules:
+The entry point the node layer and the CLI import for cameras; the work lives in small modules beside it:
 
-* :mod:`.camera_presets`   the preset registry :data:`CAMERA_PRESETS` and the pose helpers
-* :mod:`.camera_keyframes` :class:`Keyframe`, :func:`keyframe_path`, :func:`interpolate_poses`
-* :mod:`.camera_json`      our JSON schema and nerfstudio ``camera_path.json``, both directions
-* :mod:`.camera_load3d`    ComfyUI ``LOAD3D_CAMERA`` (three.js) <-> camera-to-world
-* :mod:`.camera_plot`      :func:`frustum_plot` preview image
+* :mod:`.presets`    the preset registry :data:`CAMERA_PRESETS` and the pose helpers
+* :mod:`.keyframes`  :class:`Keyframe`, :func:`keyframe_path`, :func:`interpolate_poses`
+* :mod:`.load3d`     ComfyUI ``LOAD3D_CAMERA`` (three.js) <-> camera-to-world
+* :mod:`.scene`      scene-adaptive paths (:func:`~.scene.camera_path_for_scene`)
+
+Camera files (our JSON, nerfstudio) are :mod:`moge4d_core.io.camera_json`; the frustum plot is
+:mod:`moge4d_core.preview.camera_plot`.
 
 Conventions: OpenCV camera axes (x right, y down, z forward), world = first-frame camera,
 camera-to-world poses ``c2w (T,4,4)``, pixel intrinsics ``K (T,3,3)``; outputs are float32 on the CPU.
@@ -25,18 +27,10 @@ import torch
 
 from ..errors import MoGe4DInputError, require
 from ..types import CameraPath
-from .camera_json import (
-    camera_path_from_json,
-    camera_path_from_nerfstudio,
-    camera_path_to_json,
-    camera_path_to_nerfstudio,
-    load_camera_path_file,
-    save_camera_path_file,
-)
-from .camera_keyframes import Keyframe, interpolate_poses, keyframe_path
-from .camera_load3d import c2w_from_load3d, load3d_camera_path, load3d_from_c2w
-from .camera_plot import frustum_plot
-from .camera_presets import (
+from ..geometry.intrinsics import K_from_fov, check_fov
+from .keyframes import Keyframe, interpolate_poses, keyframe_path
+from .load3d import c2w_from_load3d, load3d_camera_path, load3d_from_c2w
+from .presets import (
     CAMERA_PRESETS,
     EASINGS,
     CameraPreset,
@@ -46,7 +40,6 @@ from .camera_presets import (
     resolve_params,
     scene_stats,
 )
-from .intrinsics import K_from_fov, check_fov
 
 DEFAULT_FOV_DEG = 60.0
 
@@ -54,10 +47,7 @@ __all__ = [
     "CAMERA_PRESETS", "CameraPreset", "PresetParam", "EASINGS", "SceneStats", "DEFAULT_FOV_DEG",
     "make_camera_path", "preset_names", "scene_stats", "look_at_c2w",
     "Keyframe", "keyframe_path", "interpolate_poses",
-    "camera_path_to_json", "camera_path_from_json", "camera_path_to_nerfstudio", "camera_path_from_nerfstudio",
-    "save_camera_path_file", "load_camera_path_file",
     "c2w_from_load3d", "load3d_from_c2w", "load3d_camera_path",
-    "frustum_plot",
 ]
 
 

@@ -6,7 +6,7 @@ Conventions
   of the scene, so "up" in the world is ``-y`` and "forward" (into the scene) is ``+z``.
 * A pose is a camera-to-world matrix ``c2w (4,4)``: columns 0..2 of the rotation block are the camera
   x, y, z axes in world coordinates, column 3 is the camera centre.
-* Everything here is computed in float64 on the CPU; :func:`moge4d_core.geometry.camera_paths.make_camera_path`
+* Everything here is computed in float64 on the CPU; :func:`moge4d_core.camera.paths.make_camera_path`
   casts to float32 at the end.
 
 Scene statistics (from ``points0 (N,3)``, the first-frame points, world = first-frame camera):

@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..errors import require
-from .schedules import time_shift
+from ..sampling.schedules import time_shift
 
 __all__ = ["FlowModelSampling", "ComfyFlowDenoiser", "sample_with_comfy_sampler"]
 

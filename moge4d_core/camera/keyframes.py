@@ -31,8 +31,8 @@ from kornia.geometry.quaternion import Quaternion
 
 from ..errors import MoGe4DInputError, require
 from ..types import CameraPath
-from .camera_presets import EASINGS, F64, _vec3, ease, look_at_R, make_c2w, rot_z
-from .intrinsics import K_from_fov, check_fov
+from .presets import EASINGS, F64, _vec3, ease, look_at_R, make_c2w, rot_z
+from ..geometry.intrinsics import K_from_fov, check_fov
 
 INTERPOLATIONS = ("catmull_rom", "linear")
 

@@ -35,9 +35,9 @@ from typing import Any
 import torch
 
 from ..errors import MoGe4DInputError, require
-from . import constants as C
-from .motion_vae import denormalize_latent, normalize_latent
-from .vism_mask import all_holes, binarize_holes, pack_mask_latent
+from ..models import constants as C
+from ..models.motion_vae import denormalize_latent, normalize_latent
+from ..models.vism_mask import all_holes, binarize_holes, pack_mask_latent
 
 __all__ = ["ChannelLastVAE", "fun_inp_concat_inputs", "raw_zero_latent", "masked_pixels"]
 
@@ -109,7 +109,7 @@ def fun_inp_concat_inputs(render: torch.Tensor, holes: torch.Tensor) -> tuple[to
     hole; all ones when everything is, where the release zeroes the mask latent too).
     T = 4k+1; H, W multiples of 8 (checked by :func:`~moge4d_core.models.vism_mask.pack_mask_latent`'s caller).
     """
-    from .vism_mask import _check
+    from ..models.vism_mask import _check
 
     _check(render, holes)
     known = pack_mask_latent(holes)

@@ -1,7 +1,7 @@
-"""Memory modes for the Wan 14B DiTs: fp8 weight storage, block offloading, gradient checkpointing.
+"""fp8 weight storage for the Wan 14B DiTs (a model feature the loaders apply; the memory *policy* is
+:mod:`moge4d_core.pipeline.memory`).
 
-Thin wrappers over diffusers (``enable_layerwise_casting``, ``enable_group_offload``,
-``enable_gradient_checkpointing``), with one addition written here: **scaled** fp8 storage.
+Unscaled storage is diffusers' ``enable_layerwise_casting``; one addition is written here: **scaled** fp8 storage.
 
 Why a scaled variant: diffusers' layerwise casting (and VideoX-Fun's ``fp8_optimization``) store
 ``weight.to(float8_e4m3fn)`` without a scale. e4m3fn has normal numbers only down to 2**-6 = 0.0156 and
@@ -32,7 +32,7 @@ FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 _HOOK_NAME = "moge4d_scaled_fp8"
 
 __all__ = ["FP8_DTYPES", "quantize_fp8", "fp8_skip_patterns", "fp8_eligible_linear_names", "enable_fp8_storage",
-           "enable_block_offload", "set_gradient_checkpointing", "is_fp8"]
+           "is_fp8"]
 
 
 def is_fp8(dtype: torch.dtype) -> bool:
@@ -120,29 +120,3 @@ def enable_fp8_storage(model: nn.Module, *, compute_dtype: torch.dtype = torch.b
         if registry.get_hook(_HOOK_NAME) is None:
             registry.register_hook(ScaledFP8LinearHook(compute_dtype), _HOOK_NAME)
     return names
-
-
-def enable_block_offload(model: nn.Module, onload_device: torch.device | str,
-                         offload_device: torch.device | str = "cpu", num_blocks_per_group: int = 1,
-                         use_stream: bool = False, non_blocking: bool = False,
-                         record_stream: bool = False, low_cpu_mem_usage: bool = False) -> None:
-    """Keep transformer blocks on ``offload_device`` and move ``num_blocks_per_group`` at a time to
-    ``onload_device`` for their forward (diffusers group offloading, ``offload_type="block_level"``).
-
-    ``use_stream=True`` (CUDA only) prefetches the next group on a side stream while the current one
-    computes. The model's parameters must be on ``offload_device`` before this call.
-    """
-    kwargs = dict(onload_device=torch.device(onload_device), offload_device=torch.device(offload_device),
-                  offload_type="block_level", num_blocks_per_group=num_blocks_per_group,
-                  non_blocking=non_blocking, use_stream=use_stream)
-    if use_stream:
-        kwargs.update(record_stream=record_stream, low_cpu_mem_usage=low_cpu_mem_usage)
-    model.enable_group_offload(**kwargs)
-
-
-def set_gradient_checkpointing(model: nn.Module, enabled: bool = True) -> None:
-    """Recompute each transformer block in the backward pass (saves activation memory in training)."""
-    if enabled:
-        model.enable_gradient_checkpointing()
-    else:
-        model.disable_gradient_checkpointing()

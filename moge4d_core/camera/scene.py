@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 from ..errors import MoGe4DInputError, require
 from ..types import CameraPath, Trajectories
-from .camera_paths import CAMERA_PRESETS, make_camera_path
+from .paths import CAMERA_PRESETS, make_camera_path
 
 DEFAULT_FOV_DEG = 60.0
 
