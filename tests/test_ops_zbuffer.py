@@ -1,8 +1,9 @@
-"""The Triton z-buffer kernels equal their PyTorch reference bit for bit.
+"""The z-buffer ops: the PyTorch reference on its own, and the Triton kernels equal to it bit for bit.
 
-On CPU they run in Triton's interpreter (TRITON_INTERPRET=1, set by the fixture below before any kernel
-is defined; the kernels are built per interpret mode). On a machine with CUDA the same comparison runs on
-the GPU as well.
+The PyTorch tests run everywhere. The Triton comparisons need the optional ``triton`` package (installed in
+CI) and are skipped without it; on CPU they run in Triton's interpreter (TRITON_INTERPRET=1, set by the
+fixture below before any kernel is defined; the kernels are built per interpret mode). On a machine with
+CUDA the same comparison runs on the GPU as well.
 """
 import math
 
@@ -13,7 +14,18 @@ from moge4d_core.ops import zbuffer as zb
 from moge4d_core.render import render_points
 from moge4d_core.types import CameraPath
 
-pytest.importorskip("triton")  # the optional GPU dependency; installed in CI
+
+
+def _triton_imports() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# the optional GPU dependency (installed in CI): only the Triton comparisons need it
+needs_triton = pytest.mark.skipif(not _triton_imports(), reason="needs the triton package")
 
 H, W = 20, 28
 
@@ -85,23 +97,43 @@ def _compare(device, case, T=3, N=300, seed=0):
         assert a.dtype == b.dtype and torch.equal(a, b)
 
 
+@needs_triton
 @pytest.mark.parametrize("case", CASES)
 def test_triton_interpreter_equals_torch(case):
     _compare("cpu", case)
 
 
-def test_keys_pack_depth_and_index():
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
+def test_keys_pack_depth_and_index(backend):
     """The winning key of a pixel unpacks to the nearest point's float32 depth and index."""
     cam = zb.pack_cameras(torch.eye(4)[None], torch.tensor([[[10.0, 0, 5.0], [0, 10.0, 5.0], [0, 0, 1]]]))
     pts = torch.tensor([[[0.0, 0.0, 2.0], [0.0, 0.0, 1.5], [0.0, 0.0, 1.5], [0.0, 0.0, 3.0]]])
-    for fn in (zb.scatter_keys_torch, zb.scatter_keys_triton):
-        keys = fn(pts, cam, 10, 10)
-        k = int(keys[0, 5, 5])
-        assert k & 0xFFFFFFFF == 1  # nearest (1.5), lower index of the tie
-        assert torch.tensor([k >> 32], dtype=torch.int32).view(torch.float32).item() == 1.5
-        assert int((keys != zb.EMPTY_KEY).sum()) == 1
+    fn = zb.scatter_keys_torch if backend == "torch" else zb.scatter_keys_triton
+    keys = fn(pts, cam, 10, 10)
+    k = int(keys[0, 5, 5])
+    assert k & 0xFFFFFFFF == 1  # nearest (1.5), lower index of the tie
+    assert torch.tensor([k >> 32], dtype=torch.int32).view(torch.float32).item() == 1.5
+    assert int((keys != zb.EMPTY_KEY).sum()) == 1
 
 
+def test_resolve_keys_torch_images():
+    """Keys resolve to the nearest point's colour, depth and index; holes get the background, 0 and -1."""
+    cam = zb.pack_cameras(torch.eye(4)[None], torch.tensor([[[10.0, 0, 5.0], [0, 10.0, 5.0], [0, 0, 1]]]))
+    # points 0 and 1 share pixel (5, 5) (point 1 nearer); point 2 lands on pixel (row 5, col 7): u = 10*0.5/2 + 5
+    pts = torch.tensor([[[0.0, 0.0, 2.0], [0.0, 0.0, 1.25], [0.5, 0.0, 2.0]]])
+    colors = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    bg = (0.25, 0.5, 0.75)
+    rgb, depth, holes, index = zb.resolve_keys_torch(zb.scatter_keys_torch(pts, cam, 10, 10), colors, bg)
+    hit = torch.zeros(1, 10, 10, dtype=torch.bool)
+    hit[0, 5, 5] = hit[0, 5, 7] = True
+    assert torch.equal(holes, (~hit).float())
+    assert index[0, 5, 5] == 1 and index[0, 5, 7] == 2 and bool((index[~hit] == -1).all())
+    assert depth[0, 5, 5] == 1.25 and depth[0, 5, 7] == 2.0 and bool((depth[~hit] == 0).all())
+    assert rgb[0, 5, 5].tolist() == [0.0, 1.0, 0.0] and rgb[0, 5, 7].tolist() == [0.0, 0.0, 1.0]
+    assert bool((rgb[~hit] == torch.tensor(bg)).all())
+
+
+@needs_triton
 def test_render_points_triton_backend_matches_torch():
     g = torch.Generator().manual_seed(3)
     pts = torch.randn(2, 200, 3, generator=g) * 0.5 + torch.tensor([0.0, 0.0, 2.0])
@@ -117,6 +149,7 @@ def test_render_points_triton_backend_matches_torch():
         assert torch.equal(x, y)
 
 
+@needs_triton
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("case", CASES)
 def test_triton_gpu_equals_torch_gpu(case, monkeypatch):
