@@ -195,7 +195,12 @@ class CameraPath:
 @dataclass
 class RenderResult:
     """Output of a renderer: rgb (T,H,W,3) float [0,1]; depth (T,H,W) camera z (0 in holes);
-    holes (T,H,W) float, 1 where no point landed on the pixel, 0 elsewhere."""
+    holes (T,H,W) float, 1 where no point landed on the pixel, 0 elsewhere.
+
+    ``extras`` (meta data, as gsplat returns it beside the images): ``"backend"`` (str, what ran) and, from the
+    points renderer, ``"point_index"`` (T,H,W) int32 index of the visible point (-1 in holes), from the
+    Gaussian renderer ``"alpha"`` (T,H,W) float32 accumulated opacity.
+    """
 
     rgb: torch.Tensor
     depth: torch.Tensor

@@ -12,7 +12,7 @@ from moge4d_core.errors import MoGe4DInputError
 from moge4d_core.render import gaussians as G
 from moge4d_core.render import render_points
 from moge4d_core.render.projection import prepare_frames
-from moge4d_core.types import CameraPath
+from moge4d_core.types import CameraPath, RenderResult
 
 H, W = 24, 32
 FX, FY, CX, CY = 40.0, 44.0, 16.0, 12.0
@@ -190,11 +190,12 @@ def test_gsplat_kernel_failure_falls_back_to_torch(fresh_gsplat_state, monkeypat
     cols = torch.rand(2, 3)
     setup = prepare_frames(pts, cols, _camera(3))
     with caplog.at_level(logging.WARNING, logger=G.__name__):
-        rgb, depth, holes, alpha, used = G.render_gaussians(setup, backend="auto", scale=0.05, opacity=1.0,
-                                                            near=1e-3, background=(0.0, 0.0, 0.0))
-    assert used == "torch" and len(calls) == 1  # tried once, then PyTorch for every frame
+        res = G.render_gaussians(setup, backend="auto", scale=0.05, opacity=1.0, near=1e-3,
+                                 background=(0.0, 0.0, 0.0))
+    assert isinstance(res, RenderResult)
+    assert res.extras["backend"] == "torch" and len(calls) == 1  # tried once, then PyTorch for every frame
     assert sum("gsplat" in r.getMessage() for r in caplog.records) == 1
     ref = render_points(pts, cols, _camera(3), mode="gaussians", gaussian_scale=0.05, backend="torch")
-    assert torch.equal(rgb, ref.rgb) and torch.equal(holes, ref.holes)
+    assert torch.equal(res.rgb, ref.rgb) and torch.equal(res.holes, ref.holes)
     with pytest.raises(RuntimeError, match="gsplat"):  # an explicit gsplat request does not fall back
         G.render_gaussians(setup, backend="gsplat", scale=0.05, opacity=1.0, near=1e-3, background=(0, 0, 0))

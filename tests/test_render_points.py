@@ -125,6 +125,19 @@ def test_frame_batching_does_not_change_the_result(monkeypatch):
         assert torch.equal(a, b)
 
 
+def test_zbuffer_driver_returns_a_render_result():
+    """The z-buffer driver itself returns the typed result the API hands on (no positional tuple)."""
+    from moge4d_core.render import points as P
+    from moge4d_core.render.projection import prepare_frames
+    from moge4d_core.types import RenderResult
+    cam = _camera(2)
+    pts, colors = random_scene(2, 40, seed=3, cam=cam)
+    res = P.render_points_zbuffer(prepare_frames(pts, colors, cam, None), backend="torch")
+    assert isinstance(res, RenderResult) and res.extras["backend"] == "torch"
+    assert res.rgb.shape == (2, H, W, 3) and res.extras["point_index"].dtype == torch.int32
+    assert torch.equal(res.extras["point_index"] < 0, res.holes.bool())
+
+
 def test_black_point_is_not_a_hole_and_ties_keep_lower_index():
     cam = _camera(1)
     K = cam.K[0].double()

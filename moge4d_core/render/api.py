@@ -94,17 +94,16 @@ def render_points(points: torch.Tensor, colors: torch.Tensor, camera: CameraPath
             raise MoGe4DInputError(
                 f"render: backend 'triton' needs CUDA tensors and the triton package (points are on {device}); "
                 "use backend 'auto' or 'torch'") from None
-        rgb, depth, holes, index, used = _points.render_points_zbuffer(
+        return _points.render_points_zbuffer(
             setup, backend=chosen, point_size=point_size, depth_scaled_size=depth_scaled_size,
             max_point_size=max_point_size, near=float(near), background=bg, progress=progress,
             fallback_allowed=(backend == "auto"))
-        return RenderResult(rgb=rgb, depth=depth, holes=holes, extras={"backend": used, "point_index": index})
 
     if backend == "triton":
         raise MoGe4DInputError("render: backend 'triton' is for mode='points'; Gaussians use 'auto', 'torch' "
                                "or 'gsplat'")
     try:
-        rgb, depth, holes, alpha, used = _gaussians.render_gaussians(
+        return _gaussians.render_gaussians(
             setup, backend=backend, scale=float(gaussian_scale), opacity=float(opacity), near=float(near),
             background=bg, progress=progress)
     except RuntimeError as exc:
@@ -112,7 +111,6 @@ def render_points(points: torch.Tensor, colors: torch.Tensor, camera: CameraPath
             raise MoGe4DInputError(f"render: backend 'gsplat' cannot run here: {exc}. Install gsplat with a "
                                    "CUDA toolkit and use CUDA tensors, or use backend 'auto' / 'torch'") from exc
         raise
-    return RenderResult(rgb=rgb, depth=depth, holes=holes, extras={"backend": used, "alpha": alpha})
 
 
 def render_trajectories(traj: Trajectories, camera: CameraPath, *, use_visibility: bool = False,

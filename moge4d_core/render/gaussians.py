@@ -41,6 +41,7 @@ from typing import Callable, Optional
 
 import torch
 
+from ..types import RenderResult
 from .projection import FrameSetup
 
 log = logging.getLogger(__name__)
@@ -355,10 +356,22 @@ def rasterize_frame_gsplat(gsplat, points: torch.Tensor, colors: torch.Tensor, w
 # driver
 # ----------------------------------------------------------------------------------------------
 def render_gaussians(setup: FrameSetup, *, backend: str, scale: float, opacity: float, near: float,
-                     background, progress: Optional[Callable[[int, int], None]] = None):
-    """Render all frames of ``setup``. Returns ``(rgb, depth, holes, alpha, backend_used)``.
+                     background, progress: Optional[Callable[[int, int], None]] = None) -> RenderResult:
+    """Render all frames of ``setup`` as alpha-composited Gaussians (see the module docstring).
 
-    ``backend``: "auto" (gsplat on CUDA when usable, else PyTorch), "torch" or "gsplat".
+    Args:
+        setup: the frames to render (points, colours, cameras, optional point mask), see :mod:`.projection`.
+        backend: "auto" (gsplat on CUDA when usable, else PyTorch), "torch" or "gsplat".
+        scale: isotropic standard deviation of every Gaussian, world units.
+        opacity: opacity of every Gaussian, in (0, 1].
+        near: Gaussians with camera z <= near are dropped.
+        background: RGB in [0,1] behind the Gaussians.
+        progress: ``progress(i, T)`` is called after frame ``i`` (1-based) is finished.
+
+    Returns:
+        :class:`RenderResult` on the points' device: rgb (T,H,W,3), depth (T,H,W) normalised expected depth
+        (0 in holes), holes (T,H,W) float32 (1 where alpha < 0.5); ``extras``: ``"alpha"`` (T,H,W) float32
+        accumulated opacity, ``"backend"`` the backend that ran (``"torch"`` after a gsplat fallback).
     """
     T, H, W = setup.frames, setup.height, setup.width
     dev = setup.points.device
@@ -388,4 +401,4 @@ def render_gaussians(setup: FrameSetup, *, backend: str, scale: float, opacity: 
         if progress is not None:
             progress(t + 1, T)
     holes = (alpha < 0.5).to(torch.float32)
-    return rgb, depth, holes, alpha, used
+    return RenderResult(rgb=rgb, depth=depth, holes=holes, extras={"backend": used, "alpha": alpha})

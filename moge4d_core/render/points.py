@@ -23,6 +23,7 @@ from typing import Callable, Optional
 import torch
 
 from ..ops import zbuffer as zb
+from ..types import RenderResult
 from .projection import FrameSetup
 
 log = logging.getLogger(__name__)
@@ -67,11 +68,22 @@ def render_points_zbuffer(setup: FrameSetup, *, backend: str, point_size: int = 
                           depth_scaled_size: bool = False, max_point_size: Optional[int] = None,
                           near: float = 1e-3, background=(0.0, 0.0, 0.0),
                           progress: Optional[Callable[[int, int], None]] = None,
-                          fallback_allowed: bool = False):
-    """Render all frames of ``setup``. Returns ``(rgb, depth, holes, index, backend_used)``.
+                          fallback_allowed: bool = False) -> RenderResult:
+    """Render all frames of ``setup`` with the hard z-buffer.
 
-    rgb (T,H,W,3), depth (T,H,W), holes (T,H,W) float32; index (T,H,W) int32 (-1 in holes).
-    ``progress(i, T)`` is called after frame ``i`` (1-based) is finished.
+    Args:
+        setup: the frames to render (points, colours, cameras, optional point mask), see :mod:`.projection`.
+        backend: ``"torch"`` or ``"triton"`` (already resolved by :func:`choose_backend`).
+        point_size, depth_scaled_size, max_point_size, near, background: see
+            :func:`~moge4d_core.render.api.render_points`.
+        progress: ``progress(i, T)`` is called after frame ``i`` (1-based) is finished.
+        fallback_allowed: when the Triton kernels fail, redo the batch in PyTorch (and use PyTorch from then
+            on) instead of raising.
+
+    Returns:
+        :class:`RenderResult` on the points' device: rgb (T,H,W,3), depth (T,H,W) camera z (0 in holes),
+        holes (T,H,W) float32 (1 = no point landed); ``extras``: ``"point_index"`` (T,H,W) int32 index of the
+        visible point (-1 in holes), ``"backend"`` the backend that ran (``"torch"`` after a fallback).
     """
     global _TRITON_BROKEN
     T, H, W = setup.frames, setup.height, setup.width
@@ -122,4 +134,4 @@ def render_points_zbuffer(setup: FrameSetup, *, backend: str, point_size: int = 
             for t in range(t0, t1):
                 progress(t + 1, T)
         t0 = t1
-    return rgb, depth, holes, index, backend
+    return RenderResult(rgb=rgb, depth=depth, holes=holes, extras={"backend": backend, "point_index": index})
