@@ -1,0 +1,120 @@
+"""Opt-in: the shipped API workflows that need no downloads run in a real ComfyUI, through its HTTP API.
+
+Skipped unless ``MOGE4D_COMFYUI_DIR`` names a ComfyUI checkout (v0.21 or later). ``MOGE4D_COMFYUI_PYTHON`` is the
+interpreter to start it with (default: this one); it needs ComfyUI's requirements and this pack's. The test builds
+a throw-away base directory (``--base-directory``: ``custom_nodes/`` holding a link to this pack, ``input/`` with
+the example scene, empty ``models/`` and ``output/``), starts ``main.py --cpu`` on a free loopback port, posts each
+workflow to ``/prompt``, polls ``/history`` and checks that it succeeded and wrote the files its save nodes name.
+Nothing outside the temporary folder is touched, and the server is stopped at the end.
+
+    MOGE4D_COMFYUI_DIR=~/ComfyUI MOGE4D_COMFYUI_PYTHON=~/ComfyUI/venv/bin/python python -m pytest tests/test_real_comfyui.py -s
+"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+COMFY = os.environ.get("MOGE4D_COMFYUI_DIR")
+PYTHON = os.environ.get("MOGE4D_COMFYUI_PYTHON", sys.executable)
+
+pytestmark = pytest.mark.skipif(not COMFY, reason="set MOGE4D_COMFYUI_DIR to a ComfyUI checkout to run these")
+
+# API workflows that run on a CPU with no model files, and the input files each needs from example_assets/.
+NO_DOWNLOAD = {
+    "moge4d_render_demo_scene_api.json": [],
+    "moge4d_render_trajectories_api.json": ["moge4d_example_scene.npz"],
+}
+STARTUP_S, RUN_S = 240, 600
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def _post(url: str, body: dict):
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as exc:           # ComfyUI answers 400 with the validation errors as JSON
+        return json.loads(exc.read())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfy_base")
+    for sub in ("custom_nodes", "input", "output", "models", "user", "temp"):
+        (base / sub).mkdir()
+    (base / "custom_nodes" / "ComfyUI-MoGe4D").symlink_to(ROOT, target_is_directory=True)
+    for files in NO_DOWNLOAD.values():
+        for name in files:
+            shutil.copy(ROOT / "example_assets" / name, base / "input" / name)
+    port = _free_port()
+    log = open(base / "server.log", "w")
+    proc = subprocess.Popen([PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+                             "--base-directory", str(base), "--disable-auto-launch"],
+                            cwd=COMFY, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + STARTUP_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"ComfyUI exited with {proc.returncode}: {(base / 'server.log').read_text()[-3000:]}")
+            try:
+                info = _get(f"{url}/object_info/MoGe4DRender")
+                break
+            except OSError:
+                if time.time() > deadline:
+                    pytest.fail(f"ComfyUI did not answer in {STARTUP_S} s: {(base / 'server.log').read_text()[-3000:]}")
+                time.sleep(1)
+        assert "MoGe4DRender" in info, "the pack's nodes did not register"
+        yield url, base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.mark.parametrize("name", sorted(NO_DOWNLOAD))
+def test_workflow_runs_and_writes_its_files(server, name):
+    url, base = server
+    prompt = json.loads((ROOT / "workflows" / name).read_text())
+    t0 = time.perf_counter()
+    answer = _post(f"{url}/prompt", {"prompt": prompt, "client_id": "moge4d-test"})
+    assert "prompt_id" in answer, f"{name} was refused: {json.dumps(answer)[:3000]}"
+    pid = answer["prompt_id"]
+    deadline = time.time() + RUN_S
+    while True:
+        hist = _get(f"{url}/history/{pid}").get(pid)
+        if hist and hist.get("status", {}).get("completed") is not None and (
+                hist["status"]["completed"] or hist["status"].get("status_str") == "error"):
+            break
+        assert time.time() < deadline, f"{name} did not finish in {RUN_S} s"
+        time.sleep(0.5)
+    seconds = time.perf_counter() - t0
+    status = hist["status"]
+    assert status.get("status_str") == "success", f"{name}: {json.dumps(status.get('messages'))[:3000]}"
+    written = sorted(p.relative_to(base / "output").as_posix() for p in (base / "output").rglob("*") if p.is_file())
+    for node in prompt.values():
+        prefix = node["inputs"].get("filename_prefix")
+        if isinstance(prefix, str) and node["class_type"].startswith(("Save", "MoGe4DSave")):
+            assert any(w.startswith(prefix) for w in written), f"{name}: nothing written under {prefix}: {written}"
+    print(f"\n{name}: {seconds:.1f} s, {len(written)} files in output/")
