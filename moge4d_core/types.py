@@ -14,6 +14,9 @@ intrinsics ``K`` are in pixels of the image they belong to, with pixel centres a
 | ``MOGE4D_MOTION``       | :class:`Motion`      |
 | ``MOGE4D_TRAJECTORIES`` | :class:`Trajectories`|
 | ``MOGE4D_CAMERA_PATH``  | :class:`CameraPath`  |
+
+Stage results that stay inside the core: :class:`DepthPrediction` (UniDepth ``infer``), :class:`RenderResult`
+(the renderers).
 """
 from __future__ import annotations
 
@@ -66,6 +69,37 @@ class Geometry:
     @property
     def width(self) -> int:
         return int(self.depth.shape[1])
+
+
+@dataclass
+class DepthPrediction:
+    """What UniDepth's ``infer`` predicts for a batch of B images, at the input resolution H x W (float32).
+
+    depth (B,H,W) z-depth in metres (OpenCV camera: x right, y down, z forward);
+    points (B,H,W,3) camera-frame points in metres (V2: rays * radius, V2old: depth * K^-1 [u+0.5, v+0.5, 1]);
+    K (B,3,3) pixel intrinsics of the input image that ``points`` use (the ``camera_K`` given to ``infer``,
+    else the prediction); K_predicted (B,3,3) the network's own estimate in any case;
+    confidence (B,H,W) per-pixel confidence (V2: ``exp(clip(log c))``, a ranking, not calibrated; V2old:
+    ``sigmoid`` in (0, 1)). One sample as a :class:`Geometry`: :func:`moge4d_core.models.unidepth.to_geometry`.
+    """
+
+    depth: torch.Tensor
+    points: torch.Tensor
+    K: torch.Tensor
+    K_predicted: torch.Tensor
+    confidence: torch.Tensor
+
+    def __post_init__(self) -> None:
+        _check_shape("DepthPrediction.depth", self.depth, (None, None, None), "(B,H,W)")
+        b, h, w = self.depth.shape
+        _check_shape("DepthPrediction.points", self.points, (b, h, w, 3), "(B,H,W,3) matching depth")
+        _check_shape("DepthPrediction.K", self.K, (b, 3, 3), "(B,3,3) pixel intrinsics")
+        _check_shape("DepthPrediction.K_predicted", self.K_predicted, (b, 3, 3), "(B,3,3) pixel intrinsics")
+        _check_shape("DepthPrediction.confidence", self.confidence, (b, h, w), "(B,H,W) matching depth")
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.depth.shape[0])
 
 
 @dataclass

@@ -158,7 +158,7 @@ class MoGe4DDepth(io.ComfyNode):
                 geom = with_official_intrinsics(geom)
             first = geom if first is None else first
             previews.append(depth_preview(geom.depth, geom.valid))
-            confs.append(confidence_mask(res["confidence"][0].float().cpu()))
+            confs.append(confidence_mask(res.confidence[0].float().cpu()))
         progress(n, n)
         out = output_device()
         return io.NodeOutput(first, torch.stack(previews).to(out), torch.stack(confs).to(out))

@@ -13,7 +13,7 @@ from moge4d_core.models.unidepth.decoder_v2 import CameraHeadV2, DepthHeadV2
 from moge4d_core.models.unidepth.layers import AttentionBlock, fourier_features, sine_position_embedding
 from moge4d_core.models.unidepth.shapes import (v2_network_shape, v2_pixel_bounds, v2old_network_shape,
                                                 v2old_token_budget)
-from moge4d_core.types import Geometry
+from moge4d_core.types import DepthPrediction, Geometry
 from test_unidepth_loading import tiny as _tiny
 
 torch.set_num_threads(1)
@@ -69,7 +69,7 @@ def reference_dinov2(pub, x, heads, depth):
 def test_dinov2_encoder_equals_float64_vit_on_published_weights():
     src = tiny("v2", embed_dim=64, heads=2, scale=0.3)
     pub = to_published_keys(src.state_dict())
-    model, _ = load_unidepth(pub, config={"num_heads": 2}, dtype=torch.float64)
+    model = load_unidepth(pub, config={"num_heads": 2}, dtype=torch.float64)
     enc = model.pixel_encoder.model
     assert enc.layernorm.eps == 1e-5 and all(l.norm1.eps == 1e-6 for l in enc.encoder.layer)
     torch.manual_seed(3)
@@ -201,9 +201,9 @@ def test_v2_infer_intrinsics_undo_resize_and_padding():
     sig = 1 / (1 + math.exp(-b))
     want = torch.tensor([[math.exp(b) * 0.7 * math.hypot(28, 70) / f, 0, sig * 70 / f],
                          [0, math.exp(b) * 0.7 * math.hypot(28, 70) / f, sig * 28 / f - 6], [0, 0, 1]])
-    torch.testing.assert_close(out["K"][0], want, rtol=1e-5, atol=1e-4)
-    assert out["depth"].shape == (1, 20, 80) and out["points"].shape == (1, 20, 80, 3)
-    assert out["confidence"].shape == (1, 20, 80) and bool((out["confidence"] > 0).all())
+    torch.testing.assert_close(out.K[0], want, rtol=1e-5, atol=1e-4)
+    assert out.depth.shape == (1, 20, 80) and out.points.shape == (1, 20, 80, 3)
+    assert out.confidence.shape == (1, 20, 80) and bool((out.confidence > 0).all())
 
 
 def test_v2old_infer_intrinsics_and_points_at_pixel_centres():
@@ -218,14 +218,14 @@ def test_v2old_infer_intrinsics_and_points_at_pixel_centres():
     sig = 1 / (1 + math.exp(-b))
     fx = math.exp(b) * 56 / 2 / ratio
     want = torch.tensor([[fx, 0, sig * 56 / ratio], [0, fx, sig * 42 / ratio], [0, 0, 1]])
-    torch.testing.assert_close(out["K"][0], want, rtol=1e-5, atol=1e-4)
-    z = out["depth"][0].double()
+    torch.testing.assert_close(out.K[0], want, rtol=1e-5, atol=1e-4)
+    z = out.depth[0].double()
     u = torch.arange(40, dtype=torch.float64) + 0.5
     v = torch.arange(30, dtype=torch.float64) + 0.5
     K = want.double()
     X = (u[None, :] - K[0, 2]) / K[0, 0] * z
     Y = (v[:, None] - K[1, 2]) / K[1, 1] * z
-    pts = out["points"][0].double()
+    pts = out.points[0].double()
     torch.testing.assert_close(pts, torch.stack([X, Y, z], -1), rtol=1e-5, atol=1e-5)
     assert bool((z > 0).all())          # softplus output
 
@@ -272,16 +272,16 @@ def test_v2_known_camera_rays_and_points():
     K = torch.tensor([[30.0, 0, 20.0], [0, 32.0, 15.0], [0, 0, 1]])
     # 28x42 with a 1176 px budget: factor 1, no padding -> the output grid is the network grid
     out = model.infer(torch.rand(1, 3, 28, 42), camera_K=K, pixel_budget=28 * 42)
-    torch.testing.assert_close(out["K"][0], K)
-    assert not torch.allclose(out["K_predicted"][0], K)
-    pts = out["points"][0].double()
+    torch.testing.assert_close(out.K[0], K)
+    assert not torch.allclose(out.K_predicted[0], K)
+    pts = out.points[0].double()
     u = torch.arange(42, dtype=torch.float64) + 0.5
     v = torch.arange(28, dtype=torch.float64) + 0.5
     r = torch.stack(torch.broadcast_tensors((u[None, :] - 20) / 30, (v[:, None] - 15) / 32,
                                             torch.ones(28, 42, dtype=torch.float64)), -1)
     r = r / r.norm(dim=-1, keepdim=True)
     torch.testing.assert_close(pts / pts.norm(dim=-1, keepdim=True), r, atol=1e-5, rtol=0)
-    torch.testing.assert_close(out["depth"][0], out["points"][0, ..., 2])
+    torch.testing.assert_close(out.depth[0], out.points[0, ..., 2])
 
 
 # ------------------------------------------------------------------------------------------------ input rules
@@ -340,10 +340,25 @@ def test_small_image_and_batch_and_geometry():
     model = tiny("v2old")
     img = torch.rand(2, 3, 8, 10)                          # smaller than one 14-px patch: upsampled to the grid
     out = model.infer(img, pixel_budget=6 * 196)
-    assert out["depth"].shape == (2, 8, 10) and out["K"].shape == (2, 3, 3)
+    assert isinstance(out, DepthPrediction) and out.batch_size == 2
+    assert out.depth.shape == (2, 8, 10) and out.K.shape == (2, 3, 3)
     g = to_geometry(out, img, index=1)
     assert isinstance(g, Geometry) and g.image.shape == (8, 10, 3) and bool(g.valid.all())
     with pytest.raises(MoGe4DInputError, match="camera_K"):
         model.infer(img, camera_K=torch.eye(4), pixel_budget=6 * 196)
     with pytest.warns(UserWarning, match="aspect ratio"):
         model.infer(torch.rand(1, 3, 10, 40), pixel_budget=6 * 196)
+
+
+def test_depth_prediction_checks_shapes():
+    """A DepthPrediction whose tensors disagree is refused at construction, naming the field."""
+    z = torch.ones(2, 4, 5)
+    good = dict(depth=z, points=torch.ones(2, 4, 5, 3), K=torch.eye(3).repeat(2, 1, 1),
+                K_predicted=torch.eye(3).repeat(2, 1, 1), confidence=torch.ones(2, 4, 5))
+    assert DepthPrediction(**good).batch_size == 2
+    with pytest.raises(MoGe4DInputError, match=r"DepthPrediction\.points: expected shape \(2,4,5,3\)"):
+        DepthPrediction(**{**good, "points": torch.ones(2, 5, 4, 3)})
+    with pytest.raises(MoGe4DInputError, match=r"DepthPrediction\.K:"):
+        DepthPrediction(**{**good, "K": torch.eye(3)})
+    with pytest.raises(MoGe4DInputError, match=r"DepthPrediction\.confidence:"):
+        DepthPrediction(**{**good, "confidence": torch.ones(1, 4, 5)})

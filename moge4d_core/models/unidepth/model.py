@@ -1,6 +1,6 @@
 """UniDepthV2 and UniDepthV2old models with the reference ``infer`` behaviour.
 
-Both expose ``infer(rgb, camera_K=None, resolution_level=None, pixel_budget=None) -> dict``:
+Both expose ``infer(rgb, camera_K=None, resolution_level=None, pixel_budget=None) -> DepthPrediction``:
 
 * ``rgb``: ``(B, 3, H, W)`` or ``(3, H, W)``, float in [0, 1] or uint8 in [0, 255]. Input scaling follows
   UniDepthV2old's rule for both generations: uint8, or float with max > 5, is divided by 255; values then inside
@@ -14,7 +14,7 @@ Both expose ``infer(rgb, camera_K=None, resolution_level=None, pixel_budget=None
 * ``resolution_level``: V2 0..9 (None = the whole [200k, 600k] pixel range), V2old 0..10 (None = 10, 2400
   tokens). ``pixel_budget`` (our addition) pins the network input to about that many pixels instead.
 
-Returned dict (float32, at the input resolution ``H x W``):
+Returned :class:`~moge4d_core.types.DepthPrediction` (float32, at the input resolution ``H x W``):
 
 * ``depth (B, H, W)``: z-depth in metres (OpenCV camera: x right, y down, z forward);
 * ``points (B, H, W, 3)``: camera-frame points (V2: ``rays * radius`` resized like the reference; V2old:
@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...errors import MoGe4DInputError
+from ...types import DepthPrediction
 from .camera import pixel_rays, scale_intrinsics, unit_rays
 from .config import UniDepthConfig
 from .decoder_v2 import DecoderV2
@@ -134,7 +135,7 @@ class UniDepthV2(_UniDepthBase):
 
     @torch.no_grad()
     def infer(self, rgb: torch.Tensor, camera_K: Optional[torch.Tensor] = None,
-              resolution_level: Optional[int] = None, pixel_budget: Optional[int] = None) -> dict:
+              resolution_level: Optional[int] = None, pixel_budget: Optional[int] = None) -> DepthPrediction:
         """See the module docstring. Reference rules: aspect padding to [0.5, 2.5], pixel budget, bilinear resize."""
         cfg = self.config
         x = prepare_rgb(rgb, self.device)
@@ -165,8 +166,8 @@ class UniDepthV2(_UniDepthBase):
         K_pred[:, :2, :] = K_pred[:, :2, :] / factor
         K_pred[:, 0, 2] -= pl
         K_pred[:, 1, 2] -= pt
-        return {"depth": points[..., 2].contiguous(), "points": points,
-                "K": K_in if K_in is not None else K_pred, "K_predicted": K_pred, "confidence": confidence}
+        return DepthPrediction(depth=points[..., 2].contiguous(), points=points,
+                               K=K_in if K_in is not None else K_pred, K_predicted=K_pred, confidence=confidence)
 
 
 class UniDepthV2Old(_UniDepthBase):
@@ -187,7 +188,7 @@ class UniDepthV2Old(_UniDepthBase):
 
     @torch.no_grad()
     def infer(self, rgb: torch.Tensor, camera_K: Optional[torch.Tensor] = None,
-              resolution_level: Optional[int] = None, pixel_budget: Optional[int] = None) -> dict:
+              resolution_level: Optional[int] = None, pixel_budget: Optional[int] = None) -> DepthPrediction:
         """See the module docstring. Reference rules: fixed token budget, bilinear+antialias resize, no padding."""
         cfg = self.config
         x = prepare_rgb(rgb, self.device)
@@ -212,8 +213,8 @@ class UniDepthV2Old(_UniDepthBase):
         K_pred[:, :2, :] = K_pred[:, :2, :] / ratio
         K = K_in if K_in is not None else K_pred
         points = depth[..., None] * pixel_rays(K, H, W)
-        return {"depth": depth.contiguous(), "points": points, "K": K, "K_predicted": K_pred,
-                "confidence": confidence.contiguous()}
+        return DepthPrediction(depth=depth.contiguous(), points=points, K=K, K_predicted=K_pred,
+                               confidence=confidence.contiguous())
 
 
 UniDepthModel = UniDepthV2 | UniDepthV2Old
