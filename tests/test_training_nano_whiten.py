@@ -61,8 +61,7 @@ def test_nano_motion_init_is_the_block_codec_with_nano_adapters_with_four_channe
     assert argv[argv.index("--motion-vae") + 1] == str(tmp_path / WHITE)
     argv = stage_argv("motion_vae", "DATA", tmp_path)
     assert argv[argv.index("--model") + 1] == str(tmp_path / "motion_init.safetensors")
-    assert "--no-train-decoder" in argv and "--train-encoder" not in argv             # only the decoder adapter
-    assert argv[argv.index("--rec-loss") + 1] == "l2_metric"
+    assert "--no-train-decoder" in argv and "--train-encoder-adapter" not in argv     # only the decoder adapter
 
 
 def test_nano_configs_are_the_nano_sizes_and_the_strag_stage_trains_with_the_reference():
@@ -143,4 +142,4 @@ def test_set_posterior_sigma_sets_the_noise_the_release_adds_in_the_dit_space(tm
     spread = (vae.encode(delta, sample=True, generator=g) - z).std()
     assert 0.25 < spread < 0.35
     argv = stage_argv("motion_decoder", "DATA", tmp_path)
-    assert "--traj-norm" in argv and "--train-encoder" not in argv and WHITE not in " ".join(argv)
+    assert "--traj-norm" in argv and "--train-encoder-adapter" not in argv and WHITE not in " ".join(argv)

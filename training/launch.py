@@ -26,7 +26,8 @@ from moge4d_core.errors import MoGe4DInputError
 
 __all__ = ["check_accelerate_config", "check_process_count", "main", "TRAINERS"]
 
-TRAINERS = {"strag": "training.train_strag", "vae": "training.train_vae", "vism": "training.train_vism"}
+TRAINERS = {"strag": "training.train_strag", "vae": "training.train_vae", "pixel_vae": "training.train_pixel_vae",
+            "vism": "training.train_vism"}
 
 
 def _cuda_count() -> int:

@@ -18,7 +18,7 @@ from typing import Any, Optional, Union
 
 from moge4d_core.errors import MoGe4DInputError
 
-__all__ = ["CommonOptions", "opt", "build_parser", "coerce_options", "parse_size"]
+__all__ = ["CommonOptions", "opt", "build_parser", "coerce_options", "parse_size", "cli_main"]
 
 
 def opt(default: Any, help: str, **kw: Any):
@@ -149,3 +149,15 @@ def coerce_options(options_cls: type, value: Any, prog: str = "train", descripti
             raise MoGe4DInputError(f"{options_cls.__name__}: unknown options {unknown}; known: {sorted(names)}")
         return options_cls(**value)
     raise MoGe4DInputError(f"{options_cls.__name__}: expected options, a dict or an argv list, got {type(value).__name__}")
+
+
+def cli_main(options_cls: type, train, prog: str, description: str, argv: Optional[list[str]] = None) -> int:
+    """A trainer's command line: parse ``argv`` into ``options_cls``, run ``train(options)``; an input error
+    (:class:`MoGe4DInputError`) ends the program with its message and exit status 2."""
+    ap = build_parser(options_cls, prog, description)
+    ns = ap.parse_args(argv)
+    try:
+        train(options_cls(**vars(ns)))
+    except MoGe4DInputError as exc:
+        ap.exit(2, f"error: {exc}\n")
+    return 0

@@ -36,10 +36,10 @@ from moge4d_core.errors import MoGe4DInputError
 from moge4d_core.models.wan_dit import ARCH_INP, ViSMDiT
 
 from .contexts import ClipContexts, TextContexts
+from .datasets import fit_video
 from .dit_task import DIT_OPTION_HELP, DiTTask, cast_dit, load_init_config
 from .engine import TrainResult, dataset_from_options, run
 from .options import CommonOptions, build_parser, coerce_options, opt, parse_size
-from .train_vae import fit_video
 
 __all__ = ["VismOptions", "VismTask", "vism_conditions", "train", "main"]
 
@@ -117,7 +117,7 @@ class VismTask(DiTTask):
         dt = self.weight_dtype
         if o.vae is None:
             raise MoGe4DInputError("--vae is required: the pixel Wan2.1 VAE (Wan2.1_VAE.pth / wan_2.1_vae.safetensors "
-                                   "or a wan_vae.safetensors written by training.train_vae --mode pixel)")
+                                   "or a wan_vae.safetensors written by training.train_pixel_vae)")
         vae = o.vae if isinstance(o.vae, torch.nn.Module) else load_wan_vae(o.vae)[0]
         self.vae = WanImageVAE(vae.to(device).eval().requires_grad_(False))
         sources = [s for s in ("model", "init_config") if getattr(o, s) is not None]

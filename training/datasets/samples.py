@@ -26,7 +26,7 @@ from moge4d_core.errors import MoGe4DInputError
 from moge4d_core.geometry.normalization import normalize_motion, official_spec
 from moge4d_core.types import NormalizationSpec
 
-__all__ = ["TrajSceneSample", "collate_samples", "fit_frames", "center_crop", "exceeds_coordinate_limit", "prepare_sample",
+__all__ = ["TrajSceneSample", "collate_samples", "fit_frames", "fit_video", "center_crop", "exceeds_coordinate_limit", "prepare_sample",
            "OFFICIAL_FRAMES", "OFFICIAL_CROP", "COORD_LIMIT"]
 
 OFFICIAL_FRAMES = 49
@@ -92,6 +92,26 @@ def center_crop(x: torch.Tensor, crop: Optional[tuple[int, int]], h_axis: int, s
                                "pass a smaller crop= (or crop=None)")
     top, left = (H - h) // 2, (W - w) // 2
     return x.narrow(h_axis, top, h).narrow(h_axis + 1, left, w)
+
+
+def fit_video(frames: torch.Tensor, crop: Optional[tuple[int, int]], multiple: int = 8) -> torch.Tensor:
+    """Centre-crop video frames to ``crop`` (where it fits), then down to multiples of ``multiple``.
+
+    Args:
+        frames: (T, H, W, C) video frames, any dtype.
+        crop: (h, w) in pixels, or None to keep the full frame.
+        multiple: the cropped height and width are rounded down to a multiple of this.
+
+    Returns:
+        (T, h', w', C) view of ``frames``: ``top = (H - h') // 2``, ``left = (W - w') // 2``.
+    """
+    t, h, w = frames.shape[:3]
+    th, tw = (min(crop[0], h), min(crop[1], w)) if crop is not None else (h, w)
+    th, tw = th - th % multiple, tw - tw % multiple
+    if th < multiple or tw < multiple:
+        raise MoGe4DInputError(f"video frames {h}x{w} are too small (need at least {multiple}x{multiple})")
+    top, left = (h - th) // 2, (w - tw) // 2
+    return frames[:, top:top + th, left:left + tw]
 
 
 def exceeds_coordinate_limit(coords: torch.Tensor, limit: float = COORD_LIMIT) -> bool:

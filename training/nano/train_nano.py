@@ -35,14 +35,14 @@ COMMON = ["--crop", "none", "--grid", "64x96", "--seed", "0", "--no-progress", "
 TRAJECTORY_WEIGHT = 4.0     # weight of the strag_tune stage's trajectory loss (metres) next to the flow MSE
 
 STAGES = {
-    "pixel_vae": ["--mode", "pixel", "--frames", "5", "--crop", "32x48", "--model", "{pixel_init}",
+    "pixel_vae": ["--frames", "5", "--crop", "32x48", "--model", "{pixel_init}",
                   "--batch-size", "4", "--max-steps", "300", "--lr", "5e-3"],
     # the Wan VAE starts as an exact 8×8 block-mean codec (write_motion_init) and stays frozen: only the decoder
     # adapter trains (it undoes the encoder adapter's sigmoid and sharpens block edges), on full 17-frame grids
     # (5-frame crops do not carry over to 17 frames, centre crops never show the borders), with the loss in metres
     # (the trajectory error's units), no gradient clipping (summed losses have gradient norms near 1e5)
-    "motion_vae": ["--mode", "motion", "--frames", "17", "--model", "{motion_init}", "--no-train-decoder",
-                   "--rec-loss", "l2_metric", "--batch-size", "1", "--max-steps", "400", "--lr", "1e-3",
+    "motion_vae": ["--frames", "17", "--model", "{motion_init}", "--no-train-decoder",
+                   "--batch-size", "1", "--max-steps", "400", "--lr", "1e-3",
                    "--lr-scheduler", "cosine", "--grad-clip", "0"],
     "strag": ["--frames", "17", "--init-config", str(CONFIGS / "strag.json"), "--motion-vae", "{motion_white}",
               "--batch-size", "8", "--max-steps", "3000", "--lr", "5e-4",
@@ -51,8 +51,8 @@ STAGES = {
     # after the STraG: the motion decoder (adapter + Wan decoder; encoder, quant_conv, latent space unchanged) learns
     # to decode latents with an error like the STraG's: posterior σ set to 0.3 in the STraG's (whitened) space,
     # sampled there (--traj-norm) as the release samples it (write_noisy_posterior)
-    "motion_decoder": ["--mode", "motion", "--frames", "17", "--model", "{motion_noisy}", "--traj-norm",
-                       "--decoder-lr-scale", "1.0", "--rec-loss", "l2_metric", "--batch-size", "1", "--max-steps", "300",
+    "motion_decoder": ["--frames", "17", "--model", "{motion_noisy}", "--traj-norm",
+                       "--decoder-lr-scale", "1.0", "--batch-size", "1", "--max-steps", "300",
                        "--lr", "5e-4", "--lr-scheduler", "cosine", "--grad-clip", "0"],
     # after the decoder: the STraG fine-tuned on the trajectory error itself (eq. 7 in metres of its one-step
     # estimate decoded by the final motion decoder, training.trajectory_loss) besides the flow loss
@@ -165,34 +165,38 @@ def stage_argv(stage: str, data: str, work: Path) -> list[str]:
     return ["--data", data, "--out", str(work / stage), *COMMON, *args]
 
 
+def stage_task(stage: str, data: str, work: Path):
+    """The trainer task of ``stage`` with its :data:`STAGES` arguments (built, not set up)."""
+    from training.train_pixel_vae import PixelVaeOptions, PixelVaeTask
+    from training.train_strag import StragOptions
+    from training.train_vae import MotionVaeOptions
+    from training.train_vism import VismOptions
+    from training.options import coerce_options
+
+    from .cached import CachedStragTask, CachedVismTask
+    from .motion_vae import MetricMotionVaeTask
+
+    task_cls, options_cls = {"pixel_vae": (PixelVaeTask, PixelVaeOptions),
+                             "motion_vae": (MetricMotionVaeTask, MotionVaeOptions),
+                             "motion_decoder": (MetricMotionVaeTask, MotionVaeOptions),
+                             "strag": (CachedStragTask, StragOptions), "strag_tune": (CachedStragTask, StragOptions),
+                             "vism": (CachedVismTask, VismOptions)}[stage]
+    return task_cls(coerce_options(options_cls, stage_argv(stage, data, work), f"train_nano {stage}"))
+
+
 def run_stage(stage: str, data: str, work: Path) -> None:
+    from training.engine import run
+
     if stage == "pixel_vae":
         write_pixel_init(work)
     if stage == "motion_vae":
         write_motion_init(work)
     if stage == "motion_decoder":
         write_noisy_posterior(data, work)
-    argv = stage_argv(stage, data, work)
-    print(f"== {stage}: {' '.join(argv)}", flush=True)
-    if stage in ("pixel_vae", "motion_vae", "motion_decoder"):
-        from training.train_vae import train
-        train(argv)
-        if stage == "motion_vae":
-            write_whitened(data, work)
-    elif stage in ("strag", "strag_tune"):
-        from training.engine import run
-        from training.options import coerce_options
-        from training.train_strag import DESCRIPTION, StragOptions
-
-        from .cached import CachedStragTask
-        run(CachedStragTask(coerce_options(StragOptions, argv, "train_nano strag", DESCRIPTION)))
-    else:
-        from training.engine import run
-        from training.options import coerce_options
-        from training.train_vism import DESCRIPTION, VismOptions
-
-        from .cached import CachedVismTask
-        run(CachedVismTask(coerce_options(VismOptions, argv, "train_nano vism", DESCRIPTION)))
+    print(f"== {stage}: {' '.join(stage_argv(stage, data, work))}", flush=True)
+    run(stage_task(stage, data, work))
+    if stage == "motion_vae":
+        write_whitened(data, work)
 
 
 def main(argv=None) -> int:
