@@ -42,7 +42,6 @@ import contextlib
 import json
 import logging
 import math
-import re
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from ..errors import MoGe4DInputError
+from .memory import MEMORY_MODE_FORMS, MemoryMode, parse_memory_mode
 from .memory_accounting import LiveBytes, count_flops, tensor_bytes
 
 __all__ = ["GPU_BF16_PEAK_TFLOPS", "MemoryMode", "parse_memory_mode", "MEMORY_MODE_FORMS", "PipelineSizes",
@@ -65,98 +65,6 @@ GiB = float(2 ** 30)
 #: (RTX 4090: 165.2 dense bf16 with fp32 accumulate; 330.3 with sparsity), Blackwell RTX whitepaper
 #: (RTX 5090: 209.5 dense bf16). Achieved throughput is lower (36-65 % on H100 for Wan, performance_anchors §2.4).
 GPU_BF16_PEAK_TFLOPS = {"H100 SXM": 989.0, "A100": 312.0, "RTX 4090": 165.0, "RTX 5090": 209.5}
-
-MEMORY_MODE_FORMS = ("auto", "full", "model_offload", "fp8", "block_swap:N", "fp8+block_swap:N", "fp8+full",
-                     "fp8+model_offload")
-_RESIDENCY = ("full", "model_offload", "block_swap")
-
-
-# ---------------------------------------------------------------------------------------------- memory modes
-@dataclass(frozen=True)
-class MemoryMode:
-    """A parsed memory mode. ``residency``: ``full`` | ``model_offload`` | ``block_swap`` | ``auto``;
-    ``blocks``: resident transformer blocks per DiT (``block_swap`` only); ``fp8``: fp8 weight storage."""
-
-    residency: str = "model_offload"
-    blocks: Optional[int] = None
-    fp8: bool = False
-
-    @property
-    def is_auto(self) -> bool:
-        return self.residency == "auto"
-
-    @property
-    def name(self) -> str:
-        """Canonical spelling (``fp8`` for ``fp8+model_offload``)."""
-        if self.is_auto:
-            return "auto"
-        base = f"block_swap:{self.blocks}" if self.residency == "block_swap" else self.residency
-        if not self.fp8:
-            return base
-        return "fp8" if base == "model_offload" else f"fp8+{base}"
-
-    def __str__(self) -> str:
-        return self.name
-
-
-def _mode_error(text: object, why: str) -> MoGe4DInputError:
-    return MoGe4DInputError(
-        f"memory mode {text!r}: {why}. Valid forms: {', '.join(MEMORY_MODE_FORMS)} (N = transformer blocks of each "
-        f"DiT kept on the GPU, an integer >= 0; the 14B DiTs have 40), e.g. --memory fp8+block_swap:10")
-
-
-def parse_memory_mode(text: str, *, allow_auto: bool = True) -> MemoryMode:
-    """Parse a memory-mode string (CLI ``--memory``, pipeline settings, node widgets).
-
-    Args:
-        text: e.g. ``"model_offload"``, ``"block_swap:10"``, ``"fp8+block_swap:10"``, ``"auto"``; case and spaces
-            around the parts are ignored; the ``fp8`` part may come first or last.
-        allow_auto: accept ``"auto"`` (a :class:`MemoryMode` with ``is_auto``; resolve it with
-            :func:`choose_memory_mode`).
-
-    Returns:
-        the :class:`MemoryMode`.
-
-    Raises:
-        MoGe4DInputError: unknown part, repeated part, two residencies, bad N; the message lists the valid forms.
-    """
-    if isinstance(text, MemoryMode):
-        return text
-    if not isinstance(text, str) or not text.strip():
-        raise _mode_error(text, "expected a non-empty string")
-    parts = [p.strip().lower() for p in text.split("+")]
-    fp8, residency, blocks = False, None, None
-    for part in parts:
-        if part == "fp8":
-            if fp8:
-                raise _mode_error(text, "'fp8' appears twice")
-            fp8 = True
-            continue
-        m = re.fullmatch(r"block_swap\s*:\s*(\S+)", part)
-        if m:
-            try:
-                n = int(m.group(1))
-            except ValueError:
-                raise _mode_error(text, f"block_swap needs an integer number of blocks, got {m.group(1)!r}") from None
-            if n < 0:
-                raise _mode_error(text, f"block_swap:{n} is negative")
-            name, value = "block_swap", n
-        elif part in ("full", "model_offload", "auto"):
-            name, value = part, None
-        elif part == "block_swap":
-            raise _mode_error(text, "block_swap needs a block count, e.g. block_swap:10")
-        else:
-            raise _mode_error(text, f"unknown part {part!r}")
-        if residency is not None:
-            raise _mode_error(text, f"two residencies ({residency!r} and {name!r}); combine at most one with fp8")
-        residency, blocks = name, value
-    if residency == "auto":
-        if fp8:
-            raise _mode_error(text, "'auto' cannot be combined")
-        if not allow_auto:
-            raise _mode_error(text, "'auto' is not accepted here; name a mode")
-    return MemoryMode(residency=residency or "model_offload", blocks=blocks, fp8=fp8)
-
 
 # ---------------------------------------------------------------------------------------------- sizes
 @dataclass(frozen=True)
