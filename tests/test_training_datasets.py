@@ -245,9 +245,9 @@ def test_collate_and_dataloader(data):
     ds = TrajSceneDataset(data["archive"], frames=T, crop=CROP, grid=GRID)
     loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=collate_samples)
     batch = next(iter(loader))
-    assert batch["delta_hat"].shape == (2, T, *CROP, 3) and batch["control"].shape == (2, T, *CROP, 3)
-    assert batch["id"] == ["synth3_000000", "synth3_000001"] and batch["video"] is None
-    assert torch.equal(batch["points"][1], ds[1].points)
+    assert batch.delta_hat.shape == (2, T, *CROP, 3) and batch.control.shape == (2, T, *CROP, 3)
+    assert batch.id == ["synth3_000000", "synth3_000001"] and batch.video is None
+    assert torch.equal(batch.points[1], ds[1].points) and batch.spec == [ds[0].spec, ds[1].spec]
     with pytest.raises(MoGe4DInputError, match="different shapes"):
         collate_samples([ds[0], TrajSceneDataset(data["archive"], frames=T + 1, crop=CROP, grid=GRID)[0]])
 

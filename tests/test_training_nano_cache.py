@@ -8,7 +8,8 @@ from moge4d_core.models import nano
 from training.datasets.synthetic import write_synthetic_dataset
 from training.nano.cached import CachedStragTask, CachedVismTask
 from training.options import coerce_options
-from training.train_strag import StragOptions, StragTask
+from training.nano.trajectory_loss import TrajectoryStragOptions
+from training.train_strag import StragTask
 from training.train_vism import VismOptions, VismTask
 
 torch.set_num_threads(1)
@@ -53,7 +54,7 @@ def test_cached_strag_and_vism_losses_equal_the_trainers(tmp_path):
     model = nano.build_strag(nano.TINY.__class__(**{**nano.TINY.__dict__, "mpm_dim": None}), 3)
     losses = []
     for reference in ([], ["--reference"]):           # zero reference latent (release) and the image's
-        cached, plain = _tasks(tmp_path, CachedStragTask, StragTask, StragOptions,
+        cached, plain = _tasks(tmp_path, CachedStragTask, StragTask, TrajectoryStragOptions,
                                common + ["--init-config", str(tmp_path / "strag.json"), "--motion-vae",
                                          str(tmp_path / "mvae.safetensors"), *reference])
         batch = _batch(plain)

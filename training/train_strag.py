@@ -47,9 +47,10 @@ from moge4d_core.errors import MoGe4DInputError
 from moge4d_core.models.wan_dit import ARCH_CONTROL_V11, ARCH_STRAG, STraGDiT
 
 from .contexts import ClipContexts, MotionFeatureExtractor, TextContexts
+from .datasets import TrajSceneBatch
 from .dit_task import DIT_OPTION_HELP, DiTTask, cast_dit, load_init_config
 from .engine import TrainResult, dataset_from_options, run
-from .options import CommonOptions, build_parser, coerce_options, opt
+from .options import CommonOptions, cli_main, coerce_options, opt
 
 __all__ = ["StragOptions", "StragTask", "train", "main", "control_base_model", "MPM_PREFIXES"]
 
@@ -85,9 +86,6 @@ class StragOptions(CommonOptions):
     control_drop: float = opt(0.02, "probability of zeroing the control latent")
     clip_drop: float = opt(0.02, "probability of zeroing the CLIP context")
     text_drop: float = opt(0.1, "probability of replacing the caption by the empty prompt")
-    trajectory_loss: float = opt(0.0, "weight of the trajectory-space loss (training.trajectory_loss: eq. 7 in metres "
-                                      "of the one-step estimate x_t - sigma*v decoded by the frozen motion VAE; "
-                                      "0: off, the release's objective)")
     shift: float = opt(5.0, "shift of the training sigma grid")
     loss_threshold: float = opt(50.0, "elements with |pred - target| above this are left out of the MSE")
     export_merged: bool = opt(False, "LoRA runs: also export the full DiT with the LoRA merged")
@@ -212,55 +210,52 @@ class StragTask(DiTTask):
         c.update(self.training_compat())
         return c
 
-    def loss(self, model, batch: dict, g: torch.Generator):
+    def loss(self, model, batch: TrajSceneBatch, g: torch.Generator):
         from moge4d_core.pipeline import encode_strag_conditions
 
         o, dev = self.o, self.device
-        delta = batch["delta_hat"].permute(0, 4, 1, 2, 3).to(dev)              # (B,3,T,H,W)
+        delta = batch.delta_hat.permute(0, 4, 1, 2, 3).to(dev)              # (B,3,T,H,W)
         b, t = delta.shape[0], delta.shape[2]
         with torch.no_grad():
             x0 = self.motion_vae.encode(delta, traj_norm=o.traj_norm, sample=True, generator=g)
-            conds = [encode_strag_conditions(self.image_vae, batch["colors"][i], batch["first_frame_points"][i][..., 2],
+            conds = [encode_strag_conditions(self.image_vae, batch.colors[i], batch.first_frame_points[i][..., 2],
                                              t, reference=o.reference) for i in range(b)]
             control = torch.cat([c.control for c in conds]).to(dev)
             depth = torch.cat([c.depth for c in conds]).to(dev)
             ref = torch.cat([c.ref_latent for c in conds]).to(dev) if o.reference else None
         return self.loss_from_latents(model, batch, g, x0, control, depth, ref)
 
-    def loss_from_latents(self, model, batch: dict, g: torch.Generator, x0: torch.Tensor, control: torch.Tensor,
-                          depth: torch.Tensor, ref: Optional[torch.Tensor] = None):
-        """The flow loss once the target and condition latents exist: condition drops, CLIP, text, MPM features.
-        ``ref``: (B,16,h,w) reference latents (``--reference``), None for the release's zero reference."""
-        o, dev, b = self.o, self.device, x0.shape[0]
+    def loss_from_latents(self, model, batch: TrajSceneBatch, g: torch.Generator, x0: torch.Tensor,
+                          control: torch.Tensor, depth: torch.Tensor, ref: Optional[torch.Tensor] = None):
+        """The flow loss once the target and condition latents exist (:meth:`dit_inputs`, then the flow draws)."""
+        return self.flow_loss(model, x0, g, **self.dit_inputs(batch, g, control, depth, ref))
+
+    def dit_inputs(self, batch: TrajSceneBatch, g: torch.Generator, control: torch.Tensor, depth: torch.Tensor,
+                   ref: Optional[torch.Tensor] = None) -> dict:
+        """The DiT's condition inputs of one batch: condition drops (one ``(B,3)`` uniform draw from ``g``), CLIP,
+        text and MPM features.
+
+        Args:
+            batch: the batch (captions, frame-0 colours).
+            g: the step's generator.
+            control: (B,16,F,h,w) control latents; zeroed per sample with p = ``--control-drop``.
+            depth: (B,16,F,h,w) depth latents.
+            ref: (B,16,h,w) reference latents (``--reference``), None for the release's zero reference.
+
+        Returns:
+            keyword arguments of the DiT's forward (``text``, ``clip``, ``control``, ``depth``, ``ref_latent``,
+            ``motion_features``).
+        """
+        o, dev, b = self.o, self.device, control.shape[0]
         with torch.no_grad():
             u = torch.rand(b, 3, generator=g, device=dev)                      # control, CLIP, text drops
             control = control * (u[:, 0] >= o.control_drop).float().view(b, 1, 1, 1, 1)
             clip = None
             if self.clip_tokens is not None:
                 clip = self.clip_tokens.expand(b, -1, -1) * (u[:, 1] >= o.clip_drop).float().view(b, 1, 1)
-            text = self.text(batch["caption"], u[:, 2] < o.text_drop)
-            feats = self.features(batch["colors"]) if self.features is not None else None
-        loss, metrics, pred, fb = self.flow_prediction(model, x0, g, text=text, clip=clip, control=control,
-                                                       depth=depth, ref_latent=ref, motion_features=feats)
-        if o.trajectory_loss > 0:
-            traj = self.trajectory_term(pred, fb, batch)
-            metrics["flow"], metrics["trajectory"] = float(loss.detach()), float(traj.detach())
-            loss = loss + o.trajectory_loss * traj
-        return loss, metrics
-
-    def trajectory_term(self, pred: torch.Tensor, fb, batch: dict) -> torch.Tensor:
-        """Eq. 7 (metres) of the one-step estimate ``x̂0 = x_t − σ·v̂`` decoded by the frozen motion VAE
-        (:func:`training.trajectory_loss.trajectory_loss`); gradients reach the DiT through ``pred``."""
-        from .trajectory_loss import trajectory_loss
-
-        dev = self.device
-        s = fb.sigma.view(-1, *([1] * (pred.ndim - 1)))
-        x0_hat = fb.noisy - s * pred.float()
-        p = next(self.motion_vae.parameters())
-        delta = self.motion_vae.decode(x0_hat.to(p.dtype), traj_norm=self.o.traj_norm).float().permute(0, 2, 3, 4, 1)
-        vis = batch.get("visibility")
-        return trajectory_loss(delta, batch["points"].to(dev), batch["first_frame_points"].to(dev), batch["spec"],
-                               None if vis is None else vis.to(dev))
+            text = self.text(batch.caption, u[:, 2] < o.text_drop)
+            feats = self.features(batch.colors) if self.features is not None else None
+        return dict(text=text, clip=clip, control=control, depth=depth, ref_latent=ref, motion_features=feats)
 
 
 def train(options: Any = None, callbacks=()) -> TrainResult:
@@ -270,13 +265,7 @@ def train(options: Any = None, callbacks=()) -> TrainResult:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = build_parser(StragOptions, "python -m training.train_strag", DESCRIPTION)
-    ns = ap.parse_args(argv)
-    try:
-        train(StragOptions(**vars(ns)))
-    except MoGe4DInputError as exc:
-        ap.exit(2, f"error: {exc}\n")
-    return 0
+    return cli_main(StragOptions, train, "python -m training.train_strag", DESCRIPTION, argv)
 
 
 if __name__ == "__main__":

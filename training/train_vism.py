@@ -39,9 +39,9 @@ from .contexts import ClipContexts, TextContexts
 from .datasets import fit_video
 from .dit_task import DIT_OPTION_HELP, DiTTask, cast_dit, load_init_config
 from .engine import TrainResult, dataset_from_options, run
-from .options import CommonOptions, build_parser, coerce_options, opt, parse_size
+from .options import CommonOptions, cli_main, coerce_options, opt, parse_size
 
-__all__ = ["VismOptions", "VismTask", "vism_conditions", "train", "main"]
+__all__ = ["VismOptions", "VismBatch", "VismTask", "vism_conditions", "train", "main"]
 
 DESCRIPTION = "Train 4D-ViSM (Wan2.1-Fun-InP inpainting DiT): LoRA (release) or full fine-tune."
 
@@ -74,6 +74,27 @@ class VismOptions(CommonOptions):
     grad_clip: Optional[float] = opt(0.05, "max gradient norm (0 or None: no clipping)")
     checkpoint_every: int = opt(100, "write <out>/checkpoint-<step>/ every N optimizer steps (0: only at the end)")
     keep_checkpoints: int = opt(5, "keep the last K checkpoints")
+
+
+@dataclass
+class VismBatch:
+    """One ViSM training batch (render, holes and target video cropped alike).
+
+    Attributes:
+        render: (B, T, H, W, 3) float32 pre-rendered frames in [0, 1].
+        holes: (B, T, H, W) float32 hole mask (1 = hole).
+        first_frame: (B, H, W, 3) float32 the target's first frame in [0, 1] (CLIP context).
+        video: (B, 3, T, H, W) float32 target video in [-1, 1].
+        caption: B captions.
+        ids: B sample ids.
+    """
+
+    render: torch.Tensor
+    holes: torch.Tensor
+    first_frame: torch.Tensor
+    video: torch.Tensor
+    caption: list
+    ids: list
 
 
 def vism_conditions(vae, render: torch.Tensor, holes: torch.Tensor, u: float, inpaint_drop: float):
@@ -142,7 +163,7 @@ class VismTask(DiTTask):
             self._datasets = (train, ev)
         return self._datasets
 
-    def collate(self, samples: list) -> dict:
+    def collate(self, samples: list) -> VismBatch:
         crop = parse_size(self.o.crop, "crop")
         renders, holes, videos = [], [], []
         for s in samples:
@@ -157,29 +178,43 @@ class VismTask(DiTTask):
             raise MoGe4DInputError(f"renders of different sizes in one batch ({[tuple(r.shape) for r in renders]}); "
                                    f"use --batch-size 1 or a --crop every render reaches")
         video = torch.stack(videos)                                                     # (B,T,H,W,3) [0,1]
-        return {"render": torch.stack(renders), "holes": torch.stack(holes), "first_frame": video[:, 0].contiguous(),
-                "video": (video.permute(0, 4, 1, 2, 3) * 2 - 1).contiguous(), "caption": [s.caption for s in samples]}
+        return VismBatch(render=torch.stack(renders), holes=torch.stack(holes), first_frame=video[:, 0].contiguous(),
+                         video=(video.permute(0, 4, 1, 2, 3) * 2 - 1).contiguous(), caption=[s.caption for s in samples],
+                         ids=[s.id for s in samples])
 
     def compat(self) -> dict:
         c = {"task": "vism", "clip": self.clip.enabled}
         c.update(self.training_compat())
         return c
 
-    def loss(self, model, batch: dict, g: torch.Generator):
+    def loss(self, model, batch: VismBatch, g: torch.Generator):
         o, dev = self.o, self.device
-        b = batch["render"].shape[0]
+        b = batch.render.shape[0]
         with torch.no_grad():
-            x0 = self.vae.encode(batch["video"]).to(dev)
+            x0 = self.vae.encode(batch.video).to(dev)
             u = torch.rand(b, 3, generator=g, device=dev)                   # all-hole zeroing, CLIP, text
-            conds = [vism_conditions(self.vae, batch["render"][i], batch["holes"][i], float(u[i, 0]), o.inpaint_drop)
+            conds = [vism_conditions(self.vae, batch.render[i], batch.holes[i], float(u[i, 0]), o.inpaint_drop)
                      for i in range(b)]
             mask = torch.cat([c[0] for c in conds]).to(dev)
             masked_video = torch.cat([c[1] for c in conds]).to(dev)
-            clip = None
-            if self.clip.enabled:
-                clip = self.clip(batch["first_frame"]) * (u[:, 1] >= o.clip_drop).float().view(b, 1, 1)
-            text = self.text(batch["caption"], u[:, 2] < o.text_drop)
-        return self.flow_loss(model, x0, g, text=text, clip=clip, mask=mask, masked_video=masked_video)
+            contexts = self.contexts(batch, u)
+        return self.flow_loss(model, x0, g, **contexts, mask=mask, masked_video=masked_video)
+
+    def contexts(self, batch: VismBatch, u: torch.Tensor) -> dict:
+        """The CLIP and text contexts of ``batch`` with their drops (frozen encoders; call under ``no_grad``).
+
+        Args:
+            batch: the batch (``first_frame`` feeds CLIP, ``caption`` the text encoder).
+            u: (B, 3) the step's uniform draws; columns 1 and 2 decide the CLIP and text drops.
+
+        Returns:
+            ``{"text": (B, L, text_dim), "clip": (B, 257, image_dim) or None}`` keyword arguments of the DiT.
+        """
+        o, b = self.o, u.shape[0]
+        clip = None
+        if self.clip.enabled:
+            clip = self.clip(batch.first_frame) * (u[:, 1] >= o.clip_drop).float().view(b, 1, 1)
+        return {"text": self.text(batch.caption, u[:, 2] < o.text_drop), "clip": clip}
 
 
 def train(options: Any = None, callbacks=()) -> TrainResult:
@@ -189,13 +224,7 @@ def train(options: Any = None, callbacks=()) -> TrainResult:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = build_parser(VismOptions, "python -m training.train_vism", DESCRIPTION)
-    ns = ap.parse_args(argv)
-    try:
-        train(VismOptions(**vars(ns)))
-    except MoGe4DInputError as exc:
-        ap.exit(2, f"error: {exc}\n")
-    return 0
+    return cli_main(VismOptions, train, "python -m training.train_vism", DESCRIPTION, argv)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from moge4d_core.errors import MoGe4DInputError
 from moge4d_core.geometry.normalization import normalize_motion, official_spec
 from moge4d_core.types import NormalizationSpec
 
-__all__ = ["TrajSceneSample", "collate_samples", "fit_frames", "fit_video", "center_crop", "exceeds_coordinate_limit", "prepare_sample",
+__all__ = ["TrajSceneSample", "TrajSceneBatch", "collate_samples", "fit_frames", "fit_video", "center_crop", "exceeds_coordinate_limit", "prepare_sample",
            "OFFICIAL_FRAMES", "OFFICIAL_CROP", "COORD_LIMIT"]
 
 OFFICIAL_FRAMES = 49
@@ -147,12 +147,47 @@ def prepare_sample(points: torch.Tensor, colors: torch.Tensor, visibility: Optio
                            source=source, original_frames=t0)
 
 
-def collate_samples(batch: list[TrajSceneSample]) -> dict:
-    """DataLoader ``collate_fn``: a list of samples -> dict of batched tensors (B leading) and lists.
+@dataclass
+class TrajSceneBatch:
+    """A batch of :class:`TrajSceneSample` (:func:`collate_samples`): the same fields, batch first.
+
+    Attributes:
+        id, caption, source: B strings each.
+        points: (B, T, h, w, 3) metric trajectories.
+        colors: (B, h, w, 3) frame-0 colours in [0, 1].
+        delta_hat: (B, T, h, w, 3) normalised motion; frame 0 is 0.
+        first_frame_points: (B, h, w, 3).
+        control: (B, T, h, w, 3) colours in [-1, 1] repeated over T.
+        visibility: (B, T, h, w) bool, or None when a sample has none.
+        spec: B :class:`NormalizationSpec`.
+        video: (B, T, Hv, Wv, 3) uint8, or None when a sample has none (likewise ``render``).
+        render: (B, T, Hr, Wr, 3) uint8 or None.
+        mask: (B, T, Hr, Wr) bool (True = hole) or None.
+        original_frames: B frame counts before truncation / padding.
+    """
+
+    id: list
+    caption: list
+    points: torch.Tensor
+    colors: torch.Tensor
+    delta_hat: torch.Tensor
+    first_frame_points: torch.Tensor
+    control: torch.Tensor
+    visibility: Optional[torch.Tensor]
+    spec: list
+    video: Optional[torch.Tensor] = None
+    render: Optional[torch.Tensor] = None
+    mask: Optional[torch.Tensor] = None
+    source: list = dataclasses.field(default_factory=list)
+    original_frames: list = dataclasses.field(default_factory=list)
+
+
+def collate_samples(batch: list[TrajSceneSample]) -> TrajSceneBatch:
+    """DataLoader ``collate_fn``: a list of samples -> a :class:`TrajSceneBatch`.
 
     Tensor fields present in every sample are stacked (``points``, ``delta_hat``, ``control``, ...);
-    optional fields missing in any sample become None; ``id``, ``caption``, ``source`` and ``spec``
-    become lists. Videos of different native sizes cannot be stacked and raise MoGe4DInputError.
+    optional fields missing in any sample become None; ``id``, ``caption``, ``source``, ``spec`` and
+    ``original_frames`` become lists. Videos of different native sizes cannot be stacked and raise MoGe4DInputError.
     """
     if not batch:
         raise MoGe4DInputError("collate_samples: empty batch")
@@ -169,4 +204,4 @@ def collate_samples(batch: list[TrajSceneSample]) -> dict:
             out[f.name] = None
         else:
             out[f.name] = values
-    return out
+    return TrajSceneBatch(**out)

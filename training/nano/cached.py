@@ -14,14 +14,16 @@ import torch
 from moge4d_core.models.motion_vae import normalize_latent
 from moge4d_core.pipeline import encode_strag_conditions
 
-from ..train_strag import StragTask
-from ..train_vism import VismTask, vism_conditions
+from ..datasets import TrajSceneBatch
+from ..train_vism import VismBatch, VismTask, vism_conditions
+from .trajectory_loss import TrajectoryStragTask
 
 __all__ = ["CachedStragTask", "CachedVismTask"]
 
 
-class CachedStragTask(StragTask):
-    """:class:`~training.train_strag.StragTask` with the per-sample VAE encodings cached by sample id."""
+class CachedStragTask(TrajectoryStragTask):
+    """:class:`~.trajectory_loss.TrajectoryStragTask` (options :class:`~.trajectory_loss.TrajectoryStragOptions`)
+    with the per-sample VAE encodings cached by sample id."""
 
     def _encoded(self, sample_id: str, delta: torch.Tensor, colors: torch.Tensor, z0: torch.Tensor) -> tuple:
         cache = self.__dict__.setdefault("_latent_cache", {})
@@ -36,11 +38,11 @@ class CachedStragTask(StragTask):
             cache[sample_id] = (mean, std, c.control, c.depth, c.ref_latent)
         return cache[sample_id]
 
-    def loss(self, model, batch: dict, g: torch.Generator):
+    def loss(self, model, batch: TrajSceneBatch, g: torch.Generator):
         dev = self.device
-        delta = batch["delta_hat"].permute(0, 4, 1, 2, 3).to(dev)              # (B,3,T,H,W)
+        delta = batch.delta_hat.permute(0, 4, 1, 2, 3).to(dev)              # (B,3,T,H,W)
         b = delta.shape[0]
-        enc = [self._encoded(batch["id"][i], delta[i], batch["colors"][i], batch["first_frame_points"][i][..., 2])
+        enc = [self._encoded(batch.id[i], delta[i], batch.colors[i], batch.first_frame_points[i][..., 2])
                for i in range(b)]
         with torch.no_grad():
             mean = torch.cat([e[0] for e in enc]).to(dev)
@@ -57,24 +59,19 @@ class CachedVismTask(VismTask):
 
     All-hole masks keep the per-step random rule of the uncached task (their conditions are not cached)."""
 
-    def collate(self, samples: list) -> dict:
-        batch = super().collate(samples)
-        batch["id"] = [s.id for s in samples]
-        return batch
-
-    def loss(self, model, batch: dict, g: torch.Generator):
+    def loss(self, model, batch: VismBatch, g: torch.Generator):
         from moge4d_core.models.vism_mask import all_holes
 
         o, dev = self.o, self.device
-        b = batch["render"].shape[0]
+        b = batch.render.shape[0]
         cache = self.__dict__.setdefault("_latent_cache", {})
         with torch.no_grad():
             u = torch.rand(b, 3, generator=g, device=dev)                   # all-hole zeroing, CLIP, text
             x0, masks, videos = [], [], []
             for i in range(b):
-                sid, render, holes = batch["id"][i], batch["render"][i], batch["holes"][i]
+                sid, render, holes = batch.ids[i], batch.render[i], batch.holes[i]
                 if sid not in cache:
-                    cache[sid] = (self.vae.encode(batch["video"][i:i + 1]),
+                    cache[sid] = (self.vae.encode(batch.video[i:i + 1]),
                                   None if all_holes(holes) else vism_conditions(self.vae, render, holes, 1.0, 0.0))
                 target, conds = cache[sid]
                 if conds is None:
@@ -85,8 +82,5 @@ class CachedVismTask(VismTask):
             x0 = torch.cat(x0).to(dev)
             mask = torch.cat(masks).to(dev)
             masked_video = torch.cat(videos).to(dev)
-            clip = None
-            if self.clip.enabled:
-                clip = self.clip(batch["first_frame"]) * (u[:, 1] >= o.clip_drop).float().view(b, 1, 1)
-            text = self.text(batch["caption"], u[:, 2] < o.text_drop)
-        return self.flow_loss(model, x0, g, text=text, clip=clip, mask=mask, masked_video=masked_video)
+            contexts = self.contexts(batch, u)
+        return self.flow_loss(model, x0, g, **contexts, mask=mask, masked_video=masked_video)

@@ -168,18 +168,19 @@ def stage_argv(stage: str, data: str, work: Path) -> list[str]:
 def stage_task(stage: str, data: str, work: Path):
     """The trainer task of ``stage`` with its :data:`STAGES` arguments (built, not set up)."""
     from training.train_pixel_vae import PixelVaeOptions, PixelVaeTask
-    from training.train_strag import StragOptions
     from training.train_vae import MotionVaeOptions
     from training.train_vism import VismOptions
     from training.options import coerce_options
 
     from .cached import CachedStragTask, CachedVismTask
     from .motion_vae import MetricMotionVaeTask
+    from .trajectory_loss import TrajectoryStragOptions
 
     task_cls, options_cls = {"pixel_vae": (PixelVaeTask, PixelVaeOptions),
                              "motion_vae": (MetricMotionVaeTask, MotionVaeOptions),
                              "motion_decoder": (MetricMotionVaeTask, MotionVaeOptions),
-                             "strag": (CachedStragTask, StragOptions), "strag_tune": (CachedStragTask, StragOptions),
+                             "strag": (CachedStragTask, TrajectoryStragOptions),
+                             "strag_tune": (CachedStragTask, TrajectoryStragOptions),
                              "vism": (CachedVismTask, VismOptions)}[stage]
     return task_cls(coerce_options(options_cls, stage_argv(stage, data, work), f"train_nano {stage}"))
 

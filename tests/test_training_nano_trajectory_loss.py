@@ -1,5 +1,5 @@
-"""The STraG trainer's trajectory-space loss (``--trajectory-loss``): it is the evaluation's eq. 7 in metres,
-differentiable, and it adds to the flow loss without changing the flow draws."""
+"""The nano recipe's trajectory-space loss (training.nano.trajectory_loss, ``--trajectory-loss`` of its STraG task): it is
+the evaluation's eq. 7 in metres, differentiable, and it adds to the flow loss without changing the flow draws."""
 import json
 
 import numpy as np
@@ -8,8 +8,10 @@ import torch
 from moge4d_core.geometry.normalization import NormalizationSpec, apply_motion
 from moge4d_core.loading.motion_vae import save_motion_vae
 from training.eval.metrics import trajectory_error
+from training.engine import run
+from training.nano.trajectory_loss import TrajectoryStragOptions, TrajectoryStragTask, trajectory_loss
+from training.options import coerce_options
 from training.train_strag import train
-from training.trajectory_loss import trajectory_loss
 from training_helpers import DATA_ARGS, STRAG_CFG, tiny_motion_vae, write_data, write_json
 
 torch.set_num_threads(1)
@@ -58,7 +60,8 @@ def test_strag_trainer_adds_the_trajectory_term_to_the_same_flow_draws(tmp_path)
     common = ["--data", str(data), "--motion-vae", str(vae), *DATA_ARGS, "--init-config", str(cfg),
               "--max-steps", "3", "--lr", "1e-3", "--checkpoint-every", "0", "--log-every", "1"]
     plain = train([*common, "--out", str(tmp_path / "plain")])
-    weighted = train([*common, "--out", str(tmp_path / "traj"), "--trajectory-loss", "2.0"])
+    weighted = run(TrajectoryStragTask(coerce_options(TrajectoryStragOptions, [*common, "--out", str(tmp_path / "traj"),
+                                                                         "--trajectory-loss", "2.0"])))
     recs = [json.loads(l) for l in (tmp_path / "traj/logs/train.jsonl").read_text().splitlines()]
     recs = [r for r in recs if r["kind"] == "train"]
     assert len(recs) == 3 and all(r["trajectory"] > 0 for r in recs)
@@ -66,3 +69,12 @@ def test_strag_trainer_adds_the_trajectory_term_to_the_same_flow_draws(tmp_path)
         assert np.isclose(total, r["flow"] + 2.0 * r["trajectory"], rtol=1e-5)
     assert np.isclose(recs[0]["flow"], plain.losses[0], rtol=1e-6)          # same model, same draws at step 1
     assert not np.isclose(recs[1]["flow"], plain.losses[1], rtol=1e-6)      # the extra term changed the update
+
+
+def test_the_recipe_fine_tunes_with_the_trajectory_loss_and_trains_the_first_strag_without(tmp_path):
+    from training.nano.cached import CachedStragTask
+    from training.nano.train_nano import TRAJECTORY_WEIGHT, stage_task
+
+    tune, first = stage_task("strag_tune", "DATA", tmp_path), stage_task("strag", "DATA", tmp_path)
+    assert isinstance(tune, TrajectoryStragTask) and isinstance(tune, CachedStragTask)
+    assert tune.o.trajectory_loss == TRAJECTORY_WEIGHT > 0 and first.o.trajectory_loss == 0
