@@ -11,6 +11,7 @@ folder that is not a MoGe4D output is refused untouched.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,10 +20,13 @@ from ..io import save_trajectories_npz, write_mp4, write_ply_sequence
 from ..io.output_folder import output_folder
 from ..preview import motion_preview
 
+if TYPE_CHECKING:
+    from .run import SceneResult
+
 __all__ = ["contact_sheet", "estimate_output_bytes", "write_outputs"]
 
 
-def contact_sheet(result, columns: int = 4) -> np.ndarray:
+def contact_sheet(result: "SceneResult", columns: int = 4) -> np.ndarray:
     """(rows·H, columns·W, 3) uint8: per camera a row of render frames, of hole masks and of inpainted frames."""
     rows = []
     for view in result.views:
@@ -50,7 +54,7 @@ def estimate_output_bytes(frames: int, height: int, width: int, cameras: int, *,
     return int(28 * px + videos * px * 0.25 + sheet + 2 ** 20)
 
 
-def write_outputs(result, out, *, fps: float = 8.0, command: str = "generate") -> list[Path]:
+def write_outputs(result: "SceneResult", out, *, fps: float = 8.0, command: str = "generate") -> list[Path]:
     """Write ``result`` into ``out``, replacing a previous MoGe4D output there whole.
 
     Args:

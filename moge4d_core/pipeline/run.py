@@ -72,7 +72,12 @@ class StageTimes:
 
 @dataclass
 class NovelView:
-    """One camera path's output: render (rgb, depth, holes), inpainted frames (T,H,W,3) [0,1] or None."""
+    """One camera path's output, on the CPU.
+
+    camera: the path rendered (T cameras); render: its :class:`RenderResult` (rgb (T,H,W,3) [0,1], depth
+    (T,H,W), holes (T,H,W) 1 = no point landed); frames: the 4D-ViSM inpainted frames (T,H,W,3) float32 [0,1],
+    or None when no inpainting model was given.
+    """
 
     camera: CameraPath
     render: RenderResult
@@ -81,15 +86,24 @@ class NovelView:
 
 @dataclass
 class SceneResult:
+    """Everything :func:`run_pipeline` produced for one image (written to disk by ``pipeline.outputs``).
+
+    geometry: the first-frame :class:`Geometry` at the working size (H,W); motion: the STraG's normalised
+    :class:`Motion` (T,H,W,3); trajectories: the de-normalised :class:`Trajectories` (T, H*W points, world =
+    first-frame camera); views: one :class:`NovelView` per requested camera, in the order given; times: wall
+    time and peak memory per stage.
+    """
+
     geometry: Geometry
     motion: Motion
     trajectories: Trajectories
-    views: list
+    views: list[NovelView]
     times: StageTimes
 
 
 def estimate_geometry(unidepth, image: torch.Tensor, width: int, height: int) -> Geometry:
-    """UniDepthV2 on ``image`` (H,W,3) [0,1] → :class:`Geometry` at ``width x height`` (multiples of 16)."""
+    """UniDepthV2 on ``image`` (H,W,3) [0,1] (its :class:`~moge4d_core.types.DepthPrediction` for the one image)
+    → :class:`Geometry` at ``width x height`` (multiples of 16)."""
     from ..models.unidepth import to_geometry
     p = next(unidepth.parameters())
     with torch.no_grad():
@@ -176,7 +190,7 @@ def run_pipeline(*, image: torch.Tensor, strag, motion_vae, image_vae: ImageVAE,
                                  callback=_step_progress(progress, "trajectories"))
     with times.stage("de-normalise"):
         traj = denormalize(motion, fps=fps)
-    views = []
+    views: list[NovelView] = []
     # Preset cameras take the scene's K; in compat mode that is the official renderer's K (fx·W, not fx·(W−1)).
     render_device = model_device_dtype(strag)[0]
     camera_scene = dataclasses.replace(traj, K=official_render_K(traj.height, traj.width)) if compat else traj
