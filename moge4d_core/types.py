@@ -16,11 +16,11 @@ intrinsics ``K`` are in pixels of the image they belong to, with pixel centres a
 | ``MOGE4D_CAMERA_PATH``  | :class:`CameraPath`  |
 
 Stage results that stay inside the core: :class:`DepthPrediction` (UniDepth ``infer``), :class:`RenderResult`
-(the renderers).
+(the renderers), :class:`DiTConditioning` (the conditioning inputs a sampler feeds a DiT).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Optional
 
 import torch
@@ -240,3 +240,66 @@ class RenderResult:
     depth: torch.Tensor
     holes: torch.Tensor
     extras: dict = field(default_factory=dict)
+
+
+@dataclass
+class DiTConditioning:
+    """The conditioning inputs of a MoGe4D Wan DiT's ``forward``, one field per keyword, batch B each.
+
+    text (B,L,text_dim) umT5 embeddings (required); clip (B,257,image_dim) CLIP-H penultimate tokens or None
+    (= zeros). 4D-STraG (``STraGDiT``): control (B,16,F,h,w), start_image (B,16,F,h,w) or None, depth
+    (B,16,F,h,w), ref_latent (B,16,h,w) or None, motion_features (B,196,768) or None (MPM off). 4D-ViSM
+    (``ViSMDiT``): mask (B,4,F,h,w) 1 = known pixel, masked_video (B,16,F,h,w). Fields left None are not passed,
+    so the forward's default applies (see each DiT's ``forward``).
+
+    Classifier-free guidance: the unconditional inputs are ``cond.with_text(negative)``; one batched pass takes
+    :meth:`cfg_batch` ``[uncond; cond]``.
+    """
+
+    text: torch.Tensor
+    clip: Optional[torch.Tensor] = None
+    control: Optional[torch.Tensor] = None
+    start_image: Optional[torch.Tensor] = None
+    depth: Optional[torch.Tensor] = None
+    ref_latent: Optional[torch.Tensor] = None
+    motion_features: Optional[torch.Tensor] = None
+    mask: Optional[torch.Tensor] = None
+    masked_video: Optional[torch.Tensor] = None
+
+    def __post_init__(self) -> None:
+        _check_shape("DiTConditioning.text", self.text, (None, None, None), "(B,L,text_dim) text embeddings")
+        b = int(self.text.shape[0])
+        for name, value in self.forward_kwargs().items():
+            if not isinstance(value, torch.Tensor):
+                raise MoGe4DInputError(f"DiTConditioning.{name}: expected a torch.Tensor or None, "
+                                       f"got {type(value).__name__}")
+            require(value.ndim >= 1 and int(value.shape[0]) == b,
+                    f"DiTConditioning.{name}: batch {tuple(value.shape)[:1]} does not match the text batch {b}; "
+                    f"every input needs the same batch size B")
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.text.shape[0])
+
+    def forward_kwargs(self) -> dict:
+        """The keyword arguments of the DiT's ``forward`` (every field that is not None), by name."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def with_text(self, text: torch.Tensor) -> "DiTConditioning":
+        """The same inputs with another text context (e.g. the negative prompt's), other tensors shared."""
+        return replace(self, text=text)
+
+    @staticmethod
+    def cfg_batch(uncond: "DiTConditioning", cond: "DiTConditioning") -> "DiTConditioning":
+        """One batch ``[uncond; cond]`` (2B) for a batched CFG pass: every input concatenated along dim 0.
+
+        Raises :class:`MoGe4DInputError` when the two give different inputs or shapes.
+        """
+        a, b = uncond.forward_kwargs(), cond.forward_kwargs()
+        require(set(a) == set(b), f"CFG: the conditional and unconditional inputs must name the same tensors, got "
+                                  f"{sorted(b)} vs {sorted(a)}")
+        for name in b:
+            require(a[name].shape == b[name].shape,
+                    f"CFG input '{name}': conditional and unconditional tensors must have the same shape, got "
+                    f"{tuple(b[name].shape)} vs {tuple(a[name].shape)}")
+        return DiTConditioning(**{name: torch.cat([a[name], b[name]], dim=0) for name in b})

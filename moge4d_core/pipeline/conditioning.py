@@ -27,6 +27,7 @@ import torch
 from ..errors import MoGe4DInputError, require
 from ..models import constants as C
 from ..models.vism_mask import all_holes, pack_inpaint_inputs
+from ..types import DiTConditioning
 from .image_vae import ImageVAE
 
 __all__ = ["DEPTH_CLAMP", "control_video", "depth_video", "gray_image", "check_frames", "check_size",
@@ -93,12 +94,14 @@ class StragConditions:
     clip: Optional[torch.Tensor] = None
     motion_features: Optional[torch.Tensor] = None
 
-    def model_kwargs(self, device=None, dtype: Optional[torch.dtype] = None) -> dict:
-        """Keyword arguments of ``STraGDiT.forward`` (all but latents/timestep/text)."""
+    def dit_conditioning(self, text: torch.Tensor, *, device=None,
+                         dtype: Optional[torch.dtype] = None) -> DiTConditioning:
+        """The STraG's inputs: ``text`` (1,L,D) as given, the latents moved to ``device`` / ``dtype``."""
         def mv(t):
             return None if t is None else t.to(device=device, dtype=dtype)
-        return dict(control=mv(self.control), depth=mv(self.depth), ref_latent=mv(self.ref_latent),
-                    clip=mv(self.clip), motion_features=mv(self.motion_features))
+        return DiTConditioning(text=text, control=mv(self.control), depth=mv(self.depth),
+                               ref_latent=mv(self.ref_latent), clip=mv(self.clip),
+                               motion_features=mv(self.motion_features))
 
 
 def encode_strag_conditions(vae: ImageVAE, image: torch.Tensor, depth: torch.Tensor, frames: int, *,
@@ -124,9 +127,12 @@ class ViSMConditions:
     mask: torch.Tensor
     masked_video: torch.Tensor
 
-    def model_kwargs(self, device=None, dtype: Optional[torch.dtype] = None) -> dict:
-        return dict(mask=self.mask.to(device=device, dtype=dtype),
-                    masked_video=self.masked_video.to(device=device, dtype=dtype))
+    def dit_conditioning(self, text: torch.Tensor, *, clip: Optional[torch.Tensor] = None, device=None,
+                         dtype: Optional[torch.dtype] = None) -> DiTConditioning:
+        """The ViSM's inputs: ``text`` (1,L,D) and ``clip`` (1,257,D) or None as given, the latents moved to
+        ``device`` / ``dtype``."""
+        return DiTConditioning(text=text, clip=clip, mask=self.mask.to(device=device, dtype=dtype),
+                               masked_video=self.masked_video.to(device=device, dtype=dtype))
 
 
 def encode_vism_conditions(vae: ImageVAE, render: torch.Tensor, holes: torch.Tensor) -> ViSMConditions:

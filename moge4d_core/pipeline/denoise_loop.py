@@ -2,18 +2,19 @@
 
 ``run_dit_sampling(model, shape, cond, uncond, settings, native=None, callback=None)``: noise (drawn on the CPU
 from ``settings.seed``) → our solver or a ComfyUI ``SAMPLER`` → final latent ``shape`` float32.
-``cond`` / ``uncond`` are keyword inputs of the model's ``forward`` (text + latent conditions), batch 1.
+``cond`` / ``uncond`` are :class:`~moge4d_core.types.DiTConditioning` (text + latent conditions), batch 1.
 Cancel: ``callback(done, total)`` may raise; the exception propagates and nothing is kept between runs
 (every call builds its own noise, schedule and solver state).
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Optional
+from typing import Callable, Optional
 
 import torch
 
 from ..interop.comfy_sampler import sample_with_comfy_sampler
 from ..sampling import dit_velocity, make_noise, sample_flow
+from ..types import DiTConditioning
 from .settings import NativeSampler, SamplerSettings
 
 __all__ = ["run_dit_sampling", "model_device_dtype"]
@@ -24,9 +25,19 @@ def model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtyp
     return p.device, p.dtype
 
 
-def run_dit_sampling(model: torch.nn.Module, shape: tuple, cond: Mapping, uncond: Optional[Mapping],
+def run_dit_sampling(model: torch.nn.Module, shape: tuple, cond: DiTConditioning, uncond: Optional[DiTConditioning],
                      settings: SamplerSettings, *, native: Optional[NativeSampler] = None,
                      callback: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+    """Sample a latent of ``shape`` (1,16,F,h,w) float32 with ``model`` (see the module docstring).
+
+    Args:
+        model: the DiT; the noise is put on its device.
+        shape: the latent shape.
+        cond: the conditional inputs; uncond: the unconditional ones (CFG when given and ``settings.cfg != 1``).
+        settings: seed, schedule, solver, CFG scale and batching.
+        native: a ComfyUI ``SAMPLER`` (and optional sigmas) to drive the model instead of our solver.
+        callback: ``callback(done, total)`` per step; an exception it raises propagates (Cancel).
+    """
     device, _ = model_device_dtype(model)
     noise = make_noise(shape, settings.seed, device=device)
     use_cfg = uncond is not None and float(settings.cfg) != 1.0

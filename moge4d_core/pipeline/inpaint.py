@@ -36,12 +36,10 @@ def inpaint(model, vae: ImageVAE, render: torch.Tensor, holes: torch.Tensor, pos
     pos = check_text(model, positive, "positive")
     neg = check_text(model, negative, "negative") if negative is not None else torch.zeros_like(pos)
     conds = encode_vism_conditions(vae, render.float(), holes)
-    shared = conds.model_kwargs(device=device, dtype=torch.float32)
-    shared["clip"] = _clip_tokens(model, clip)
-    if shared["clip"] is not None:
-        shared["clip"] = shared["clip"].to(device)
+    tokens = _clip_tokens(model, clip)
+    cond = conds.dit_conditioning(pos.to(device), clip=None if tokens is None else tokens.to(device), device=device,
+                                  dtype=torch.float32)
     latent = run_dit_sampling(model, (1, conds.masked_video.shape[1], *conds.mask.shape[2:]),
-                              dict(text=pos.to(device), **shared), dict(text=neg.to(device), **shared),
-                              settings, native=native, callback=callback)
+                              cond, cond.with_text(neg.to(device)), settings, native=native, callback=callback)
     video = vae.decode(latent)                                    # (1,3,T,H,W) [-1,1]
     return ((video[0].permute(1, 2, 3, 0) + 1) / 2).clamp(0, 1).float().cpu()

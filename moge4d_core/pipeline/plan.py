@@ -50,6 +50,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from ..errors import MoGe4DInputError
+from ..types import DiTConditioning
 from .memory import MEMORY_MODE_FORMS, MemoryMode, parse_memory_mode
 from .memory_accounting import LiveBytes, count_flops, tensor_bytes
 
@@ -350,12 +351,11 @@ def _empty(*shape, dtype=torch.float32):
     return torch.zeros(*shape, dtype=dtype)
 
 
-def _dit_step(model, s: PipelineSizes, cond: dict, latent_shape: tuple) -> torch.Tensor:
+def _dit_step(model, s: PipelineSizes, cond: DiTConditioning, latent_shape: tuple) -> torch.Tensor:
     """One sampling step's velocity through the pipeline's own CFG wrapper (batched CFG at cfg != 1)."""
     from ..sampling import dit_velocity
     x = _empty(*latent_shape)
-    uncond = dict(cond)
-    uncond["text"] = torch.zeros_like(cond["text"])
+    uncond = cond.with_text(torch.zeros_like(cond.text))
     fn = dit_velocity(model, cond, uncond if float(s.cfg) != 1.0 else None, s.cfg, batched=s.batched_cfg)
     return fn(x, torch.tensor(0.5))
 
@@ -385,7 +385,7 @@ def _strag_stage(s: PipelineSizes, fm, strag_meta_factory, mvae_meta) -> tuple[d
             conds.clip, conds.motion_features = clip, feats
             run.phase("encode conditions")
             enc_flops = fc.get_total_flops()
-            cond = dict(text=text, **conds.model_kwargs(dtype=torch.float32))
+            cond = conds.dit_conditioning(text, dtype=torch.float32)
             latent = _dit_step(dit, s, cond, tuple(conds.control.shape))
             run.phase("DiT step")
             step_flops = fc.get_total_flops() - enc_flops
@@ -414,7 +414,7 @@ def _vism_stage(s: PipelineSizes, fm, vism_meta_factory, vae_meta) -> tuple[dict
             del masked
             run.phase("image VAE encode")
             enc_flops = fc.get_total_flops()
-            cond = dict(text=text, mask=mask, masked_video=masked_lat)
+            cond = DiTConditioning(text=text, mask=mask, masked_video=masked_lat)
             latent = _dit_step(dit, s, cond, tuple(masked_lat.shape))
             run.phase("DiT step")
             step_flops = fc.get_total_flops() - enc_flops
@@ -438,16 +438,16 @@ def _step_flops(s: PipelineSizes, fm, meta: torch.nn.Module) -> float:
     with fm:
         dit = _fake(meta)
         dit.reset_rope()
-        cond = dict(text=_empty(*_text_shape(cfg)))
+        kw = dict(text=_empty(*_text_shape(cfg)))
         if cfg.arch == "wan2.1_fun_inp":
-            cond.update(mask=_empty(1, cfg.in_dim - 2 * C.LATENT_CHANNELS, f, h, w), masked_video=_empty(*lat))
+            kw.update(mask=_empty(1, cfg.in_dim - 2 * C.LATENT_CHANNELS, f, h, w), masked_video=_empty(*lat))
         else:
-            cond.update(control=_empty(*lat), depth=_empty(*lat),
-                        ref_latent=_empty(*lat[:2], h, w) if cfg.ref_conv_in_dim else None,
-                        clip=_empty(1, 257, int(cfg.image_dim)) if cfg.image_dim else None,
-                        motion_features=_empty(1, 196, int(cfg.mpm_feature_dim)) if cfg.mpm_feature_dim else None)
+            kw.update(control=_empty(*lat), depth=_empty(*lat),
+                      ref_latent=_empty(*lat[:2], h, w) if cfg.ref_conv_in_dim else None,
+                      clip=_empty(1, 257, int(cfg.image_dim)) if cfg.image_dim else None,
+                      motion_features=_empty(1, 196, int(cfg.mpm_feature_dim)) if cfg.mpm_feature_dim else None)
         with torch.no_grad(), count_flops() as fc:
-            out = _dit_step(dit, s, cond, lat)
+            out = _dit_step(dit, s, DiTConditioning(**kw), lat)
             del out
         return float(fc.get_total_flops())
 

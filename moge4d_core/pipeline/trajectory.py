@@ -116,14 +116,12 @@ def sample_motion_latent(model, conds: StragConditions, positive: TextContext, n
                          settings: SamplerSettings, *, native: Optional[NativeSampler] = None,
                          callback: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
     """Sample the STraG latent (1,16,F,h,w) float32 (CFG on the text only; negative None = empty zeros)."""
-    device, dtype = model_device_dtype(model)
+    device, _ = model_device_dtype(model)
     pos = check_text(model, positive, "positive")
     neg = check_text(model, negative, "negative") if negative is not None else torch.zeros_like(pos)
-    shared = conds.model_kwargs(device=device, dtype=torch.float32)
-    cond = dict(text=pos.to(device), **shared)
-    uncond = dict(text=neg.to(device), **shared)
-    return run_dit_sampling(model, tuple(conds.control.shape), cond, uncond, settings, native=native,
-                            callback=callback)
+    cond = conds.dit_conditioning(pos.to(device), device=device, dtype=torch.float32)
+    return run_dit_sampling(model, tuple(conds.control.shape), cond, cond.with_text(neg.to(device)), settings,
+                            native=native, callback=callback)
 
 
 def decode_motion(motion_vae, latent: torch.Tensor) -> torch.Tensor:
