@@ -97,7 +97,7 @@ class MoGe4DLoadUniDepth(io.ComfyNode):
 
     @classmethod
     def execute(cls, file, precision="auto") -> io.NodeOutput:
-        return io.NodeOutput(_load(lambda p, dt, dev: load_unidepth(p, dtype=dt, device=dev)[0], file, precision,
+        return io.NodeOutput(_load(lambda p, dt, dev: load_unidepth(p, dtype=dt, device=dev), file, precision,
                                    UNIDEPTH))
 
 

@@ -103,7 +103,9 @@ class MoGe4DLoadSTraG(io.ComfyNode):
         base = _optional_path(base_control, STRAG_BASE, files)
 
         def load(dtype, compute_dtype):
-            return load_strag(path, dtype=dtype, compute_dtype=compute_dtype, base=base, mpm=mpm)[0]
+            # the OmniMAE loader node reads the omnimae_extractor.* tensors from the file itself
+            return load_strag(path, dtype=dtype, compute_dtype=compute_dtype, base=base, mpm=mpm,
+                              keep_omnimae=False)
 
         return io.NodeOutput(load_dit(load, precision=precision, fp8=fp8_storage, offload=block_offload))
 
@@ -158,7 +160,7 @@ class MoGe4DLoadMotionVAE(io.ComfyNode):
         path = _motion_vae_path(vae)
         device, offload = compute_device(), mm.unet_offload_device()
         dtype = resolve_dtype(precision, device)
-        model, _ = load_motion_vae(path, dtype=dtype, device=offload)
+        model = load_motion_vae(path, dtype=dtype, device=offload)
         return io.NodeOutput(wrap_model(model, device, offload))
 
 

@@ -121,7 +121,7 @@ class MoGe4DLoadViSM(io.ComfyNode):
         lora_path = None if lora in (None, "", NONE) else resolve_model_file(lora, VISM_LORA, files)
 
         def load(dtype, compute_dtype):
-            return load_vism_base(path, dtype=dtype, compute_dtype=compute_dtype)[0]
+            return load_vism_base(path, dtype=dtype, compute_dtype=compute_dtype)
 
         merge = (lambda m: merge_lora(m, lora_path, float(strength))) if lora_path else None
         return io.NodeOutput(load_dit(load, precision=precision, fp8=fp8_storage, offload=block_offload, merge=merge))

@@ -164,6 +164,8 @@ def test_all_layouts_load_to_identical_penultimate_output(files):
         model = load_clip_vision(path, dtype=torch.float32, device="cpu", num_heads=HEADS)
         assert isinstance(model, ClipVisionEncoder)
         assert model.config.num_hidden_layers == LAYERS
+        assert model.load_info.format == fmt and model.load_info.file == str(path)
+        assert model.load_info.ignored_keys and all(f"layers.{LAYERS - 1}." in k for k in model.load_info.ignored_keys)
         ctx = encode_image(model, files["image"])
         assert isinstance(ctx, ImageContext) and ctx.tokens.shape == (2, 257, D) and ctx.tokens.dtype == torch.float32
         outs[fmt] = ctx.tokens

@@ -139,12 +139,17 @@ def test_official_release_layout_with_omnimae(tmp_path, strag):
     sd2["omnimae_extractor.head.weight"] = torch.randn(3, 2)
     save_file(sd2, str(d / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
     for where in (tmp_path / "models", d, d / "diffusion_pytorch_model.safetensors"):
-        m2, cfg, ex = load_strag(where, dtype=torch.float32, config=heads())
+        m2 = load_strag(where, dtype=torch.float32, config=heads())
         assert torch.equal(run(m2, STRAG_IN), y0)
+    cfg, info = m2.wan_config, m2.load_info
     assert cfg.arch == "moge4d_strag" and cfg.in_dim == 64 and cfg.mpm_feature_dim == 8 and cfg.mpm_alignment == "official"
-    assert ex["mpm"] and ex["mpm_in_file"] and ex["mpm_alignment"] == "official"
-    assert set(ex["omnimae_state_dict"]) == {"trunk.pos_embed", "head.weight"}
-    assert torch.equal(ex["omnimae_state_dict"]["head.weight"], sd2["omnimae_extractor.head.weight"])
+    assert info.file == str(d / "diffusion_pytorch_model.safetensors") and info.dtype == torch.float32
+    assert set(info.extras["omnimae_state_dict"]) == {"trunk.pos_embed", "head.weight"}
+    assert torch.equal(info.extras["omnimae_state_dict"]["head.weight"], sd2["omnimae_extractor.head.weight"])
+    assert info.ignored_keys == ["omnimae_extractor.head.weight", "omnimae_extractor.trunk.pos_embed"]
+    assert info.filled_keys == [] and info.converted_keys == []
+    lean = load_strag(d, dtype=torch.float32, config=heads(), keep_omnimae=False)
+    assert "omnimae_state_dict" not in lean.load_info.extras
 
 
 def test_training_output_picks_latest_checkpoint(tmp_path, strag):
@@ -156,7 +161,7 @@ def test_training_output_picks_latest_checkpoint(tmp_path, strag):
     t.mkdir(parents=True)
     save_file(sd, str(t / "diffusion_pytorch_model.safetensors"))
     (t / "config.json").write_text(json.dumps({"_class_name": "WanTransformer4DModel", "num_heads": 2, "dim": 24}))
-    m2, cfg, _ = load_strag(tmp_path, dtype=torch.float32)  # num_heads from config.json
+    m2 = load_strag(tmp_path, dtype=torch.float32)  # num_heads from config.json
     assert torch.equal(run(m2, STRAG_IN), y0)
 
 
@@ -171,7 +176,7 @@ def test_sharded_index_with_config_json(tmp_path, strag):
         wm.update({k: name for k in ks})
     (tmp_path / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": wm}))
     (tmp_path / "config.json").write_text(json.dumps({"_class_name": "WanModel", "dim": 24, "num_heads": 2, "in_dim": 64}))
-    m2, cfg, _ = load_strag(tmp_path, dtype=torch.float32)
+    m2 = load_strag(tmp_path, dtype=torch.float32)
     assert torch.equal(run(m2, STRAG_IN), y0)
     # a missing shard is reported with its name
     (tmp_path / "diffusion_pytorch_model-00002-of-00003.safetensors").unlink()
@@ -182,7 +187,7 @@ def test_sharded_index_with_config_json(tmp_path, strag):
 def test_pth(tmp_path, strag):
     m, sd, y0 = strag
     torch.save(sd, tmp_path / "strag.pth")
-    m2, _, _ = load_strag(tmp_path / "strag.pth", dtype=torch.float32, config=heads())
+    m2 = load_strag(tmp_path / "strag.pth", dtype=torch.float32, config=heads())
     assert torch.equal(run(m2, STRAG_IN), y0)
 
 
@@ -192,9 +197,9 @@ def test_comfyui_prefixed_single_file(tmp_path, strag, prefix):
     f = tmp_path / "moge4d_strag_comfy.safetensors"
     other = {"first_stage_model.decoder.conv.weight": torch.ones(2)}  # a full checkpoint's other parts are ignored
     save_file({**{prefix + k: v for k, v in sd.items()}, **other}, str(f))
-    m2, _, ex = load_strag(f, dtype=torch.float32, config=heads())
+    m2 = load_strag(f, dtype=torch.float32, config=heads())
     assert torch.equal(run(m2, STRAG_IN), y0)
-    assert prefix in ex["format"]
+    assert prefix in m2.load_info.format
 
 
 def _quantise(sd, style):
@@ -241,9 +246,11 @@ def test_comfyui_fp8_dequantised(tmp_path, strag, style):
     f = tmp_path / f"strag_fp8_{style}.safetensors"
     save_file({"model.diffusion_model." + k: v for k, v in q.items()}, str(f))
     y_ref = run(_model_from_original(ref, m), STRAG_IN)
-    m2, _, ex = load_strag(f, dtype=torch.float32, config=heads())
+    m2 = load_strag(f, dtype=torch.float32, config=heads())
     assert torch.equal(run(m2, STRAG_IN), y_ref)
-    assert ("scaled" in ex["format"]) == (style != "plain")
+    assert ("scaled" in m2.load_info.format) == (style != "plain")
+    fp8_keys = sorted(k for k, v in q.items() if v.dtype == FP8 and k != "scaled_fp8")
+    assert sorted(to_original(k) for k in m2.load_info.converted_keys) == fp8_keys
 
 
 def test_comfyui_fp8_scaled_kept_as_fp8_storage(tmp_path, strag):
@@ -251,7 +258,7 @@ def test_comfyui_fp8_scaled_kept_as_fp8_storage(tmp_path, strag):
     q, ref = _quantise(sd, "legacy")
     f = tmp_path / "strag_fp8_scaled.safetensors"
     save_file(q, str(f))
-    m2, _, _ = load_strag(f, dtype=FP8, compute_dtype=torch.float32, config=heads())
+    m2 = load_strag(f, dtype=FP8, compute_dtype=torch.float32, config=heads())
     w = m2.blocks[1].attn2.add_k_proj.weight
     assert w.dtype == FP8 and torch.equal(w.view(torch.uint8), q["blocks.1.cross_attn.k_img.weight"].view(torch.uint8))
     assert m2.proj_out.weight.dtype == torch.float32  # head stays in the compute dtype
@@ -263,7 +270,8 @@ def test_fp8_storage_from_a_full_precision_file(tmp_path, strag):
     m, sd, y0 = strag
     f = tmp_path / "s.safetensors"
     save_file(sd, str(f))
-    m2, _, _ = load_strag(f, dtype=FP8, compute_dtype=torch.float32, config=heads())
+    m2 = load_strag(f, dtype=FP8, compute_dtype=torch.float32, config=heads())
+    assert m2.load_info.dtype == FP8
     assert m2.blocks[0].ffn.net[0].proj.weight.dtype == FP8 and m2.blocks[0].attn1.to_q.bias.dtype == torch.float32
     y = run(m2, STRAG_IN)
     err = ((y - y0).norm() / y0.norm()).item()
@@ -275,11 +283,14 @@ def test_own_output_with_metadata_and_alignment(tmp_path):
     m.set_mpm_alignment("corrected")
     y0 = run(m, STRAG_IN)
     f = save_wan_dit(m, tmp_path / "run" / "strag_step100.safetensors", extra_tensors={"omnimae_extractor.x": torch.ones(2)})
-    m2, cfg, ex = load_strag(f, dtype=torch.float32)  # no num_heads hint needed: the metadata has the config
-    assert cfg.mpm_alignment == "corrected" and cfg.num_heads == 2 and "MoGe4D metadata" in ex["format"]
+    m2 = load_strag(f, dtype=torch.float32)  # no num_heads hint needed: the metadata has the config
+    cfg = m2.wan_config
+    assert cfg.mpm_alignment == "corrected" and cfg.num_heads == 2 and "MoGe4D metadata" in m2.load_info.format
     assert torch.equal(run(m2, STRAG_IN), y0)
-    assert torch.equal(ex["omnimae_state_dict"]["x"], torch.ones(2))
-    m3, cfg3, _ = load_strag(f, dtype=torch.float32, mpm_alignment="official")
+    assert torch.equal(m2.load_info.extras["omnimae_state_dict"]["x"], torch.ones(2))
+    assert m2.load_info.extras["metadata"]["moge4d_arch"] == "moge4d_strag"
+    m3 = load_strag(f, dtype=torch.float32, mpm_alignment="official")
+    cfg3 = m3.wan_config
     assert cfg3.mpm_alignment == "official" and not torch.equal(run(m3, STRAG_IN), y0)
 
 
@@ -287,7 +298,7 @@ def test_bf16_load_keeps_fp32_modules(tmp_path, strag):
     m, sd, y0 = strag
     f = tmp_path / "s.safetensors"
     save_file(sd, str(f))
-    m2, _, _ = load_strag(f, dtype=torch.bfloat16, config=heads())
+    m2 = load_strag(f, dtype=torch.bfloat16, config=heads())
     dt = {k: v.dtype for k, v in m2.state_dict().items()}
     assert dt["blocks.0.attn1.to_q.weight"] == torch.bfloat16
     assert dt["blocks.0.scale_shift_table"] == torch.float32
@@ -302,8 +313,10 @@ def test_mpm_off_and_base_fill(tmp_path, strag):
     m, sd, _ = strag
     f = tmp_path / "s.safetensors"
     save_file(sd, str(f))
-    m2, cfg, ex = load_strag(f, dtype=torch.float32, config=heads(), mpm=False)
-    assert cfg.mpm_feature_dim is None and m2.feature_adapter is None and not ex["mpm"] and ex["mpm_in_file"]
+    m2 = load_strag(f, dtype=torch.float32, config=heads(), mpm=False)
+    assert m2.wan_config.mpm_feature_dim is None and m2.feature_adapter is None
+    mpm_keys = {k for k in m.state_dict() if "spatial_guidance" in k or k.startswith("feature_adapter.")}
+    assert mpm_keys and set(m2.load_info.ignored_keys) == mpm_keys
     assert m2.blocks[0].spatial_guidance_self is None
 
     base = tiny("wan2.1_fun_control_v1.1", seed=7)
@@ -314,13 +327,14 @@ def test_mpm_off_and_base_fill(tmp_path, strag):
     save_file(partial, str(tmp_path / "partial.safetensors"))
     with pytest.raises(MoGe4DInputError, match="missing"):
         load_strag(tmp_path / "partial.safetensors", dtype=torch.float32, config=heads())
-    m3, _, ex3 = load_strag(tmp_path / "partial.safetensors", base=tmp_path / "base.safetensors",
-                            dtype=torch.float32, config=heads())
+    m3 = load_strag(tmp_path / "partial.safetensors", base=tmp_path / "base.safetensors",
+                    dtype=torch.float32, config=heads())
     pe = m3.patch_embedding.weight
     assert torch.equal(pe[:, :48], bsd["patch_embedding.weight"]) and torch.count_nonzero(pe[:, 48:]) == 0
     assert torch.equal(m3.blocks[1].attn1.to_q.weight, bsd["blocks.1.self_attn.q.weight"])
     assert torch.equal(m3.blocks[0].attn1.to_q.weight, sd["blocks.0.self_attn.q.weight"])
-    assert ex3["from_base"] > 0
+    filled = {to_original(k) for k in m3.load_info.filled_keys}
+    assert filled == set(sd) - set(partial) and m3.load_info.files["base"] == str(tmp_path / "base.safetensors")
 
 
 def test_vism_base_sharded_and_comfy(tmp_path):
@@ -334,16 +348,17 @@ def test_vism_base_sharded_and_comfy(tmp_path):
         save_file({k: sd[k] for k in keys[i::2]}, str(tmp_path / name))
         wm.update({k: name for k in keys[i::2]})
     (tmp_path / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps({"weight_map": wm}))
-    m2, cfg = load_vism_base(tmp_path, dtype=torch.float32, config=heads())
+    m2 = load_vism_base(tmp_path, dtype=torch.float32, config=heads())
+    cfg = m2.wan_config
     assert cfg.arch == "wan2.1_fun_inp" and isinstance(m2, ViSMDiT)
     assert torch.equal(run(m2, VISM_IN), y0)
     f = tmp_path / "comfy" / "wan2.1_fun_inp.safetensors"
     f.parent.mkdir()
     save_file({"model.diffusion_model." + k: v for k, v in sd.items()}, str(f))
-    m3, _ = load_vism_base(f, dtype=torch.float32, config=heads())
+    m3 = load_vism_base(f, dtype=torch.float32, config=heads())
     assert torch.equal(run(m3, VISM_IN), y0)
-    m4, cfg4, _ = load_wan_dit(f, dtype=torch.float32, config=heads())
-    assert isinstance(m4, ViSMDiT) and cfg4.in_dim == 36
+    m4 = load_wan_dit(f, dtype=torch.float32, config=heads())
+    assert isinstance(m4, ViSMDiT) and m4.wan_config.in_dim == 36 and m4.load_info.file == str(f)
 
 
 # --------------------------------------------------------------------- bad files

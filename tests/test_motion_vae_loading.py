@@ -98,9 +98,11 @@ def test_official_release_folder_top_level(model, probe, tmp_path):
     vae_keys = torch.load(root / "vae" / "pytorch_model.bin", weights_only=True).keys()
     assert all(k.startswith("model.") for k in vae_keys)
     assert "model.decoder.middle.0.residual.0.gamma" in vae_keys
-    loaded, cfg = load_motion_vae(root)
-    assert cfg["format"] == "official_release" and cfg["encoder_adapter"] == "loaded"
-    assert cfg["model"]["adapter"]["channels"] == 32 and cfg["model"]["adapter"]["decoder_blocks"] == 2
+    loaded = load_motion_vae(root)
+    info = loaded.load_info
+    assert info.format == "official_release" and info.filled_keys == [] and info.file == str(root)
+    assert info.files["vae"] == str(root / "vae" / "pytorch_model.bin")
+    assert loaded.config.adapter.channels == 32 and loaded.config.adapter.decoder_blocks == 2
     _assert_same_outputs(model, loaded, probe)
 
 
@@ -109,8 +111,8 @@ def test_official_release_inside_checkpoint_n_takes_highest(model, probe, tmp_pa
     save_official_layout(other, tmp_path / "VAE" / "checkpoint-100")
     save_official_layout(model, tmp_path / "VAE" / "checkpoint-200")
     (tmp_path / "VAE" / "checkpoint-50").mkdir()      # unrelated empty folder is ignored
-    loaded, cfg = load_motion_vae(tmp_path / "VAE")
-    assert cfg["root"].endswith("checkpoint-200")
+    loaded = load_motion_vae(tmp_path / "VAE")
+    assert loaded.load_info.file.endswith("checkpoint-200")
     _assert_same_outputs(model, loaded, probe)
 
 
@@ -118,8 +120,10 @@ def test_release_without_encoder_prompt_uses_sigmoid_encoder(model, probe, tmp_p
     root = save_official_layout(model, tmp_path / "VAE")
     (root / "encoder_prompt" / "pytorch_model.bin").unlink()
     (root / "encoder_prompt").rmdir()
-    loaded, cfg = load_motion_vae(root)
-    assert cfg["encoder_adapter"] == "zero_init" and any("sigmoid" in n for n in cfg["notes"])
+    loaded = load_motion_vae(root)
+    info = loaded.load_info
+    assert info.files["encoder_prompt"] is None and any("sigmoid" in n for n in info.notes)
+    assert info.filled_keys == ["encoder_adapter." + k for k in loaded.encoder_adapter.state_dict()]
     x = probe[0]
     with torch.no_grad():
         assert torch.equal(loaded.encoder_adapter(x), torch.sigmoid(x))
@@ -143,8 +147,8 @@ def test_release_missing_vae_needs_base_vae(model, probe, tmp_path):
     (root / "vae").rmdir()
     with pytest.raises(MoGe4DInputError, match=r"'vae/'.*base_vae"):
         load_motion_vae(root)
-    loaded, cfg = load_motion_vae(root, base_vae=plain)
-    assert any("stock Wan VAE" in n for n in cfg["notes"])
+    loaded = load_motion_vae(root, base_vae=plain)
+    assert any("stock Wan VAE" in n for n in loaded.load_info.notes) and loaded.load_info.files["vae"] == str(plain)
     _assert_same_outputs(model, loaded, probe)
 
 
@@ -172,8 +176,8 @@ def test_plain_wan_vae_pth_and_comfy_safetensors(model, tmp_path):
         want = model.vae.encode(video).latent_dist.mean
         want_dec = model.vae.decode(want).sample
     for path, layout in ((pth, "original"), (comfy, "original"), (diff_dir, "diffusers")):
-        vae, cfg = load_wan_vae(path)
-        assert cfg["format"] == f"wan_vae_{layout}"
+        vae = load_wan_vae(path)
+        assert vae.load_info.format == f"wan_vae_{layout}" and vae.load_info.dtype == torch.float32
         with torch.no_grad():
             got = vae.encode(video).latent_dist.mean
             assert torch.equal(got, want)
@@ -184,7 +188,7 @@ def test_comfy_bf16_file_is_cast_to_requested_dtype(model, tmp_path):
     orig = {k: v.to(torch.bfloat16).contiguous() for k, v in _original_state(model).items()}
     f = tmp_path / "wan_2.1_vae_bf16.safetensors"
     save_file(orig, str(f))
-    vae, _ = load_wan_vae(f, dtype=torch.float32)
+    vae = load_wan_vae(f, dtype=torch.float32)
     sd = vae.state_dict()
     assert sd["encoder.conv_in.weight"].dtype == torch.float32
     assert torch.equal(sd["encoder.conv_in.weight"], orig["encoder.conv1.weight"].float())
@@ -195,7 +199,8 @@ def test_plain_wan_vae_as_motion_vae_needs_fresh_adapters(model, tmp_path):
     torch.save(_original_state(model), pth)
     with pytest.raises(MoGe4DInputError, match="fresh_adapters=True"):
         load_motion_vae(pth)
-    fresh, cfg = load_motion_vae(pth, fresh_adapters=True)
+    fresh = load_motion_vae(pth, fresh_adapters=True)
+    assert fresh.load_info.filled_keys and all(not k.startswith("vae.") for k in fresh.load_info.filled_keys)
     x = torch.randn(1, 3, 5, 16, 16)
     with torch.no_grad():
         assert torch.equal(fresh.encoder_adapter(x), torch.sigmoid(x))
@@ -222,10 +227,10 @@ def test_truncated_vae_file_names_missing_keys(model, tmp_path):
 
 def test_own_safetensors_round_trip(model, probe, tmp_path):
     f = save_motion_vae(model, tmp_path / "motion_vae.safetensors")
-    loaded, cfg = load_motion_vae(f)
-    assert cfg["format"] == "moge4d"
+    loaded = load_motion_vae(f)
+    assert loaded.load_info.format == "moge4d" and loaded.load_info.file == str(f)
     _assert_same_outputs(model, loaded, probe)
-    half, _ = load_motion_vae(f, dtype=torch.bfloat16)
+    half = load_motion_vae(f, dtype=torch.bfloat16)
     assert next(half.parameters()).dtype == torch.bfloat16
 
 

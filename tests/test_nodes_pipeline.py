@@ -62,7 +62,7 @@ def env(tmp_path_factory):
     paths = write_tiny_models(tmp / "models" / "moge4d")
     from moge4d_core.loading.motion_vae import load_wan_vae
 
-    wan_vae, _ = load_wan_vae(paths["wan_vae"])
+    wan_vae = load_wan_vae(paths["wan_vae"])
     n = lambda nid: _node(nodes, nid)  # noqa: E731
     strag = n("MoGe4DLoadSTraG").execute(file=STRAG, precision="fp32").args[0]
     mvae = n("MoGe4DLoadMotionVAE").execute(vae="VAE/", precision="fp32").args[0]

@@ -128,6 +128,9 @@ def test_loads_torch_file_strag_safetensors_and_stripped_dicts(tmp_path):
     save_file({k: v.contiguous() for k, v in strag.items()}, str(st))
     m = load_omnimae(st)
     assert m.patch_embed.weight.dtype == torch.float32
+    assert m.load_info.file == str(st) and m.load_info.format == "4D-STraG omnimae_extractor.*"
+    assert load_omnimae(f).load_info.format == "OmniMAE trunk.*"
+    assert m.load_info.ignored_keys == sorted(k for k in sd if k.startswith(("trunk.mask_token", "trunk.decoder.", "head.")))
     bf = load_omnimae({k: v.to(torch.bfloat16).float() for k, v in sd.items()})
     torch.testing.assert_close(extract_motion_features(m, img).tokens, extract_motion_features(bf, img).tokens)
     # the same sub-dict passed in memory, with or without the prefix

@@ -225,6 +225,7 @@ def test_dynamic_padding_equals_running_at_512(files):
 def test_scaled_fp8_file_dequantises_and_uses_embedded_tokenizer(files):
     model, tok = load_text_encoder(files["paths"]["fp8"], dtype=torch.float32)    # no tokenizer folder given
     assert isinstance(tok, SentencePieceT5Tokenizer)
+    assert "scaled_fp8" in model.load_info.format and "embedded spiece_model" in model.load_info.files["tokenizer"]
     sd = model.state_dict()
     # weights are exactly fp8 * scale
     w = sd["encoder.block.1.layer.1.DenseReluDense.wi_0.weight"]

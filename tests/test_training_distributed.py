@@ -56,9 +56,8 @@ def test_two_cpu_processes_end_with_identical_weights(tmp_path):
     assert set(state["files"]) >= {"optimizer.json", "optimizer.safetensors", "scheduler.json", "rng-1.json"}
     assert (out / "checkpoint-2").is_dir()
 
-    model, cfg_loaded, _ = load_strag(out / "export" / "4D-STraG" / "diffusion_pytorch_model.safetensors",
-                                      dtype=torch.float32)
-    assert cfg_loaded.dim == STRAG_CFG["dim"]
+    model = load_strag(out / "export" / "4D-STraG" / "diffusion_pytorch_model.safetensors", dtype=torch.float32)
+    assert model.wan_config.dim == STRAG_CFG["dim"]
     trained = load_file(str(out / "checkpoint-3" / "trainable.safetensors"))
     own = dict(model.named_parameters())
     assert all(torch.equal(own[k], trained[k]) for k in trained)
@@ -102,6 +101,6 @@ def test_shipped_fsdp_config_trains_checkpoints_and_resumes_on_two_cpu_processes
     assert sa["losses"] == sb["losses"] and len(sa["losses"]) == 3
     wa, wb = (load_file(str(tmp_path / r / "checkpoint-3" / "trainable.safetensors")) for r in "ab")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-    model, _, _ = load_strag(tmp_path / "a" / "export" / "4D-STraG" / "diffusion_pytorch_model.safetensors",
+    model = load_strag(tmp_path / "a" / "export" / "4D-STraG" / "diffusion_pytorch_model.safetensors",
                              dtype=torch.float32)
     assert all(torch.equal(p, wa[n]) for n, p in model.named_parameters())

@@ -88,7 +88,7 @@ def test_roundtrip_cli_scores_the_motion_vae_by_hand(tmp_path, capsys):
                             novel_view="source")
     rt = motion_vae_roundtrip(tmp_path / "models", tmp_path / "data", count=1, frames=5)
     s = TrajSceneDataset(tmp_path / "data", frames=5, crop=None, grid=(16, 16))[0]
-    mvae, _ = load_motion_vae(find_model_files(tmp_path / "models").motion_vae)
+    mvae = load_motion_vae(find_model_files(tmp_path / "models").motion_vae)
     with torch.no_grad():
         dec = mvae.decode(mvae.encode(s.delta_hat.permute(3, 0, 1, 2)[None]))[0].permute(1, 2, 3, 0)
     dec[0] = 0

@@ -65,7 +65,7 @@ def test_motion_vae_exports_decode_like_the_trained_model(env, size):
     for export in ("motion_vae", "official_vae"):
         with warnings.catch_warnings():
             warnings.simplefilter("error")                    # a complete export loads without a guess
-            model, info = load_motion_vae(r.exports[export])
+            model = load_motion_vae(r.exports[export])
         assert model.config.adapter == ref.config.adapter, export
         with torch.no_grad():
             torch.testing.assert_close(model.decode(z, traj_norm=True), want_dec, atol=0, rtol=0)
@@ -82,8 +82,8 @@ def test_motion_vae_exports_decode_like_the_trained_model(env, size):
         shutil.copytree(r.exports["official_vae"], bare)
         (bare / RELEASE_CONFIG_FILE).unlink()
         with pytest.warns(UserWarning, match="GroupNorm groups"):
-            model, info = load_motion_vae(bare)
-        assert any("GroupNorm groups" in n and RELEASE_CONFIG_FILE in n for n in info["notes"])
+            model = load_motion_vae(bare)
+        assert any("GroupNorm groups" in n and RELEASE_CONFIG_FILE in n for n in model.load_info.notes)
         assert model.config.adapter.groups == 32
         with torch.no_grad():
             assert not torch.allclose(model.decode(z, traj_norm=True), want_dec, atol=1e-3)
@@ -117,7 +117,7 @@ def test_pixel_vae_export_decodes_like_the_trained_model(env):
     state = ref.state_dict()
     state.update({k[len("vae."):]: v for k, v in trained.items()})
     ref.load_state_dict(state, strict=True)
-    vae, cfg = load_wan_vae(r.exports["wan_vae"])
+    vae = load_wan_vae(r.exports["wan_vae"])
     z = torch.randn(1, 16, 2, 2, 4, generator=_gen(3))
     x = torch.rand(1, 3, 5, 16, 32, generator=_gen(4)) * 2 - 1
     with torch.no_grad():
@@ -148,7 +148,7 @@ def test_strag_full_export_computes_like_the_trained_weights(env):
     r = train(_common(env, env["root"] / "strag_full", "--motion-vae", str(vae), "--init-config", str(cfg)))
     ref = STraGDiT.from_config_obj(WanDiTConfig(**STRAG_CFG)).eval()
     ref.load_state_dict(load_file(str(r.out / "checkpoint-2" / "trainable.safetensors")), strict=True)
-    model, cfg_loaded, _ = load_strag(r.exports["dit"], dtype=torch.float32)
+    model = load_strag(r.exports["dit"], dtype=torch.float32)
     x = _strag_inputs(5)
     with torch.no_grad():
         torch.testing.assert_close(model(**x), ref(**x), atol=0, rtol=0)
@@ -167,13 +167,13 @@ def test_lora_exports_at_the_release_rank_and_alpha(env, which):
 
         base_file = save_wan_dit(STraGDiT.from_config_obj(WanDiTConfig(**STRAG_CFG)), root / "base.safetensors")
         extra = ["--motion-vae", str(save_motion_vae(tiny_motion_vae(), root / "mvae.safetensors"))]
-        load_base, inputs = (lambda p: load_strag(p, dtype=torch.float32)[0]), _strag_inputs(6)
+        load_base, inputs = (lambda p: load_strag(p, dtype=torch.float32)), _strag_inputs(6)
     else:
         from training.train_vism import train
 
         base_file = save_wan_dit(ViSMDiT.from_config_obj(WanDiTConfig(**VISM_CFG)), root / "base.safetensors")
         extra = ["--vae", str(save_pixel_vae(tiny_pixel_vae(seed=8), root / "wan_vae.safetensors"))]
-        load_base, inputs = (lambda p: load_vism_base(p, dtype=torch.float32)[0]), _vism_inputs(6)
+        load_base, inputs = (lambda p: load_vism_base(p, dtype=torch.float32)), _vism_inputs(6)
     r = train(_common(env, root / "run", "--model", str(base_file), "--lora-rank", "128", "--lora-alpha", "64",
                       "--kohya-dtype", "fp32", "--export-merged", *extra))
     raw = load_file(str(r.exports["kohya_lora"]))

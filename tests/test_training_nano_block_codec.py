@@ -60,7 +60,7 @@ def test_saved_motion_vae_keeps_the_codec(tmp_path, codec):
     from moge4d_core.models.nano import motion_vae_config
     mv = MotionVAE(motion_vae_config(NANO))
     mv.vae.load_state_dict(codec.state_dict())
-    back = load_motion_vae(save_motion_vae(mv, tmp_path / "m.safetensors"))[0].eval()
+    back = load_motion_vae(save_motion_vae(mv, tmp_path / "m.safetensors")).eval()
     v = _video(seed=3)
     with torch.no_grad():
         a = codec.encode(v).latent_dist.mean

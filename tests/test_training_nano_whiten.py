@@ -47,7 +47,7 @@ def test_nano_motion_init_is_the_block_codec_with_nano_adapters_with_four_channe
     from training.nano.block_codec import block_codec_wan_vae
     from training.nano.train_nano import WHITE, stage_argv, write_motion_init
 
-    mv = load_motion_vae(write_motion_init(tmp_path))[0]
+    mv = load_motion_vae(write_motion_init(tmp_path))
     codec = block_codec_wan_vae(**wan_vae_kwargs(NANO))
     for (k, v), (k2, v2) in zip(mv.vae.state_dict().items(), codec.state_dict().items()):
         assert k == k2 and v.shape == v2.shape
@@ -131,7 +131,7 @@ def test_set_posterior_sigma_sets_the_noise_the_release_adds_in_the_dit_space(tm
     from training.nano.train_nano import WHITE, stage_argv, write_motion_init
     from training.nano.whiten import set_posterior_sigma
 
-    vae = load_motion_vae(write_motion_init(tmp_path))[0].eval()
+    vae = load_motion_vae(write_motion_init(tmp_path)).eval()
     delta = torch.randn(1, 3, 5, 16, 24) * 0.3
     mean_before = vae.encode(delta)
     set_posterior_sigma(vae, 0.3, delta)

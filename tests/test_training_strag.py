@@ -62,8 +62,8 @@ def test_resume_is_bit_exact_and_the_export_loads(env):
     # the export is what the loader reads, weight for weight
     arch, cfg = read_arch_config(a.exports["dit"])
     assert arch == "moge4d_strag" and cfg["dim"] == STRAG_CFG["dim"]
-    model, mcfg, _ = load_strag(a.exports["dit"], dtype=torch.float32)
-    assert isinstance(model, STraGDiT) and mcfg.in_dim == 64
+    model = load_strag(a.exports["dit"], dtype=torch.float32)
+    assert isinstance(model, STraGDiT) and model.wan_config.in_dim == 64
     own = dict(model.named_parameters())
     assert set(own) == set(ta) and all(torch.equal(own[k], ta[k]) for k in ta)
     # training moved the weights between the two checkpoints
@@ -105,13 +105,13 @@ def test_lora_exports_merge_like_the_peft_adapter(env):
     assert {w.rank for w in lora.values()} == {4} and {w.alpha for w in lora.values()} == {8.0}
     assert "blocks.1.spatial_guidance_ffn.spatial_guide.1" in lora and "blocks.0.self_attn.q" in lora
     x = _inputs(1, 8)
-    ref, _, _ = load_strag(base_file, dtype=torch.float32)
+    ref = load_strag(base_file, dtype=torch.float32)
     with torch.no_grad():
         y_base = ref(**x)
         y_merge = merge_lora(ref, r.exports["kohya_lora"], strength=1.0)(**x)
-        peft_m, _, _ = load_strag(base_file, dtype=torch.float32)
+        peft_m = load_strag(base_file, dtype=torch.float32)
         y_peft = load_peft_adapter(peft_m, r.exports["peft_adapter"], "strag")(**x)
-        merged, _, _ = load_strag(r.exports["dit"], dtype=torch.float32)
+        merged = load_strag(r.exports["dit"], dtype=torch.float32)
         y_full = merged(**x)
     assert not torch.allclose(y_base, y_peft, atol=1e-4)    # the LoRA learned something
     torch.testing.assert_close(y_merge, y_peft, atol=1e-5, rtol=1e-5)

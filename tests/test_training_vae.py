@@ -76,9 +76,9 @@ def test_the_trained_encoder_adapter_is_exported_in_both_layouts(env):
     changed = {k for k in init if not torch.equal(out[k], init[k])}
     assert any(k.startswith("encoder_adapter.") for k in changed)
     assert not any(k.startswith(("vae.encoder.", "vae.quant_conv.", "vae.post_quant_conv.")) for k in changed)
-    official, info = load_motion_vae(r.exports["official_vae"])
-    ours = load_motion_vae(r.exports["motion_vae"])[0]
-    assert info["format"] == "official_release"
+    official = load_motion_vae(r.exports["official_vae"])
+    ours = load_motion_vae(r.exports["motion_vae"])
+    assert official.load_info.format == "official_release"
     for name, want in ours.encoder_adapter.state_dict().items():
         assert torch.equal(official.encoder_adapter.state_dict()[name], want), name
 
@@ -92,9 +92,9 @@ def test_motion_vae_resume_is_bit_exact_and_exports_load(env):
     assert a.losses == b.losses
     wa, wb = load_file(str(a.exports["motion_vae"])), load_file(str(b.exports["motion_vae"]))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    m1, info1 = load_motion_vae(a.exports["motion_vae"])
-    m2, info2 = load_motion_vae(a.exports["official_vae"])
-    assert info1["format"] == "moge4d" and info2["format"] == "official_release"
+    m1 = load_motion_vae(a.exports["motion_vae"])
+    m2 = load_motion_vae(a.exports["official_vae"])
+    assert m1.load_info.format == "moge4d" and m2.load_info.format == "official_release"
     s1, s2 = m1.state_dict(), m2.state_dict()
     assert all(torch.equal(s1[k], wa[k]) and torch.equal(s2[k], wa[k]) for k in wa)
 
@@ -109,13 +109,13 @@ def test_pixel_vae_trains_resumes_and_loads_with_load_wan_vae(env):
     a = train_pixel(args(env, "two", root / "pa", *common))
     b = train_pixel(args(env, "two", root / "pb", *common, "--resume", str(root / "pa" / "checkpoint-2")))
     assert a.losses == b.losses
-    va, _ = load_wan_vae(a.exports["wan_vae"])
-    vb, cfg = load_wan_vae(b.exports["wan_vae"])
+    va = load_wan_vae(a.exports["wan_vae"])
+    vb = load_wan_vae(b.exports["wan_vae"])
     sa, sb = va.state_dict(), vb.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     trained = load_file(str(root / "pa" / "checkpoint-4" / "trainable.safetensors"))  # names: vae.<diffusers>
     assert all(torch.equal(sa[k], trained["vae." + k]) for k in sa)
-    assert cfg["vae"]["base_dim"] == TINY_VAE["base_dim"]
+    assert vb.config["base_dim"] == TINY_VAE["base_dim"]
     # the pixel VAE is a valid --base-vae for a motion VAE (fresh adapters)
-    mv, info = load_motion_vae(a.exports["wan_vae"], fresh_adapters=True)
+    mv = load_motion_vae(a.exports["wan_vae"], fresh_adapters=True)
     assert all(torch.equal(mv.vae.state_dict()[k], sa[k]) for k in sa)

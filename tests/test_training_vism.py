@@ -77,9 +77,9 @@ def test_kohya_export_merged_gives_the_peft_models_output(env):
                    "--lora-alpha", "8", "--lr", "2e-2", "--max-steps", "4", "--checkpoint-every", "0"))
     x = _inputs(1)
     with torch.no_grad():
-        base, _ = load_vism_base(env["base"], dtype=torch.float32)
+        base = load_vism_base(env["base"], dtype=torch.float32)
         y_base = base(**x)
-        peft_model, _ = load_vism_base(env["base"], dtype=torch.float32)
+        peft_model = load_vism_base(env["base"], dtype=torch.float32)
         load_peft_adapter(peft_model, r.exports["peft_adapter"], "vism")
         y_peft = peft_model(**x)
         merged = merge_lora(base, r.exports["kohya_lora"], strength=1.0)
@@ -99,12 +99,13 @@ def test_full_finetune_export_loads_with_load_vism_base(env):
     root = env["root"]
     r = train(args(env, "one", root / "full", "--model", str(env["base"]), "--full", "--lr", "1e-3",
                    "--max-steps", "2", "--checkpoint-every", "0"))
-    model, cfg = load_vism_base(r.exports["dit"], dtype=torch.float32)
+    model = load_vism_base(r.exports["dit"], dtype=torch.float32)
+    cfg = model.wan_config
     assert cfg.arch == "wan2.1_fun_inp" and cfg.in_dim == 36
     trained = load_file(str(root / "full/checkpoint-2/trainable.safetensors"))
     own = dict(model.named_parameters())
     assert set(own) == set(trained) and all(torch.equal(own[k], trained[k]) for k in trained)
-    base = dict(load_vism_base(env["base"], dtype=torch.float32)[0].named_parameters())
+    base = dict(load_vism_base(env["base"], dtype=torch.float32).named_parameters())
     assert not torch.equal(base["proj_out.weight"], own["proj_out.weight"])
 
 

@@ -138,7 +138,9 @@ def test_safetensors_and_bin_round_trip(tmp_path, version):
     binf.parent.mkdir()
     torch.save(pub, binf)
     for path in (st, binf, binf.parent):
-        model, cfg = load_unidepth(path)
+        model = load_unidepth(path)
+        cfg = model.config
+        assert model.load_info.file == str(path if path.is_file() else path / "pytorch_model.bin")
         assert isinstance(model, UniDepthV2 if version == "v2" else UniDepthV2Old)
         assert (cfg.version, cfg.embed_dim, cfg.num_heads, cfg.backbone) == (version, 128, 2, "custom")
         assert not model.training and not any(p.requires_grad for p in model.parameters())
@@ -163,11 +165,13 @@ def test_folder_with_hub_config_json_and_dtype(tmp_path):
                      "pixel_encoder": {"name": "dinov2_custom", "num_heads": 2, "use_norm": True,
                                        "stacking_fn": "last", "output_idx": [1, 2, 3, 4]}}}
     (folder / "config.json").write_text(json.dumps(hub))
-    model, cfg = load_unidepth(folder, dtype=torch.bfloat16)
+    model = load_unidepth(folder, dtype=torch.bfloat16)
+    cfg = model.config
+    assert model.load_info.files["config"] == str(folder / "config.json") and model.load_info.dtype == torch.bfloat16
     assert cfg.version == "v2old" and cfg.num_heads == 2 and cfg.pixels_bounds == (1400.0, 2400.0)
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
     # pointing at the weights file also picks up the config.json next to it
-    model32, _ = load_unidepth(folder / "model.safetensors")
+    model32 = load_unidepth(folder / "model.safetensors")
     _same_output(src, model32, "v2old")
     # a config.json that contradicts the weights is an error naming both
     hub["model"]["name"] = "UniDepthV2"
@@ -235,8 +239,8 @@ def test_unrelated_sibling_config_json_is_ignored_but_folder_config_must_match(t
     other = {"model": {"name": "UniDepthV2old", "pixel_encoder": {"name": "dinov2_vitl14"}}}
     (tmp_path / "config.json").write_text(json.dumps(other))
     with pytest.warns(UserWarning, match="ignoring the config.json"):
-        model, cfg = load_unidepth(f)
-    assert cfg.version == "v2"
+        model = load_unidepth(f)
+    assert model.config.version == "v2" and model.load_info.files == {}
     _same_output(src, model, "v2")
     with pytest.raises(MoGe4DInputError, match="v2"):
         load_unidepth(tmp_path)               # the folder's own config.json must describe its weights

@@ -78,7 +78,7 @@ class PixelVaeTask(VaeTask):
         if len(sources) != 1:
             raise MoGe4DInputError(f"give exactly one of --model, --init-config (got {sources or 'none'})")
         if o.model is not None:
-            return load_wan_vae(o.model)[0]
+            return load_wan_vae(o.model)
         d = read_json_config(o.init_config, "AutoencoderKLWan keyword arguments")
         try:
             return AutoencoderKLWan(**d)

@@ -102,7 +102,8 @@ def control_base_model(path: str, dtype: torch.dtype) -> STraGDiT:
     to 64 input channels with zeros in channels 48..63 (release ``train_wan.py`` init, reference A1)."""
     from moge4d_core.loading.wan_dit import load_wan_dit
 
-    base, bcfg, _ = load_wan_dit(path, dtype=dtype, compute_dtype=dtype, expect=(ARCH_CONTROL_V11,))
+    base = load_wan_dit(path, dtype=dtype, compute_dtype=dtype, expect=(ARCH_CONTROL_V11,))
+    bcfg = base.wan_config
     state = base.state_dict()
     pe = state["patch_embedding.weight"]
     wide = pe.new_zeros(pe.shape[0], 64, *pe.shape[2:])
@@ -134,10 +135,10 @@ class StragTask(DiTTask):
             raise MoGe4DInputError("--motion-vae is required: the motion VAE that encodes the training targets "
                                    "(release VAE/ folder or a motion_vae.safetensors written by training.train_vae)")
         mvae = o.motion_vae if isinstance(o.motion_vae, torch.nn.Module) else \
-            load_motion_vae(o.motion_vae, base_vae=o.base_vae)[0]
+            load_motion_vae(o.motion_vae, base_vae=o.base_vae)
         self.motion_vae = mvae.to(device).eval().requires_grad_(False)
         if o.image_vae is not None:
-            ivae = o.image_vae if isinstance(o.image_vae, torch.nn.Module) else load_wan_vae(o.image_vae)[0]
+            ivae = o.image_vae if isinstance(o.image_vae, torch.nn.Module) else load_wan_vae(o.image_vae)
             self.image_vae = WanImageVAE(ivae.to(device).eval().requires_grad_(False))
         else:
             self.image_vae = WanImageVAE.from_motion_vae(self.motion_vae)
@@ -147,9 +148,9 @@ class StragTask(DiTTask):
             raise MoGe4DInputError(f"give exactly one of --model, --control-base, --init-config (got {sources or 'none'})")
         omni_state: dict = {}
         if o.model is not None:
-            model, _, extras = load_strag(o.model, dtype=dt, compute_dtype=dt, base=o.base, mpm=not o.no_mpm,
-                                          mpm_alignment=o.mpm_alignment)
-            omni_state = extras.get("omnimae_state_dict") or {}
+            model = load_strag(o.model, dtype=dt, compute_dtype=dt, base=o.base, mpm=not o.no_mpm,
+                               mpm_alignment=o.mpm_alignment)
+            omni_state = model.load_info.extras.pop("omnimae_state_dict", None) or {}
         elif o.control_base is not None:
             model = control_base_model(o.control_base, dt)
         else:

@@ -121,9 +121,9 @@ class MotionVaeTask(VaeTask):
         if len(sources) != 1:
             raise MoGe4DInputError(f"give exactly one of --model, --base-vae, --init-config (got {sources or 'none'})")
         if o.model is not None:
-            return load_motion_vae(o.model, base_vae=o.base_vae)[0]
+            return load_motion_vae(o.model, base_vae=o.base_vae)
         if o.base_vae is not None:
-            return load_motion_vae(o.base_vae, fresh_adapters=True)[0]
+            return load_motion_vae(o.base_vae, fresh_adapters=True)
         d = read_json_config(o.init_config, "MotionVAEConfig {'vae': {...}, 'adapter': {...}}")
         try:
             return MotionVAE(MotionVAEConfig.from_dict(d))

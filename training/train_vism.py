@@ -139,13 +139,13 @@ class VismTask(DiTTask):
         if o.vae is None:
             raise MoGe4DInputError("--vae is required: the pixel Wan2.1 VAE (Wan2.1_VAE.pth / wan_2.1_vae.safetensors "
                                    "or a wan_vae.safetensors written by training.train_pixel_vae)")
-        vae = o.vae if isinstance(o.vae, torch.nn.Module) else load_wan_vae(o.vae)[0]
+        vae = o.vae if isinstance(o.vae, torch.nn.Module) else load_wan_vae(o.vae)
         self.vae = WanImageVAE(vae.to(device).eval().requires_grad_(False))
         sources = [s for s in ("model", "init_config") if getattr(o, s) is not None]
         if len(sources) != 1:
             raise MoGe4DInputError(f"give exactly one of --model, --init-config (got {sources or 'none'})")
         if o.model is not None:
-            model, _ = load_vism_base(o.model, dtype=dt, compute_dtype=dt)
+            model = load_vism_base(o.model, dtype=dt, compute_dtype=dt)
         else:
             model = cast_dit(ViSMDiT.from_config_obj(load_init_config(o.init_config, ARCH_INP)), dt)
         cfg = model.wan_config

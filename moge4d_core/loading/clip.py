@@ -32,7 +32,7 @@ import torch
 
 from ..errors import MoGe4DInputError
 from ..models.clip import ClipVisionEncoder, clip_vision_config
-from .common import find_weights, load_file_state_dict
+from .common import LoadInfo, find_weights, load_file_state_dict, with_load_info
 from .text import build_with_weights, find_prefix
 
 __all__ = ["detect_clip_format", "convert_clip_state_dict", "load_clip_vision"]
@@ -183,12 +183,14 @@ def load_clip_vision(path: str | os.PathLike, *, dtype: torch.dtype = torch.floa
 
     path: Wan ``models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth``, ComfyUI ``clip_vision_h.safetensors``,
     an open_clip ViT-H/14 file, or a folder holding one. num_heads: only for towers other than ViT-H.
+    ``model.load_info``: the file, the detected format, and the last block's tensors as ``ignored_keys``.
     """
     file = find_weights(path)
     state, fmt = convert_clip_state_dict(load_file_state_dict(file), file)
     config = _infer_config(state, file, fmt, num_heads)
     last = f"{_L}{config.num_hidden_layers - 1}."
-    state = {k: v for k, v in state.items() if not k.startswith(last)}   # last block: output unused
+    ignored = sorted(k for k in state if k.startswith(last))             # last block: output unused
+    state = {k: v for k, v in state.items() if not k.startswith(last)}
     arch = f"{ARCH} (detected format {fmt})"
     from accelerate import init_empty_weights
 
@@ -196,4 +198,5 @@ def load_clip_vision(path: str | os.PathLike, *, dtype: torch.dtype = torch.floa
         probe = ClipVisionEncoder(config)           # meta: only to learn transformers' parameter naming
     state = {(probe.state_key(k) if k.startswith(_V) else k): v for k, v in state.items()}
     del probe
-    return build_with_weights(lambda: ClipVisionEncoder(config), state, file, arch, dtype=dtype, device=device)
+    model = build_with_weights(lambda: ClipVisionEncoder(config), state, file, arch, dtype=dtype, device=device)
+    return with_load_info(model, LoadInfo(file=str(file), format=fmt, dtype=dtype, ignored_keys=ignored))

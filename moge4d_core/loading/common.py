@@ -10,14 +10,18 @@ Accepted containers (each component loader builds on these):
 
 Our own training outputs are safetensors whose metadata header holds ``moge4d_arch`` (a name) and
 ``moge4d_config`` (JSON), so a loader never guesses: :func:`save_state_dict` / :func:`read_metadata`.
+
+Every loader returns the model alone; what it read is kept on the model as ``model.load_info``
+(:class:`LoadInfo`), the way diffusers' ``from_pretrained`` reports its loading info.
 """
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional, TypeVar
 
 import torch
 
@@ -26,6 +30,42 @@ from ..errors import MoGe4DInputError
 WEIGHT_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".bin", ".torch", ".ckpt")
 ARCH_KEY = "moge4d_arch"
 CONFIG_KEY = "moge4d_config"
+
+
+@dataclass
+class LoadInfo:
+    """What a loader read, kept on the loaded model as ``model.load_info``.
+
+    Attributes:
+        file: the weights file (or the release folder) read.
+        format: the source format in words (container, key layout, quantisation, metadata).
+        dtype: the dtype the weights were loaded in (the fp8 storage dtype for fp8 storage).
+        files: further files read, by role (e.g. ``{"base": ...}``, ``{"decoder_prompt": ..., "vae": ...}``).
+        filled_keys: model tensors the file did not hold, taken from elsewhere (a base checkpoint, an init).
+        ignored_keys: tensors of the file not loaded into the model (e.g. ``omnimae_extractor.*``, a dropped MPM).
+        converted_keys: tensors whose values were converted on the way (e.g. dequantised scaled fp8).
+        notes: anything substituted or assumed, in words.
+        extras: further things the file held, by name (e.g. ``omnimae_state_dict``, ``metadata``).
+    """
+
+    file: str
+    format: str
+    dtype: Optional[torch.dtype] = None
+    files: dict[str, Optional[str]] = field(default_factory=dict)
+    filled_keys: list[str] = field(default_factory=list)
+    ignored_keys: list[str] = field(default_factory=list)
+    converted_keys: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+ModelT = TypeVar("ModelT", bound=torch.nn.Module)
+
+
+def with_load_info(model: ModelT, info: LoadInfo) -> ModelT:
+    """Attach ``info`` to ``model`` as ``model.load_info`` and return the model."""
+    model.load_info = info
+    return model
 
 
 def _load_safetensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:

@@ -47,8 +47,8 @@ import torch
 
 from ..errors import MoGe4DInputError
 from ..models.motion_vae import AdapterConfig, MotionVAE, MotionVAEConfig
-from .common import (check_keys, find_weights, load_file_state_dict, read_arch_config, save_state_dict,
-                     strip_prefix)
+from .common import (LoadInfo, check_keys, find_weights, load_file_state_dict, read_arch_config, save_state_dict,
+                     strip_prefix, with_load_info)
 
 ARCH = "moge4d_motion_vae"
 SUBFOLDER_FILES = ("pytorch_model.bin", "model.safetensors", "diffusion_pytorch_model.safetensors",
@@ -233,11 +233,11 @@ def _load_vae_into(vae: torch.nn.Module, state: Mapping[str, torch.Tensor], sour
 
 
 def load_wan_vae(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
-    """Load a Wan2.1 VAE into diffusers' ``AutoencoderKLWan`` -> ``(vae, config)``.
+    """Load a Wan2.1 VAE into diffusers' ``AutoencoderKLWan`` (eval mode).
 
     ``path``: ``Wan2.1_VAE.pth``, ``wan_2.1_vae.safetensors``, a diffusers ``vae/`` folder or file, or the
-    official release ``VAE/`` folder (its ``vae/`` sub-folder). ``config`` holds the constructor kwargs, the
-    layout read and the file.
+    official release ``VAE/`` folder (its ``vae/`` sub-folder). ``vae.config`` holds the constructor kwargs;
+    ``vae.load_info`` the file and its layout (``format``: ``wan_vae_original`` / ``wan_vae_diffusers``).
     """
     from diffusers import AutoencoderKLWan
 
@@ -255,7 +255,7 @@ def load_wan_vae(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
     vae = AutoencoderKLWan(**cfg)
     _load_vae_into(vae, state, str(file))
     vae = vae.to(device=device, dtype=dtype).eval()
-    return vae, {"format": f"wan_vae_{layout}", "file": str(file), "vae": cfg}
+    return with_load_info(vae, LoadInfo(file=str(file), format=f"wan_vae_{layout}", dtype=dtype))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -372,7 +372,7 @@ def _checked_recorded_adapter(recorded: MotionVAEConfig, inferred: AdapterConfig
     return rec
 
 
-def _load_release(root: Path, base_vae: Optional[str | os.PathLike]) -> tuple[MotionVAE, dict]:
+def _load_release(root: Path, base_vae: Optional[str | os.PathLike]) -> tuple[MotionVAE, LoadInfo]:
     notes = []
     dec_file = _sub_weights(root, "decoder_prompt", "the trajectory decoder adapter")
     dec_state = load_file_state_dict(dec_file)
@@ -417,12 +417,12 @@ def _load_release(root: Path, base_vae: Optional[str | os.PathLike]) -> tuple[Mo
         b = model.encoder_adapter.conv_out.bias
         if bool((w == 0).all()) and bool((b == 0).all()):
             notes.append("encoder_prompt conv_out is all zeros: the encoder adapter is exactly sigmoid(delta)")
-    info = {"format": "official_release", "root": str(root),
-            "files": {"encoder_prompt": str(enc_file) if enc_file else None, "decoder_prompt": str(dec_file),
-                      "vae": str(vae_file),
-                      "config": str(root / RELEASE_CONFIG_FILE) if recorded is not None else None},
-            "vae_layout": layout, "encoder_adapter": "loaded" if enc_state is not None else "zero_init",
-            "notes": notes}
+    filled = [] if enc_state is not None else ["encoder_adapter." + k for k in model.encoder_adapter.state_dict()]
+    info = LoadInfo(file=str(root), format="official_release",
+                    files={"encoder_prompt": str(enc_file) if enc_file else None, "decoder_prompt": str(dec_file),
+                           "vae": str(vae_file),
+                           "config": str(root / RELEASE_CONFIG_FILE) if recorded is not None else None},
+                    filled_keys=filled, notes=notes, extras={"vae_layout": layout})
     return model, info
 
 
@@ -432,11 +432,12 @@ def _load_release(root: Path, base_vae: Optional[str | os.PathLike]) -> tuple[Mo
 
 def load_motion_vae(path: str | os.PathLike, *, base_vae: Optional[str | os.PathLike] = None,
                     fresh_adapters: bool = False, dtype: torch.dtype = torch.float32,
-                    device: str | torch.device = "cpu") -> tuple[MotionVAE, dict]:
-    """Load a :class:`~moge4d_core.models.motion_vae.MotionVAE` -> ``(model, config)`` (eval mode).
+                    device: str | torch.device = "cpu") -> MotionVAE:
+    """Load a :class:`~moge4d_core.models.motion_vae.MotionVAE` (eval mode); its config is ``model.config``.
 
-    ``config`` has ``format`` (``official_release`` / ``moge4d`` / ``wan_vae_original`` / ``wan_vae_diffusers``),
-    ``model`` (the :class:`MotionVAEConfig` dict), the files read and ``notes`` on anything substituted.
+    ``model.load_info`` (:class:`~moge4d_core.loading.common.LoadInfo`) has ``format`` (``official_release`` /
+    ``moge4d`` / ``wan_vae_original`` / ``wan_vae_diffusers``), the files read, ``filled_keys`` (adapter tensors
+    not in the files: a zero-initialised encoder adapter, fresh adapters) and ``notes`` on anything substituted.
     """
     p = Path(path)
     if not p.exists():
@@ -454,7 +455,7 @@ def load_motion_vae(path: str | os.PathLike, *, base_vae: Optional[str | os.Path
             raise MoGe4DInputError(f"{file}: is a MoGe4D '{arch}' checkpoint, not a motion VAE ('{ARCH}')")
         model = MotionVAE(MotionVAEConfig.from_dict(cfg or {}))
         _load_module(model, load_file_state_dict(file), str(file), "MoGe4D motion VAE")
-        return _finish(model, {"format": "moge4d", "file": str(file), "notes": []}, dtype, device)
+        return _finish(model, LoadInfo(file=str(file), format="moge4d"), dtype, device)
     state, vae_cfg, layout = _read_wan_vae_state(file)
     if not fresh_adapters:
         raise MoGe4DInputError(
@@ -463,14 +464,15 @@ def load_motion_vae(path: str | os.PathLike, *, base_vae: Optional[str | os.Path
             f"training from this VAE pass fresh_adapters=True.")
     model = MotionVAE(MotionVAEConfig(vae=vae_cfg))
     _load_vae_into(model.vae, state, str(file))
-    info = {"format": f"wan_vae_{layout}", "file": str(file),
-            "notes": ["fresh trajectory adapters: encoder = sigmoid (zero conv_out), decoder randomly initialised"]}
+    adapters = [k for k in model.state_dict() if not k.startswith("vae.")]
+    info = LoadInfo(file=str(file), format=f"wan_vae_{layout}", filled_keys=adapters,
+                    notes=["fresh trajectory adapters: encoder = sigmoid (zero conv_out), decoder randomly initialised"])
     return _finish(model, info, dtype, device)
 
 
-def _finish(model: MotionVAE, info: dict, dtype: torch.dtype, device) -> tuple[MotionVAE, dict]:
-    info["model"] = model.config.to_dict()
-    return model.to(device=device, dtype=dtype).eval(), info
+def _finish(model: MotionVAE, info: LoadInfo, dtype: torch.dtype, device) -> MotionVAE:
+    info.dtype = dtype
+    return with_load_info(model.to(device=device, dtype=dtype).eval(), info)
 
 
 def save_motion_vae(model: MotionVAE, path: str | os.PathLike,

@@ -30,7 +30,7 @@ import torch
 
 from ..errors import MoGe4DInputError
 from ..models.omnimae import NUM_POSITIONS, OmniMAEEncoder
-from .common import check_finite, check_keys, find_weights, load_file_state_dict
+from .common import LoadInfo, check_finite, check_keys, find_weights, load_file_state_dict, with_load_info
 
 STRAG_PREFIX = "omnimae_extractor."
 IGNORED_PREFIXES = ("trunk.mask_token", "trunk.decoder.", "head.")
@@ -133,7 +133,8 @@ def load_omnimae(source: Union[str, os.PathLike, Mapping[str, torch.Tensor]], *,
 
     ``source``: ``vitb_pretrain.torch``, a STraG safetensors file / index / folder holding ``omnimae_extractor.*``,
     or a state dict (``trunk.*`` or ``omnimae_extractor.trunk.*``). Width and depth come from the tensors;
-    ``num_heads`` defaults to ``embed_dim // 64`` (12 for ViT-B).
+    ``num_heads`` defaults to ``embed_dim // 64`` (12 for ViT-B). ``model.load_info`` names the source
+    (``format``: ``4D-STraG omnimae_extractor.*`` or ``OmniMAE trunk.*``) and the ignored tensors (decoder, head).
     """
     if isinstance(source, Mapping):
         label, raw = "state dict", dict(source)
@@ -141,7 +142,10 @@ def load_omnimae(source: Union[str, os.PathLike, Mapping[str, torch.Tensor]], *,
             raise MoGe4DInputError("state dict: OmniMAE weights must be a mapping of names to tensors")
     else:
         label, raw = read_omnimae_state(source)
-    state = _convert(_to_trunk(raw, label), label)
+    fmt = "4D-STraG omnimae_extractor.*" if any(k.startswith(STRAG_PREFIX) for k in raw) else "OmniMAE trunk.*"
+    trunk = _to_trunk(raw, label)
+    ignored = sorted(k for k in trunk if k.startswith(IGNORED_PREFIXES))
+    state = _convert(trunk, label)
     w = state.get("patch_embed.weight")
     if w is None or w.ndim != 5 or tuple(w.shape[1:]) != (3, 2, 16, 16):
         raise MoGe4DInputError(f"{label}: 'trunk.patch_embed.proj.1.weight' missing or not a (C,3,2,16,16) tubelet "
@@ -162,7 +166,8 @@ def load_omnimae(source: Union[str, os.PathLike, Mapping[str, torch.Tensor]], *,
     if tuple(state["pos_embed"].shape) != (1, NUM_POSITIONS, dim):
         raise MoGe4DInputError(f"{label}: trunk.pos_embed should be (1, {NUM_POSITIONS}, {dim})")
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return with_load_info(model, LoadInfo(file=label, format=fmt, dtype=dtype, ignored_keys=ignored))
 
 
 __all__ = ["load_omnimae", "read_omnimae_state"]

@@ -38,7 +38,7 @@ import torch
 
 from ..errors import MoGe4DInputError
 from ..models.text import SentencePieceT5Tokenizer, build_umt5_encoder, umt5_config
-from .common import check_keys, find_weights, load_file_state_dict
+from .common import LoadInfo, check_keys, find_weights, load_file_state_dict, with_load_info
 
 __all__ = ["detect_text_format", "convert_text_state_dict", "load_umt5_tokenizer", "load_text_encoder",
            "find_prefix", "dequantize_fp8", "split_quantised", "build_with_weights"]
@@ -292,6 +292,8 @@ def load_text_encoder(path: str | os.PathLike, tokenizer_dir: str | os.PathLike 
     path: weights file or folder (Wan ``.pth``, ComfyUI fp16 / fp8-scaled safetensors, sharded index).
     tokenizer_dir: folder with the google/umt5-xxl tokenizer (or a ``spiece.model``); when None the
     ``spiece_model`` tensor embedded in ComfyUI's files is used, else an error says what to pass.
+    The tokenizer is a second object, not loading info; ``model.load_info`` names the weights file, the detected
+    format (e.g. ``hf+scaled_fp8``) and the tokenizer source (``files["tokenizer"]``).
     """
 
     file = find_weights(path)
@@ -316,5 +318,7 @@ def load_text_encoder(path: str | os.PathLike, tokenizer_dir: str | os.PathLike 
     emb = getattr(getattr(model, "encoder", None), "embed_tokens", None)
     if emb is not None and emb.weight is not model.shared.weight:
         emb.weight = model.shared.weight   # one Parameter, so .to() never duplicates the 2 GB table
-    return model, tokenizer
+    tok_source = str(tokenizer_dir) if tokenizer_dir is not None else f"{file} (embedded spiece_model)"
+    info = LoadInfo(file=str(file), format=desc, dtype=dtype, files={"tokenizer": tok_source})
+    return with_load_info(model, info), tokenizer
 

@@ -26,7 +26,7 @@ from ..errors import MoGe4DInputError
 from ..models.unidepth.config import UniDepthConfig, backbone_name, parse_hub_config
 from ..models.unidepth.encoder import convert_dinov2_keys
 from ..models.unidepth.model import UniDepthV2, UniDepthV2Old, build_unidepth
-from .common import check_keys, find_weights, load_file_state_dict
+from .common import LoadInfo, check_keys, find_weights, load_file_state_dict, with_load_info
 
 PREFERRED_FILES = ("model.safetensors", "pytorch_model.bin")
 _ENC = "pixel_encoder."
@@ -198,28 +198,28 @@ def _read_json(path: Path) -> Optional[dict]:
     return data if isinstance(data, dict) else None
 
 
-def _hub_overrides(weights: Path, folder: Optional[Path]) -> tuple[dict, bool]:
-    """``(overrides, from_sibling)``: the folder's ``config.json``, else one next to the weights file."""
+def _hub_overrides(weights: Path, folder: Optional[Path]) -> tuple[dict, bool, Optional[Path]]:
+    """``(overrides, from_sibling, file)``: the folder's ``config.json``, else one next to the weights file."""
     for cand, sibling in ([(folder / "config.json", False)] if folder else []) + [(weights.parent / "config.json", True)]:
         if cand.is_file():
             data = _read_json(cand)
             if data and ("model" in data or "config" in data):
-                return parse_hub_config(data), sibling and folder is None
-    return {}, False
+                return parse_hub_config(data), sibling and folder is None, cand
+    return {}, False, None
 
 
 def load_unidepth(source: Union[str, os.PathLike, Mapping[str, torch.Tensor]], *, dtype: torch.dtype = torch.float32,
                   device: Union[str, torch.device] = "cpu",
-                  config: Optional[Union[UniDepthConfig, dict]] = None) -> tuple[Union[UniDepthV2, UniDepthV2Old],
-                                                                                  UniDepthConfig]:
-    """Load a published UniDepthV2 / V2old checkpoint -> ``(model, config)`` (model in eval mode, no grads).
+                  config: Optional[Union[UniDepthConfig, dict]] = None) -> Union[UniDepthV2, UniDepthV2Old]:
+    """Load a published UniDepthV2 / V2old checkpoint (eval mode, no grads); its config is ``model.config``.
 
     ``source``: a weights file, a folder (``model.safetensors`` or ``pytorch_model.bin`` + optional
     ``config.json``) or a state dict. ``config``: optional overrides (a :class:`UniDepthConfig` or a dict of its
     fields) for anything the weights cannot tell, e.g. ``num_heads`` of a non-standard width.
     The model is built on the meta device and the tensors assigned, then moved to ``device`` / ``dtype``.
+    ``model.load_info`` names the file, the format (``cfg.name``) and which ``config.json`` was read.
     """
-    sibling = False
+    sibling, hub_file = False, None
     if isinstance(source, Mapping):
         label, raw, overrides = "state dict", dict(source), {}
         if not all(isinstance(v, torch.Tensor) for v in raw.values()):
@@ -228,7 +228,7 @@ def load_unidepth(source: Union[str, os.PathLike, Mapping[str, torch.Tensor]], *
         p = Path(source)
         weights = find_weights(p, preferred=PREFERRED_FILES)
         label = str(weights)
-        overrides, sibling = _hub_overrides(weights, p if p.is_dir() else None)
+        overrides, sibling, hub_file = _hub_overrides(weights, p if p.is_dir() else None)
         raw = load_file_state_dict(weights)
     if not raw:
         raise MoGe4DInputError(f"{label}: the file holds no tensors")
@@ -244,6 +244,7 @@ def load_unidepth(source: Union[str, os.PathLike, Mapping[str, torch.Tensor]], *
         # files) and does not describe this file: ignore it and read everything from the weights
         warnings.warn(f"{label}: ignoring the config.json next to it ({exc})")
         cfg = config_from_state(state, label, dict(config or {}))
+        hub_file = None
     with torch.device("meta"):
         model = build_unidepth(cfg)
     expected = model.state_dict()
@@ -255,7 +256,8 @@ def load_unidepth(source: Union[str, os.PathLike, Mapping[str, torch.Tensor]], *
     floats = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
     model.load_state_dict(floats, strict=True, assign=True)
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    return model, cfg
+    info = LoadInfo(file=label, format=cfg.name, dtype=dtype, files={"config": str(hub_file)} if hub_file else {})
+    return with_load_info(model, info)
 
 
 __all__ = ["load_unidepth", "detect_version", "config_from_state", "convert_keys", "to_published_keys"]

@@ -44,8 +44,8 @@ from ..models.wan_dit.config import (ARCH_CONTROL_V11, ARCH_INP, ARCH_STRAG, ARC
                                      KNOWN_WIDTHS, WanDiTConfig, infer_arch)
 from ..models.wan_dit.model import STraGDiT, ViSMDiT, WanDiT
 from . import wan_keys
-from .common import (check_keys, find_weights, load_file_state_dict, read_arch_config, read_metadata,
-                     save_state_dict, strip_prefix)
+from .common import (LoadInfo, check_keys, find_weights, load_file_state_dict, read_arch_config, read_metadata,
+                     save_state_dict, strip_prefix, with_load_info)
 
 __all__ = ["load_strag", "load_vism_base", "load_wan_dit", "save_wan_dit", "detect_wan_config",
            "resolve_dit_path", "WanDiTSource", "read_wan_dit_source"]
@@ -121,6 +121,20 @@ class WanDiTSource:
     meta_config: Optional[dict] = None
     json_config: Optional[dict] = None
     metadata: dict = field(default_factory=dict)
+    filled: list[str] = field(default_factory=list)     # keys taken from a base checkpoint
+    ignored: list[str] = field(default_factory=list)    # keys of the file left out on purpose
+    converted: list[str] = field(default_factory=list)  # keys dequantised / quantised on the way
+    files: dict[str, str] = field(default_factory=dict)  # further files read, by role
+
+    def load_info(self, dtype: torch.dtype, keep_omnimae: bool = True) -> LoadInfo:
+        """What was read, for ``model.load_info``; ``omnimae_state_dict`` holds the ``omnimae_extractor.*``
+        tensors (prefix removed) when ``keep_omnimae``."""
+        extras: dict[str, Any] = {"metadata": dict(self.metadata)}
+        if keep_omnimae:
+            extras["omnimae_state_dict"] = strip_prefix(self.extras, OMNIMAE_PREFIX)
+        return LoadInfo(file=str(self.file), format=self.format, dtype=dtype, files=dict(self.files),
+                        filled_keys=list(self.filled), ignored_keys=sorted(self.extras) + self.ignored,
+                        converted_keys=list(self.converted), extras=extras)
 
 
 def _adjacent_config(file: Path) -> Optional[dict]:
@@ -324,8 +338,9 @@ def _keep_fp32(name: str, keep: tuple[str, ...]) -> bool:
 
 
 def _materialise(model_cls: type, cfg: WanDiTConfig, src: WanDiTSource, *, dtype: torch.dtype,
-                 compute_dtype: torch.dtype, device: Union[str, torch.device], label: str,
-                 allow_missing: tuple[str, ...] = ()) -> WanDiT:
+                 compute_dtype: torch.dtype, device: Union[str, torch.device], label: str) -> WanDiT:
+    """Build ``model_cls`` on the meta device and fill it from ``src`` (consumed); records ``converted_keys``
+    on ``src.info``."""
     if dtype not in _FLOAT_DTYPES and not fp8_storage.is_fp8(dtype):
         raise MoGe4DInputError(f"dtype must be float32, float16, bfloat16 or an fp8 dtype, got {dtype}")
     if compute_dtype not in _FLOAT_DTYPES:
@@ -364,9 +379,11 @@ def _materialise(model_cls: type, cfg: WanDiTConfig, src: WanDiTSource, *, dtype
                     t = t.float() * scale
                 out, s = fp8_storage.quantize_fp8(t, dtype)
                 fp8_scales[module_name] = s
+                src.converted.append(k)
         else:
             if scale is not None or fp8_storage.is_fp8(t.dtype):
                 t = t.float() * (scale if scale is not None else 1.0)
+                src.converted.append(k)
             out = t.to(torch.float32 if _keep_fp32(k, keep) else cdtype)
         out = out.to(dev)
         if out.device.type == "cpu" and out.data_ptr() % 64:
@@ -407,38 +424,32 @@ def _resolve_config(src: WanDiTSource, config: ConfigLike) -> WanDiTConfig:
     return detect_wan_config(src.state, src.file, src.json_config, overrides)
 
 
-def _drop_mpm(src: WanDiTSource) -> int:
+def _drop_mpm(src: WanDiTSource) -> None:
     ks = [k for k in src.state if any(p.match(k) for p in MPM_PATTERNS)]
     for k in ks:
         src.state.pop(k)
-    return len(ks)
+    src.ignored.extend(ks)
 
 
 def load_wan_dit(path: Union[str, Path], *, dtype: torch.dtype = torch.bfloat16, device: Union[str, torch.device] = "cpu",
                  compute_dtype: torch.dtype = torch.bfloat16, config: ConfigLike = None,
-                 expect: Optional[tuple[str, ...]] = None) -> tuple[WanDiT, WanDiTConfig, dict]:
-    """Load any supported Wan2.1 DiT (class chosen by architecture). Returns ``(model, config, extras)``."""
+                 expect: Optional[tuple[str, ...]] = None) -> WanDiT:
+    """Load any supported Wan2.1 DiT (class chosen by architecture), with ``model.load_info``
+    (:class:`~moge4d_core.loading.common.LoadInfo`)."""
     src = read_wan_dit_source(path)
     cfg = _resolve_config(src, config)
     if expect is not None and cfg.arch not in expect:
         raise MoGe4DInputError(f"{src.file}: expected {' or '.join(expect)}, found {_describe(cfg)}")
     cls = STraGDiT if cfg.arch == ARCH_STRAG else (ViSMDiT if cfg.arch == ARCH_INP else WanDiT)
     model = _materialise(cls, cfg, src, dtype=dtype, compute_dtype=compute_dtype, device=device, label=cfg.arch)
-    return model, cfg, _extras(src)
-
-
-def _extras(src: WanDiTSource, **more: Any) -> dict:
-    out = {"omnimae_state_dict": strip_prefix(src.extras, OMNIMAE_PREFIX), "file": str(src.file),
-           "format": src.format, "metadata": dict(src.metadata)}
-    out.update(more)
-    return out
+    return with_load_info(model, src.load_info(dtype))
 
 
 def load_strag(path: Union[str, Path], *, dtype: torch.dtype = torch.bfloat16, device: Union[str, torch.device] = "cpu",
                base: Optional[Union[str, Path]] = None, mpm: bool = True, compute_dtype: torch.dtype = torch.bfloat16,
-               config: ConfigLike = None, mpm_alignment: Optional[str] = None
-               ) -> tuple[STraGDiT, WanDiTConfig, dict]:
-    """Load the 4D-STraG DiT. Returns ``(model, config, extras)``.
+               config: ConfigLike = None, mpm_alignment: Optional[str] = None, keep_omnimae: bool = True
+               ) -> STraGDiT:
+    """Load the 4D-STraG DiT, with what was read in ``model.load_info``.
 
     ``path``: the STraG checkpoint in any accepted format (see the module docstring).
     ``base``: optional Wan2.1-Fun-V1.1-14B-Control checkpoint; keys missing from ``path`` are taken
@@ -447,17 +458,17 @@ def load_strag(path: Union[str, Path], *, dtype: torch.dtype = torch.bfloat16, d
     ``mpm``: keep the Motion Perception Module when the file has its weights (``False`` drops them).
     ``config``: a :class:`WanDiTConfig`, or a dict of fields overriding detection (e.g. ``num_heads``).
     ``mpm_alignment``: override; default = the file's metadata (our checkpoints) else ``"official"``.
+    ``keep_omnimae``: keep the file's ``omnimae_extractor.*`` tensors (prefix removed; empty if absent) in
+    ``model.load_info.extras["omnimae_state_dict"]`` (pop them from there once used, to free them).
 
-    ``extras``: ``omnimae_state_dict`` (the checkpoint's ``omnimae_extractor.*`` tensors, prefix removed;
-    empty if absent), ``mpm`` (MPM loaded), ``mpm_in_file``, ``mpm_alignment``, ``file``, ``format``,
-    ``metadata``, ``from_base`` (number of tensors taken from ``base``).
+    ``model.load_info``: ``filled_keys`` = tensors taken from ``base``; ``ignored_keys`` = the file's
+    ``omnimae_extractor.*`` tensors and, with ``mpm=False``, its MPM tensors; ``extras["metadata"]`` = the
+    safetensors metadata.
     """
     src = read_wan_dit_source(path)
-    from_base = 0
     if base is not None:
-        from_base = _fill_from_base(src, base)
-    mpm_in_file = any(p.match(k) for k in src.state for p in MPM_PATTERNS)
-    if not mpm and mpm_in_file:
+        _fill_from_base(src, base)
+    if not mpm:
         _drop_mpm(src)
     cfg = _resolve_config(src, config)
     if not mpm:
@@ -475,12 +486,10 @@ def load_strag(path: Union[str, Path], *, dtype: torch.dtype = torch.bfloat16, d
         cfg = cfg.replace(mpm_alignment=mpm_alignment)
     model = _materialise(STraGDiT, cfg, src, dtype=dtype, compute_dtype=compute_dtype, device=device,
                          label="4D-STraG")
-    extras = _extras(src, mpm=cfg.mpm_feature_dim is not None, mpm_in_file=mpm_in_file,
-                     mpm_alignment=cfg.mpm_alignment, from_base=from_base)
-    return model, cfg, extras
+    return with_load_info(model, src.load_info(dtype, keep_omnimae))
 
 
-def _fill_from_base(src: WanDiTSource, base: Union[str, Path]) -> int:
+def _fill_from_base(src: WanDiTSource, base: Union[str, Path]) -> None:
     bsrc = read_wan_dit_source(base)
     if bsrc.scales or any(fp8_storage.is_fp8(t.dtype) for t in bsrc.state.values()):
         for k in list(bsrc.state):
@@ -496,21 +505,20 @@ def _fill_from_base(src: WanDiTSource, base: Union[str, Path]) -> int:
         wide = pe.new_zeros(pe.shape[0], 64, *pe.shape[2:])
         wide[:, :48] = pe
         bsrc.state["patch_embedding.weight"] = wide
-    n = 0
     for k, v in bsrc.state.items():
         if k not in src.state:
             src.state[k] = v
-            n += 1
-    return n
+            src.filled.append(k)
+    src.files["base"] = str(bsrc.file)
 
 
 def load_vism_base(path: Union[str, Path], *, dtype: torch.dtype = torch.bfloat16,
                    device: Union[str, torch.device] = "cpu", compute_dtype: torch.dtype = torch.bfloat16,
-                   config: ConfigLike = None) -> tuple[ViSMDiT, WanDiTConfig]:
+                   config: ConfigLike = None) -> ViSMDiT:
     """Load the 4D-ViSM base DiT (Wan2.1-Fun-V1.1-14B-InP, or the same-layout Wan2.1-I2V-14B).
 
     Accepts the VideoX-Fun / Wan layouts, ComfyUI repackages (incl. fp8 / fp8-scaled) and our own
-    outputs. Returns ``(model, config)``. The ViSM LoRA is applied separately.
+    outputs; what was read is in ``model.load_info``. The ViSM LoRA is applied separately.
     """
     src = read_wan_dit_source(path)
     cfg = _resolve_config(src, config)
@@ -520,7 +528,7 @@ def load_vism_base(path: Union[str, Path], *, dtype: torch.dtype = torch.bfloat1
                                f"found {_describe(cfg)}.{hint}")
     model = _materialise(ViSMDiT, cfg, src, dtype=dtype, compute_dtype=compute_dtype, device=device,
                          label="4D-ViSM base (Wan2.1-Fun-InP)")
-    return model, cfg
+    return with_load_info(model, src.load_info(dtype))
 
 
 # ----------------------------------------------------------------------------------------------- saving

@@ -116,16 +116,17 @@ def load_models(files: ModelFiles, *, device="cpu", dtype: torch.dtype = torch.f
     from ..loading.motion_vae import load_motion_vae, load_wan_vae
     from ..loading.wan_dit import load_strag, load_vism_base
 
-    strag, _, extras = load_strag(files.strag, dtype=dtype, device=device, base=files.strag_base)
-    mvae, _ = load_motion_vae(files.motion_vae, device=device)
-    vae, _ = load_wan_vae(files.wan_vae, device=device)
+    strag = load_strag(files.strag, dtype=dtype, device=device, base=files.strag_base)
+    omnimae_state = strag.load_info.extras.pop("omnimae_state_dict", None)   # used below, then freed
+    mvae = load_motion_vae(files.motion_vae, device=device)
+    vae = load_wan_vae(files.wan_vae, device=device)
     out = LoadedModels(strag=strag.eval(), motion_vae=mvae.eval(), image_vae=WanImageVAE(vae.eval()))
     if inpaint:
         base = files.vism_base
         if base is None:
             raise MoGe4DInputError(f"{files.root}: no 4D-ViSM base ({INP}/ or vism.safetensors); add it or run "
                                    f"with --no-inpaint")
-        vism, _ = load_vism_base(base, dtype=dtype, device=device)
+        vism = load_vism_base(base, dtype=dtype, device=device)
         if files.vism_lora is not None:
             merge_lora(vism, files.vism_lora, lora_strength)
         out.vism = vism.eval()
@@ -137,10 +138,10 @@ def load_models(files: ModelFiles, *, device="cpu", dtype: torch.dtype = torch.f
         out.clip = load_clip_vision(files.clip, dtype=dtype, device=device)
     if depth and files.unidepth is not None:
         from ..loading.unidepth import load_unidepth
-        out.unidepth = load_unidepth(files.unidepth, device=device)[0]
-    if extras.get("omnimae_state_dict"):
+        out.unidepth = load_unidepth(files.unidepth, device=device)
+    if omnimae_state:
         from ..loading.omnimae import load_omnimae
-        out.omnimae = load_omnimae(extras["omnimae_state_dict"], device=device)
+        out.omnimae = load_omnimae(omnimae_state, device=device)
     elif files.omnimae is not None and getattr(strag, "feature_adapter", None) is not None:
         from ..loading.omnimae import load_omnimae
         out.omnimae = load_omnimae(files.omnimae, device=device)

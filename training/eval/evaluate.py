@@ -147,7 +147,7 @@ def motion_vae_roundtrip(models_dir, data_dir, *, count: int = 16, frames: int =
     from moge4d_core.loading.motion_vae import load_motion_vae
     from moge4d_core.pipeline.model_dir import find_model_files
 
-    mvae, _ = load_motion_vae(find_model_files(models_dir).motion_vae)
+    mvae = load_motion_vae(find_model_files(models_dir).motion_vae)
 
     def roundtrip(delta: torch.Tensor) -> torch.Tensor:
         return mvae.decode(mvae.encode(delta.permute(3, 0, 1, 2)[None]))[0].permute(1, 2, 3, 0)

@@ -127,7 +127,7 @@ def write_whitened(data: str, work: Path) -> Path:
 
     from .whiten import latent_moments, whiten_motion_vae
 
-    vae = load_motion_vae(work / "motion_vae" / EXPORTS["motion_vae"])[0].eval()
+    vae = load_motion_vae(work / "motion_vae" / EXPORTS["motion_vae"]).eval()
     ds = TrajSceneDataset(data, frames=17, crop=None, grid=(64, 96))
     motions = (ds[i].delta_hat.permute(3, 0, 1, 2)[None] for i in range(min(WHITEN_SAMPLES, len(ds))))
     mean, std = latent_moments(vae, motions)
@@ -148,7 +148,7 @@ def write_noisy_posterior(data: str, work: Path) -> Path:
 
     from .whiten import set_posterior_sigma
 
-    vae = load_motion_vae(work / WHITE)[0].eval()
+    vae = load_motion_vae(work / WHITE).eval()
     ds = TrajSceneDataset(data, frames=17, crop=None, grid=(64, 96))
     set_posterior_sigma(vae, DECODER_SIGMA, ds[0].delta_hat.permute(3, 0, 1, 2)[None])
     with torch.no_grad():
