@@ -30,6 +30,10 @@ Commands
 
 ``presets``  list the camera presets and their parameters.
 
+``--export usd|usda|usdz|glb`` (``render``, ``generate``, ``demo``; repeatable) also writes the 4D scene as
+``scene.<fmt>`` into ``--out``: USD with time-sampled points and every camera path (:mod:`moge4d_core.io.usd`), or
+one animated ``.glb`` for glTF viewers and ComfyUI's Preview 3D (:mod:`moge4d_core.io.gltf`).
+
 Before any model loads or any file is written, :func:`preflight` checks everything that is cheap to check (sizes,
 frame counts, sampler settings, camera names, device, model files, image and depth, the output folder, free disk
 space). Every command builds its outputs in a temporary folder next to ``--out`` and then replaces ``--out`` whole
@@ -155,6 +159,9 @@ def preflight(args, command: str, *, models_dir=None, image_path=None, depth_pat
     from .io.output_folder import check_free_space, check_output_folder
 
     checked = Checked(command=_command_line(args, command))
+    from .io.exports import check_exports
+
+    check_exports(getattr(args, "export", None))
     if command == "render":
         if not args.demo and not args.trajectories:
             raise MoGe4DInputError("render: pass --demo for the built-in scene or --trajectories FILE (.pkl / .npz)")
@@ -221,6 +228,7 @@ def preflight(args, command: str, *, models_dir=None, image_path=None, depth_pat
 def cmd_render(args) -> int:
     from .camera.scene import camera_path_for_scene
     from .io import save_trajectories_npz, write_mp4, write_ply_sequence
+    from .io.exports import write_exports
     from .io.output_folder import check_free_space, output_folder
     from .render import render_trajectories
 
@@ -252,7 +260,10 @@ def cmd_render(args) -> int:
                            f"{out / f'holes_{name}.mp4'}")
         plys = write_ply_sequence(scene, tmp / "ply", prefix="frame")
         save_trajectories_npz(scene, tmp / "scene.npz")
+        exported = write_exports(scene, paths, tmp, args.export)
     summary.append(f"PLY sequence: {len(plys)} files in {out / 'ply'}; scene: {out / 'scene.npz'}")
+    if exported:
+        summary.append("exports: " + ", ".join(str(out / p.name) for p in exported))
     print("\n".join(summary))
     return 0
 
@@ -295,7 +306,7 @@ def _generate(args, *, models_dir, image_path, depth_path=None, fov=None, depth_
                           trajectory_settings=traj_settings, inpaint_settings=inp_settings, options=options,
                           clip=strag_clip_context(models, args.height, args.width), compat=args.compat,
                           size=(args.width, args.height), fps=args.fps, progress=progress)
-    written = write_outputs(result, args.out, fps=args.fps, command=checked.command)
+    written = write_outputs(result, args.out, fps=args.fps, command=checked.command, exports=args.export)
     print(f"models loaded in {t_load:.1f} s from {files.root}")
     print(result.times.summary())
     print(f"wrote {len(written)} outputs to {args.out}: " + ", ".join(p.name for p in written))
@@ -357,6 +368,16 @@ def _add_generate_args(g, demo: bool) -> None:
     g.add_argument("--lora-strength", type=float, default=0.55, help="4D-ViSM LoRA strength (release 0.55)")
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     g.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="model weights dtype")
+    _add_export_arg(g)
+
+
+def _add_export_arg(parser) -> None:
+    from .io.exports import EXPORT_FORMATS
+
+    parser.add_argument("--export", action="append", default=None, choices=EXPORT_FORMATS,
+                        help="also write the 4D scene as scene.<fmt> (repeatable): usd / usda / usdz (time-sampled "
+                             "points and the camera paths, metres, Y-up) or glb (animated points for glTF viewers "
+                             "and ComfyUI's Preview 3D)")
 
 
 def cmd_presets(args) -> int:
@@ -391,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--render-height", type=int, default=0, help="output height (0: the scene's grid height)")
     r.add_argument("--allow-unsafe-pickle", action="store_true",
                    help="allow arbitrary objects in pkl files (only for files you trust)")
+    _add_export_arg(r)
     r.set_defaults(func=cmd_render)
 
     g = sub.add_parser("generate", help="image -> 4D scene -> novel-view videos (the whole pipeline)")

@@ -223,3 +223,49 @@ def test_max_points_keeps_an_even_sub_grid_with_wider_splats(tmp_path, scene):
     assert got.shape == grid.shape and np.abs(got - grid).max() <= 1e-6
     widths = np.array(pts.GetWidthsAttr().Get(0))
     np.testing.assert_allclose(widths, stride * np.abs(grid[:, 2]) / float(scene.K[0, 0]), rtol=1e-6)
+
+
+def test_cli_export_writes_into_the_output_folder_all_or_nothing(tmp_path, monkeypatch):
+    import json
+
+    from moge4d_core import cli
+    from moge4d_core.io import gltf
+
+    out = tmp_path / "out"
+    args = ["render", "--demo", "--frames", "3", "--width", "32", "--height", "24", "--camera", "orbit_left",
+            "--camera", "static", "--out", str(out)]
+    assert cli.main(args + ["--export", "usdz", "--export", "glb", "--export", "usdz"]) == 0
+    listed = json.loads((out / "moge4d_run.json").read_text())["files"]
+    assert {"scene.usdz", "scene.glb", "scene.npz"} <= set(listed)
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]         # no temporary left behind
+    back = load_camera_path_usd(out / "scene.usdz", "/World/Cameras/static")
+    assert back.num_frames == 3 and torch.allclose(back.c2w, torch.eye(4).expand(3, 4, 4), atol=1e-6)
+
+    def broken(*a, **k):
+        raise OSError("disk trouble")
+
+    monkeypatch.setattr(gltf, "save_scene_glb", broken)
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(OSError, match="disk trouble"):
+        cli.main(args[:-2] + ["--camera", "dolly_in", "--out", str(out), "--export", "usda", "--export", "glb"])
+    assert sorted(p.name for p in out.iterdir()) == before and not (out / "scene.usda").exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_missing_libraries_are_named_before_any_work(monkeypatch, tmp_path):
+    import sys
+
+    from moge4d_core import cli
+    from moge4d_core.io.exports import check_exports
+
+    monkeypatch.setitem(sys.modules, "pxr", None)          # as if usd-core were not installed
+    monkeypatch.setitem(sys.modules, "pygltflib", None)
+    with pytest.raises(MoGe4DInputError, match=r"pip install usd-core"):
+        check_exports(["usdz"])
+    with pytest.raises(MoGe4DInputError, match=r"pip install pygltflib"):
+        check_exports(["glb"])
+    assert check_exports([]) == []
+    out = tmp_path / "out"
+    assert cli.main(["render", "--demo", "--frames", "3", "--width", "32", "--height", "24", "--out", str(out),
+                     "--export", "glb"]) == 2
+    assert not out.exists()

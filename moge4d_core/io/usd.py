@@ -328,7 +328,7 @@ def load_camera_path_usd(path: Union[str, os.PathLike], prim: Optional[str] = No
 
     if width is None or height is None:
         wa, ha = cam_prim.GetAttribute("moge4d:imageWidth"), cam_prim.GetAttribute("moge4d:imageHeight")
-        stored = (wa.Get() if wa and wa.HasAuthoredValue() else None, ha.Get() if ha and ha.HasAuthoredValue() else None)
+        stored = tuple(a.Get() if a and a.HasAuthoredValue() else None for a in (wa, ha))
     c2ws, Ks = [], []
     for t in _sample_times(stage, cam_prim):
         gf = cam.GetCamera(t)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..io import save_trajectories_npz, write_mp4, write_ply_sequence
+from ..io.exports import write_exports
 from ..io.output_folder import output_folder
 from ..preview import motion_preview
 
@@ -54,7 +55,8 @@ def estimate_output_bytes(frames: int, height: int, width: int, cameras: int, *,
     return int(28 * px + videos * px * 0.25 + sheet + 2 ** 20)
 
 
-def write_outputs(result: "SceneResult", out, *, fps: float = 8.0, command: str = "generate") -> list[Path]:
+def write_outputs(result: "SceneResult", out, *, fps: float = 8.0, command: str = "generate",
+                  exports=()) -> list[Path]:
     """Write ``result`` into ``out``, replacing a previous MoGe4D output there whole.
 
     Args:
@@ -62,6 +64,9 @@ def write_outputs(result: "SceneResult", out, *, fps: float = 8.0, command: str 
         out: output folder: missing, empty or an earlier MoGe4D output (else refused, untouched).
         fps: frame rate of the videos.
         command: recorded in the folder's manifest.
+        exports: extra scene files, names from :data:`moge4d_core.io.exports.EXPORT_FORMATS` (``usd``, ``usda``,
+            ``usdz``, ``glb``): ``scene.<fmt>`` with every rendered camera path, written inside the same temporary
+            folder.
 
     Returns:
         the final paths of the top-level items written (files and the ``ply`` folder), sorted by name.
@@ -81,5 +86,6 @@ def write_outputs(result: "SceneResult", out, *, fps: float = 8.0, command: str 
                 write_mp4(v.frames, tmp / f"inpainted_{name}.mp4", fps=fps)
         Image.fromarray(contact_sheet(result)).save(tmp / "contact_sheet.png")
         (tmp / "timings.txt").write_text(result.times.summary() + "\n")
+        write_exports(result.trajectories, [v.camera for v in result.views], tmp, exports, fps=fps)
         names = sorted(item.name for item in tmp.iterdir())
     return [out / name for name in names]
