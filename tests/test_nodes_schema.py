@@ -24,6 +24,7 @@ STABLE_IDS = {
     "MoGe4DMotionFeatures",
     "MoGe4DLoadSTraG", "MoGe4DLoadMotionVAE", "MoGe4DTrajectorySampler", "MoGe4DDenormalize", "MoGe4DFlowScheduler",
     "MoGe4DLoadViSM", "MoGe4DInpaint", "MoGe4DInpaintConditioning", "MoGe4DApplyViSMLoRA",
+    "MoGe4DSaveUSD", "MoGe4DSaveAnimatedGLB",
 }
 WIDGET_PREFIX = {
     "MoGe4DCameraPath": ["preset", "frames", "width", "height", "fov", "magnitude", "easing", "params"],
@@ -45,6 +46,8 @@ WIDGET_PREFIX = {
     "MoGe4DInpaint": ["steps", "cfg", "shift", "seed", "solver"],
     "MoGe4DInpaintConditioning": ["zero_clip_vision"],
     "MoGe4DApplyViSMLoRA": ["lora", "strength"],
+    "MoGe4DSaveUSD": ["filename_prefix", "format", "max_points"],
+    "MoGe4DSaveAnimatedGLB": ["filename_prefix", "max_points"],
 }
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
