@@ -269,27 +269,9 @@ def test_missing_caption_in_a_folder_names_the_file(tmp_path):
     assert str(tmp_path) in str(err.value)
 
 
-def test_synthetic_by_colour_rule_ties_direction_to_colour():
-    from training.datasets.synthetic import _COLOUR_DIRECTIONS, _COLOUR_NAMES, make_synthetic_sample
-    for idx in range(3):
-        s = make_synthetic_sample(idx, seed=4, height=16, width=24, frames=5, motion_rule="by_colour")
-        for prim in s.meta["objects"]:
-            if prim["part"] != 0:
-                continue
-            name = [n for n, c in _COLOUR_NAMES.items() if np.allclose(c, prim["color"])][0]
-            v = np.asarray(prim["motion"]["velocity"])
-            d = np.asarray(_COLOUR_DIRECTIONS[name])
-            if prim["motion"]["kind"] == "nonrigid":
-                d = d * 0.4
-            cos = v @ d / (np.linalg.norm(v) * np.linalg.norm(d))
-            assert cos > 0.999 and 0.8 * np.linalg.norm(d) - 1e-9 <= np.linalg.norm(v) <= np.linalg.norm(d) + 1e-9
-    with pytest.raises(MoGe4DInputError, match="motion_rule"):
-        make_synthetic_sample(0, motion_rule="sideways")
-
-
 def test_synthetic_motion_scale_only_stretches_the_translation():
     from training.datasets.synthetic import make_synthetic_sample
-    kw = dict(seed=5, height=16, width=24, frames=5, motion_rule="by_colour", novel_view="source")
+    kw = dict(seed=5, height=16, width=24, frames=5, novel_view="source")
     one = make_synthetic_sample(1, **kw)
     two = make_synthetic_sample(1, motion_scale=2.0, **kw)
     np.testing.assert_array_equal(one.coords[0], two.coords[0])
@@ -312,20 +294,3 @@ def test_synthetic_motion_scale_only_stretches_the_translation():
     np.testing.assert_allclose(two.coords - one.coords, extra, atol=2e-5)
     with pytest.raises(MoGe4DInputError, match="motion_scale"):
         make_synthetic_sample(0, motion_scale=-1.0)
-
-
-def test_synthetic_object_scale_only_grows_the_objects():
-    from training.datasets.synthetic import make_synthetic_sample
-    kw = dict(seed=5, height=16, width=24, frames=5, motion_rule="by_colour", novel_view="source")
-    one = make_synthetic_sample(1, **kw)
-    big = make_synthetic_sample(1, object_scale=2.0, **kw)
-    assert one.meta["scene"] == big.meta["scene"] and one.caption == big.caption
-    for p1, p2 in zip(one.meta["objects"], big.meta["objects"], strict=True):
-        assert p1["motion"]["velocity"] == p2["motion"]["velocity"]
-        for key in ("radius", "half"):
-            if key in p1:
-                np.testing.assert_allclose(np.asarray(p2[key]), 2 * np.asarray(p1[key]), rtol=1e-12)
-    on_object = lambda s: (np.linalg.norm(s.coords[-1] - s.coords[0], axis=-1) > 1e-6).mean()
-    assert on_object(big) > on_object(one) > 0
-    with pytest.raises(MoGe4DInputError, match="object_scale"):
-        make_synthetic_sample(0, object_scale=0.0)

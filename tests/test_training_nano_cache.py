@@ -5,7 +5,8 @@ import torch
 
 from moge4d_core.loading.motion_vae import save_motion_vae
 from moge4d_core.models import nano
-from training.datasets.synthetic import write_synthetic_dataset
+from moge4d_core.models.wan_dit import config_to_json, dit_config
+from training.nano.data import ColourCodedObjects, write_nano_dataset
 from training.nano.cached import CachedStragTask, CachedVismTask
 from training.options import coerce_options
 from training.nano.trajectory_loss import TrajectoryStragOptions
@@ -39,16 +40,17 @@ def _same_loss(cached, plain, batch, model, steps=2):
 
 
 def test_cached_strag_and_vism_losses_equal_the_trainers(tmp_path):
-    write_synthetic_dataset(tmp_path / "data", 2, height=16, width=16, frames=5, seed=1, motion_rule="by_colour",
-                            novel_view="source")
+    write_nano_dataset(tmp_path / "data", 2, height=16, width=16, frames=5, seed=1, motion_scale=1.0,
+                       objects=ColourCodedObjects())
     save_motion_vae(nano.build_motion_vae(nano.TINY, 0), tmp_path / "mvae.safetensors")
     vae = nano.build_wan_vae(nano.TINY, 1)
     from moge4d_core.loading.motion_vae import wan_vae_diffusers_to_original
     from safetensors.torch import save_file
     save_file({k: v.contiguous() for k, v in wan_vae_diffusers_to_original(vae.state_dict(), dict(vae.config)).items()},
               str(tmp_path / "vae.safetensors"))
-    (tmp_path / "strag.json").write_text(json.dumps(nano.strag_config(nano.TINY).replace(mpm_feature_dim=None).to_dict()))
-    (tmp_path / "vism.json").write_text(json.dumps(nano.vism_config(nano.TINY).to_dict()))
+    (tmp_path / "strag.json").write_text(json.dumps(config_to_json(dit_config(nano.strag_config(nano.TINY),
+                                                                               mpm_feature_dim=None))))
+    (tmp_path / "vism.json").write_text(json.dumps(config_to_json(nano.vism_config(nano.TINY))))
     common = ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "o"), "--frames", "5", "--crop", "none",
               "--grid", "16x16"]
     model = nano.build_strag(nano.TINY.__class__(**{**nano.TINY.__dict__, "mpm_dim": None}), 3)

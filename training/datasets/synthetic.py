@@ -5,7 +5,7 @@ Extends the idea of :mod:`moge4d_core.demo_scene` with randomness: a pinhole cam
 the first frame into a scene made of
 
 * a textured back wall (z = ``wall_z``) and a checkered ground plane (y = ``floor_y``), both static;
-* 2-4 objects, each a sphere or an axis-aligned box, with one motion kind:
+* 2-4 objects, each a sphere or an axis-aligned box, with a random colour, size, direction and one motion kind:
   ``rigid`` (translation + spin about the vertical axis), ``articulated`` (two linked parts: a box
   body that translates and an arm that also swings about a hinge on the body) or ``nonrigid``
   (latitude-dependent radial "breathing" plus a height-dependent twist).
@@ -31,6 +31,9 @@ render (z-buffer visibility from the first camera).
 
 Folder output writes the files flat into ``out``; ``--tar`` writes range archives
 ``<first>-<last>.tar.gz`` (``per_archive`` samples each, official 50) with the files at the top level.
+
+An :class:`ObjectRule` can change how an object's random draws become its direction and size (the nano recipe's
+world, :mod:`training.nano.data`, ties each direction to the object's colour and makes the objects larger).
 
 CLI: ``python -m training.datasets.synthetic --out DIR --count N --height 64 --width 96 --frames 17
 --seed 0 [--tar]``.
@@ -61,7 +64,7 @@ from moge4d_core.io import write_mp4
 from moge4d_core.render import render_points
 from moge4d_core.types import CameraPath
 
-__all__ = ["SyntheticSample", "make_synthetic_sample", "write_sample_files", "write_synthetic_dataset",
+__all__ = ["SyntheticSample", "ObjectRule", "make_synthetic_sample", "write_sample_files", "write_synthetic_dataset",
            "main", "SUFFIXES"]
 
 SUFFIXES = (".mp4", ".txt", "_dt3d_pred.pkl", "_dt3d_render.mp4", "_mask_render.mp4")
@@ -198,20 +201,29 @@ def _a(word: str) -> str:
     return ("an " if word[0] in "aeiou" else "a ") + word
 
 
-MOTION_RULES = ("random", "by_colour")
+class ObjectRule:
+    """How an object's random draws become its translation and size; this base keeps the draws as they are.
 
-# ``motion_rule="by_colour"``: every object's translation direction is fixed by its colour name (the kind of
-# motion stays random), so the motion can be predicted from the first frame alone. This is the learnable world
-# of the nano model, which has no text encoder: with ``"random"`` directions only the caption says where an
-# object goes, and an image-only model cannot do better than the mean (no motion).
-_COLOUR_DIRECTIONS = {
-    "red": (1.0, 0.0, 0.0), "blue": (0.0, -0.4, 0.0), "green": (-1.0, 0.0, 0.0), "yellow": (0.0, 0.4, 0.0),
-    "purple": (0.0, 0.0, 0.8), "orange": (0.0, 0.0, -0.8), "white": (0.7, -0.28, 0.0), "cyan": (-0.7, -0.28, 0.0),
-}
+    The generator calls :meth:`velocity` right after drawing an object's velocity and :meth:`size` on its drawn
+    size, for every object in order, so a rule that draws from ``rng`` changes only what comes after it.
+    """
+
+    def velocity(self, rng: np.random.Generator, colour: str, drawn: np.ndarray) -> np.ndarray:
+        """Args: rng: the scene's generator; colour: the object's colour name; drawn: (3,) velocity in metres
+        over the clip (before ``motion_scale``). Returns: (3,) the velocity to use."""
+        return drawn
+
+    def size(self, drawn: float) -> float:
+        """Args: drawn: the object's radius or half-size in metres (0.35-0.8). Returns: the size to use."""
+        return drawn
+
+    def describe(self) -> dict:
+        """What the rule adds to a sample's ``meta`` (JSON values)."""
+        return {}
 
 
-def _random_scene(rng: np.random.Generator, motion_rule: str = "random", motion_scale: float = 1.0,
-                  object_scale: float = 1.0) -> tuple[dict, list[dict], list[str]]:
+def _random_scene(rng: np.random.Generator, rule: ObjectRule, motion_scale: float = 1.0
+                  ) -> tuple[dict, list[dict], list[str]]:
     scene = {
         "wall_z": float(rng.uniform(7.0, 10.0)), "floor_y": float(rng.uniform(1.2, 1.8)),
         "wall_freq": float(rng.uniform(0.8, 2.5)), "floor_freq": float(rng.uniform(0.6, 1.6)),
@@ -228,11 +240,9 @@ def _random_scene(rng: np.random.Generator, motion_rule: str = "random", motion_
         colour = list(_COLOUR_NAMES[cname])
         z = float(rng.uniform(3.5, 6.5))
         centre = np.array([rng.uniform(-0.45, 0.45) * z, rng.uniform(-0.1, 0.15) * z, z])
-        v = rng.uniform(-1.0, 1.0, 3) * np.array([1.0, 0.4, 0.8])
-        if motion_rule == "by_colour":
-            v = np.asarray(_COLOUR_DIRECTIONS[cname]) * float(rng.uniform(0.8, 1.0))
+        v = rule.velocity(rng, cname, rng.uniform(-1.0, 1.0, 3) * np.array([1.0, 0.4, 0.8]))
         v = v * motion_scale
-        size = float(rng.uniform(0.35, 0.8)) * object_scale
+        size = rule.size(float(rng.uniform(0.35, 0.8)))
         if kind == "articulated":
             half = (size, size * 0.6, size * 0.6)
             hinge = centre + np.array([half[0], -half[1], 0.0])
@@ -267,25 +277,22 @@ def _random_scene(rng: np.random.Generator, motion_rule: str = "random", motion_
 
 def make_synthetic_sample(index: int = 0, *, seed: int = 0, height: int = 64, width: int = 96, frames: int = 17,
                           sample_id: Optional[str] = None, novel_view: str = "orbit_left",
-                          motion_rule: str = "random", motion_scale: float = 1.0,
-                          object_scale: float = 1.0) -> SyntheticSample:
+                          motion_scale: float = 1.0, objects: Optional[ObjectRule] = None) -> SyntheticSample:
     """Generate scene ``index`` of the stream seeded by ``seed`` (deterministic in (seed, index)).
 
-    ``motion_scale`` multiplies every object's translation over the clip (metres; 1 = up to about 1 m), and
-    ``object_scale`` every object's size (1: radius or half-size 0.35-0.8 m), both after all random draws, so
-    scenes differ from the unscaled stream only in how far the objects travel and how large they are.
+    ``motion_scale`` multiplies every object's translation over the clip (metres; 1 = up to about 1 m) after all
+    random draws, so scenes differ from the unscaled stream only in how far the objects travel. ``objects``: an
+    :class:`ObjectRule` for the objects' directions and sizes (default: the random draws).
 
     Shapes: coords (frames, height*width, 3); colours 0..255; see :class:`SyntheticSample`.
     """
     require(height >= 2 and width >= 2, f"synthetic: height and width must be >= 2, got {height}x{width}")
     require(frames >= 1, f"synthetic: frames must be >= 1, got {frames}")
     rng = np.random.default_rng([int(seed), int(index)])
-    require(motion_rule in MOTION_RULES, f"synthetic: motion_rule must be one of {MOTION_RULES}, got {motion_rule!r}")
     require(math.isfinite(motion_scale) and motion_scale >= 0,
             f"synthetic: motion_scale must be a finite number >= 0, got {motion_scale}")
-    require(math.isfinite(object_scale) and object_scale > 0,
-            f"synthetic: object_scale must be a finite number > 0, got {object_scale}")
-    scene, prims, phrases = _random_scene(rng, motion_rule, float(motion_scale), float(object_scale))
+    rule = objects if objects is not None else ObjectRule()
+    scene, prims, phrases = _random_scene(rng, rule, float(motion_scale))
     fov = float(rng.uniform(50.0, 70.0))
     K = K_from_fov(fov, width, height, dtype=torch.float64).numpy()
     v, u = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
@@ -323,8 +330,7 @@ def make_synthetic_sample(index: int = 0, *, seed: int = 0, height: int = 64, wi
     caption = "In front of a patterned wall, " + ", ".join(phrases[:-1]) + (
         " and " if len(phrases) > 1 else "") + phrases[-1] + "."
     meta = {"K": K.tolist(), "fov_x_deg": fov, "scene": scene, "objects": prims, "seed": int(seed),
-            "index": int(index), "novel_view": novel_view, "motion_rule": motion_rule,
-            "motion_scale": float(motion_scale), "object_scale": float(object_scale)}
+            "index": int(index), "novel_view": novel_view, "motion_scale": float(motion_scale), **rule.describe()}
     return SyntheticSample(id=sid, caption=caption, coords=coords, colors=colors255, vis=vis,
                            video=src.rgb.numpy(), render=nov.rgb.numpy(),
                            mask=np.repeat(nov.holes.numpy()[..., None], 3, -1), K=K.astype(np.float32),
@@ -359,13 +365,14 @@ def write_sample_files(sample: SyntheticSample, folder: str | os.PathLike, *, to
 def write_synthetic_dataset(out: str | os.PathLike, count: int, *, height: int = 64, width: int = 96,
                             frames: int = 17, seed: int = 0, tar: bool = False, per_archive: int = 50,
                             torch_pkl_ids: tuple[int, ...] = (), compresslevel: int = 1,
-                            motion_rule: str = "random", novel_view: str = "orbit_left",
-                            motion_scale: float = 1.0, object_scale: float = 1.0) -> list[Path]:
+                            novel_view: str = "orbit_left", motion_scale: float = 1.0,
+                            objects: Optional[ObjectRule] = None) -> list[Path]:
     """Generate ``count`` samples into ``out``: flat files, or range ``.tar.gz`` archives with ``tar=True``.
 
     Returns the written sample folders' files (folder mode) or the archive paths (tar mode).
     ``torch_pkl_ids``: sample indices whose pkl holds torch tensors instead of numpy arrays.
     ``compresslevel``: gzip level of the archives (1 = fast; float trajectories barely compress).
+    The other arguments are :func:`make_synthetic_sample`'s.
     """
     require(count >= 1, f"synthetic: count must be >= 1, got {count}")
     require(per_archive >= 1, f"synthetic: per_archive must be >= 1, got {per_archive}")
@@ -375,8 +382,7 @@ def write_synthetic_dataset(out: str | os.PathLike, count: int, *, height: int =
     if not tar:
         for i in range(count):
             s = make_synthetic_sample(i, seed=seed, height=height, width=width, frames=frames,
-                                          motion_rule=motion_rule, novel_view=novel_view,
-                                          motion_scale=motion_scale, object_scale=object_scale)
+                                      novel_view=novel_view, motion_scale=motion_scale, objects=objects)
             written += write_sample_files(s, out, torch_pkl=i in torch_pkl_ids)
         return written
     for start in range(0, count, per_archive):
@@ -386,8 +392,7 @@ def write_synthetic_dataset(out: str | os.PathLike, count: int, *, height: int =
             names: list[Path] = []
             for i in range(start, stop):
                 s = make_synthetic_sample(i, seed=seed, height=height, width=width, frames=frames,
-                                          motion_rule=motion_rule, novel_view=novel_view,
-                                          motion_scale=motion_scale, object_scale=object_scale)
+                                      novel_view=novel_view, motion_scale=motion_scale, objects=objects)
                 names += write_sample_files(s, tmp, torch_pkl=i in torch_pkl_ids)
             part = Path(tmp) / "archive.tar.gz"
             with tarfile.open(part, "w:gz", compresslevel=compresslevel) as tf:
@@ -398,33 +403,33 @@ def write_synthetic_dataset(out: str | os.PathLike, count: int, *, height: int =
     return written
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training.datasets.synthetic",
-                                 description="Write seeded synthetic 4D scenes in the TrajScene-60K layout.")
+def main(argv: Optional[list[str]] = None, *, prog: str = "python -m training.datasets.synthetic",
+         description: str = "Write seeded synthetic 4D scenes in the TrajScene-60K layout.",
+         objects: Optional[ObjectRule] = None, **defaults) -> int:
+    """The generator's command line; ``objects`` and ``defaults`` (flag defaults by destination) make a variant
+    of it for another world (:mod:`training.nano.data`)."""
+    ap = argparse.ArgumentParser(prog=prog, description=description,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--count", type=int, default=4)
     ap.add_argument("--height", type=int, default=64)
     ap.add_argument("--width", type=int, default=96)
     ap.add_argument("--frames", type=int, default=17)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--motion-rule", choices=MOTION_RULES, default="random",
-                    help="by_colour: an object's direction follows its colour (learnable from the image alone)")
     ap.add_argument("--motion-scale", type=float, default=1.0,
                     help="multiplies how far objects travel over the clip (1: up to about 1 m)")
-    ap.add_argument("--object-scale", type=float, default=1.0,
-                    help="multiplies every object's size (1: radius or half-size 0.35-0.8 m)")
     ap.add_argument("--novel-view", default="orbit_left",
                     help="camera preset of the _dt3d_render/_mask_render pair, or 'source' (same view as the video)")
     ap.add_argument("--tar", action="store_true", help="write range .tar.gz archives instead of flat files")
     ap.add_argument("--per-archive", type=int, default=50, help="samples per archive with --tar (official 50)")
+    ap.set_defaults(**defaults)
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     try:
         paths = write_synthetic_dataset(args.out, args.count, height=args.height, width=args.width,
                                         frames=args.frames, seed=args.seed, tar=args.tar,
-                                        per_archive=args.per_archive, motion_rule=args.motion_rule,
-                                        novel_view=args.novel_view, motion_scale=args.motion_scale,
-                                        object_scale=args.object_scale)
+                                        per_archive=args.per_archive, novel_view=args.novel_view,
+                                        motion_scale=args.motion_scale, objects=objects)
     except MoGe4DInputError as exc:
         ap.error(str(exc))
     print(f"wrote {args.count} samples ({len(paths)} files) to {args.out} in {time.perf_counter() - t0:.2f} s")

@@ -9,16 +9,8 @@ the masked PSNR of the inpainted ``_dt3d_render`` against the source video on th
 
     python -m training.eval --models moge4d_core/nano_model --data DIR [--count 16] [--steps 20] [--seed 0]
 
-``--roundtrip`` scores the motion VAE alone (:func:`motion_vae_roundtrip`): the true normalised motion is encoded
-and decoded (posterior mean, no diffusion) and de-normalised like a prediction. Its error is the floor of any
-STraG trained on that VAE, and its ``motion gain`` (least-squares slope of decoded on true motion over the moving
-points: 1 = the motion comes back, 0 = the decoder outputs "nothing moves") tells a VAE that carries motion from
-one that has collapsed to zero output (which can still look fine on the static majority of pixels). The same
-gain per channel (x / y / z, pooled over the samples) shows a VAE that carries one channel and drops the others.
-
-``--block-floor`` needs no model: it scores the true motion averaged over 8×8 pixel blocks and upsampled back
-(:func:`block_average_floor`), the error of an ideal linear latent with the Wan VAE's spatial stride. When that
-is not well below the baseline, the held-out objects are too small for any 8×-strided motion latent.
+The motion VAE alone (its round trip) and the best an 8×-strided motion latent can do on a data set are scored by
+the nano recipe's diagnostics, :mod:`training.nano.diagnose`.
 """
 from __future__ import annotations
 
@@ -39,20 +31,18 @@ from training.datasets.trajscene import TrajSceneDataset
 
 from .metrics import axis_squared_error, masked_psnr, trajectory_error, zero_motion_baseline
 
-__all__ = ["EvalReport", "block_average_floor", "evaluate", "motion_gain", "motion_vae_roundtrip", "main"]
+__all__ = ["EvalReport", "evaluate", "grid_from_meta", "main"]
 
 
 @dataclass
 class EvalReport:
-    """Per-sample scores; ``label`` names what ``model_error`` scores (the model, or the motion VAE round trip)."""
+    """Per-sample scores; ``label`` names what ``model_error`` scores (the model, or e.g. a motion VAE round trip)."""
 
     label: str = "model"
     ids: list = field(default_factory=list)
     model_error: list = field(default_factory=list)
     baseline_error: list = field(default_factory=list)
     psnr: list = field(default_factory=list)
-    gain: list = field(default_factory=list)
-    channel_terms: list = field(default_factory=list)
     axis_terms: list = field(default_factory=list)     # per sample: (model (3,), baseline (3,), count), see add()
 
     def add(self, sample_id: str, pred, gt, vis) -> None:
@@ -82,96 +72,7 @@ class EvalReport:
                          f"zero-motion baseline: {' / '.join(f'{v:.3f}' for v in b_rms)}")
         if self.psnr:
             lines.append(f"ViSM masked PSNR on known pixels: {statistics.mean(self.psnr):.2f} dB")
-        if self.gain:
-            lines.append(f"motion gain (1 = motion carried, 0 = collapsed to no motion): "
-                         f"{statistics.mean(self.gain):.3f}")
-        if self.channel_terms:
-            num, den = torch.stack(self.channel_terms).sum(0)
-            per = [f"{float(n / d):.3f}" if d > 0 else "nan" for n, d in zip(num, den)]
-            lines.append(f"motion gain per channel x / y / z (pooled over the samples): {' / '.join(per)}")
         return "\n".join(lines)
-
-
-def motion_gain(decoded: torch.Tensor, true: torch.Tensor, eps: float = 1e-6) -> float:
-    """Least-squares slope ``Σ d·t / Σ t²`` of decoded on true motion over the points that move.
-
-    ``decoded``, ``true``: (T,H,W,3) normalised motion; a point moves in frame t when ``|true|₁ > eps``.
-    Returns nan when nothing moves.
-    """
-    moving = true.abs().sum(-1) > eps
-    t, d = true[moving].double(), decoded[moving].double()
-    den = float((t * t).sum())
-    return float((d * t).sum()) / den if den > 0 else float("nan")
-
-
-def channel_gain_terms(decoded: torch.Tensor, true: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """(2,3) float64: per channel x, y, z the sums ``Σ d·t`` and ``Σ t²`` over the moving points (as
-    :func:`motion_gain`). Summed over samples and divided, row 0 by row 1, they give each channel's gain: a VAE
-    can carry one channel and drop the others (the session-8 nano VAE: x 0.93, y 0.09, z 0.006), which the
-    pooled :func:`motion_gain` hides when that channel holds most of the motion."""
-    moving = true.abs().sum(-1) > eps
-    t, d = true[moving].double(), decoded[moving].double()
-    return torch.stack([(d * t).sum(0), (t * t).sum(0)])
-
-
-def _score_decoded_motions(data_dir, decode, label: str, *, count: int, frames: int,
-                           grid: Optional[tuple[int, int]]) -> EvalReport:
-    """Score ``decode(delta_hat)`` -> (T,H,W,3) normalised motion against each sample's true trajectories.
-
-    Frame 0 is zeroed, the rest de-normalised like a STraG prediction; reports error, baseline and gain.
-    """
-    from moge4d_core.geometry.normalization import apply_motion
-
-    data_dir = Path(data_dir)
-    ds = TrajSceneDataset(data_dir, frames=frames, crop=None, grid=grid or _grid_from_meta(data_dir))
-    report = EvalReport(label=label)
-    for i in range(min(count, len(ds))):
-        s = ds[i]
-        with torch.no_grad():
-            decoded = decode(s.delta_hat).float()
-        decoded[0] = 0
-        pred = apply_motion(decoded, s.first_frame_points, s.spec).reshape(s.points.shape[0], -1, 3)
-        gt = s.points.reshape(s.points.shape[0], -1, 3)
-        vis = None if s.visibility is None else s.visibility.reshape(gt.shape[0], -1)
-        report.add(s.id, pred, gt, vis)
-        report.gain.append(motion_gain(decoded, s.delta_hat))
-        report.channel_terms.append(channel_gain_terms(decoded, s.delta_hat))
-    if not report.ids:
-        raise MoGe4DInputError(f"{data_dir}: no samples evaluated")
-    return report
-
-
-def motion_vae_roundtrip(models_dir, data_dir, *, count: int = 16, frames: int = 17,
-                         grid: Optional[tuple[int, int]] = None) -> EvalReport:
-    """Encode + decode each held-out sample's true motion with the folder's motion VAE and score it."""
-    from moge4d_core.loading.motion_vae import load_motion_vae
-    from moge4d_core.pipeline.model_dir import find_model_files
-
-    mvae = load_motion_vae(find_model_files(models_dir).motion_vae)
-
-    def roundtrip(delta: torch.Tensor) -> torch.Tensor:
-        return mvae.decode(mvae.encode(delta.permute(3, 0, 1, 2)[None]))[0].permute(1, 2, 3, 0)
-
-    return _score_decoded_motions(data_dir, roundtrip, "motion VAE round trip", count=count, frames=frames,
-                                  grid=grid)
-
-
-def block_average_floor(data_dir, *, factor: int = 8, count: int = 16, frames: int = 17,
-                        grid: Optional[tuple[int, int]] = None) -> EvalReport:
-    """Score an ideal *linear* latent grid: each frame's true motion averaged over ``factor``×``factor`` blocks
-    and upsampled back (nearest), every frame kept. No training involved: it tells whether the data's objects
-    are large enough for a motion latent of that spatial stride (8 for the Wan VAE) to beat zero motion."""
-    import torch.nn.functional as F
-
-    def blocks(delta: torch.Tensor) -> torch.Tensor:
-        h, w = delta.shape[1:3]
-        if h % factor or w % factor:
-            raise MoGe4DInputError(f"block_average_floor: the grid {h}x{w} is not a multiple of {factor}")
-        low = F.avg_pool2d(delta.permute(0, 3, 1, 2), factor)
-        return F.interpolate(low, scale_factor=factor, mode="nearest").permute(0, 2, 3, 1)
-
-    return _score_decoded_motions(data_dir, blocks, f"{factor}x{factor} block-average latent", count=count,
-                                  frames=frames, grid=grid)
 
 
 def _intrinsics(dataset_root: Path, sample_id: str, h: int, w: int) -> torch.Tensor:
@@ -189,7 +90,7 @@ def _geometry(sample, K: torch.Tensor) -> Geometry:
                     points=p0, valid=valid)
 
 
-def _grid_from_meta(data_dir: Path) -> Optional[tuple[int, int]]:
+def grid_from_meta(data_dir: Path) -> Optional[tuple[int, int]]:
     """(H, W) from a synthetic ``<id>_meta.json`` (principal point at the image centre), else None."""
     for meta in sorted(data_dir.glob("*_meta.json")):
         K = json.loads(meta.read_text())["K"]
@@ -210,7 +111,7 @@ def evaluate(models_dir, data_dir, *, count: int = 16, steps: int = 20, cfg: flo
     models = load_models(files, device=device, inpaint=inpaint and files.vism_base is not None, depth=False)
     data_dir = Path(data_dir)
     ds = TrajSceneDataset(data_dir, frames=frames or 17, crop=None, load_video=True, load_render=True,
-                          grid=grid or _grid_from_meta(data_dir))
+                          grid=grid or grid_from_meta(data_dir))
     positive, negative = encode_prompts(models, "")
     report = EvalReport()
     for i in range(min(count, len(ds))):
@@ -240,7 +141,7 @@ def evaluate(models_dir, data_dir, *, count: int = 16, steps: int = 20, cfg: flo
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.eval", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", help="model folder (e.g. moge4d_core/nano_model); not needed with --block-floor")
+    ap.add_argument("--models", required=True, help="model folder (e.g. moge4d_core/nano_model)")
     ap.add_argument("--data", required=True, help="held-out samples in the TrajScene layout")
     ap.add_argument("--count", type=int, default=16)
     ap.add_argument("--steps", type=int, default=20)
@@ -248,21 +149,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--frames", type=int, default=17)
     ap.add_argument("--no-inpaint", action="store_true")
-    ap.add_argument("--roundtrip", action="store_true",
-                    help="score the motion VAE alone: encode + decode the true motion (see above)")
-    ap.add_argument("--block-floor", action="store_true",
-                    help="no model: score the true motion averaged over 8x8 blocks (see above)")
     a = ap.parse_args(argv)
-    if a.models is None and not a.block_floor:
-        ap.error("--models is required: the model folder to evaluate (only --block-floor runs without one)")
     try:
-        if a.roundtrip or a.block_floor:
-            rt = (motion_vae_roundtrip(a.models, a.data, count=a.count, frames=a.frames) if a.roundtrip else
-                  block_average_floor(a.data, count=a.count, frames=a.frames))
-            for sid, m, b, g in zip(rt.ids, rt.model_error, rt.baseline_error, rt.gain):
-                print(f"{sid}: {rt.label} {m:.4f}  baseline {b:.4f}  gain {g:.3f}")
-            print(rt.summary())
-            return 0
         rep = evaluate(a.models, a.data, count=a.count, steps=a.steps, cfg=a.cfg, seed=a.seed, frames=a.frames,
                        inpaint=not a.no_inpaint)
     except MoGe4DInputError as exc:

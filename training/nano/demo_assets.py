@@ -17,12 +17,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..datasets.synthetic import make_synthetic_sample
+from .data import NANO_SCENES, nano_sample
 
 __all__ = ["SCENE", "SETTINGS", "write_demo_assets"]
 
-SCENE = dict(index=0, seed=3, height=64, width=96, frames=17, motion_rule="by_colour", novel_view="source",
-             motion_scale=8.0, object_scale=3.0)
+SCENE = dict(index=0, seed=3)
 SETTINGS = dict(frames=17, width=96, height=64, steps=20, cfg=1.0, shift=5.0, camera=["orbit_left", "dolly_in"])
 
 
@@ -30,12 +29,11 @@ def write_demo_assets(folder: Path) -> list[Path]:
     """Write the three demo files into ``folder`` (the installer passes a temporary folder, see
     :func:`training.nano.train_nano.install`); returns their paths."""
     folder = Path(folder)
-    kw = dict(SCENE)
-    s = make_synthetic_sample(kw.pop("index"), **kw)
+    s = nano_sample(SCENE["index"], seed=SCENE["seed"])
     h, w = s.height, s.width
     image = np.clip(np.rint(s.colors.reshape(h, w, 3)), 0, 255).astype(np.uint8)
     depth = s.coords[0, :, 2].reshape(h, w).astype(np.float32)
-    call = ", ".join([str(SCENE["index"])] + [f"{k}={v!r}" for k, v in SCENE.items() if k != "index"])
+    call = ", ".join([str(SCENE["index"]), f"seed={SCENE['seed']}"] + [f"{k}={v!r}" for k, v in NANO_SCENES.items()])
     spec = {"image": "demo_input.png", "depth": "demo_depth.npy", "fov_deg": round(float(s.meta["fov_x_deg"]), 4),
             "source": f"training.datasets.synthetic.make_synthetic_sample({call})", "caption": s.caption,
             "settings": SETTINGS}

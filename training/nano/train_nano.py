@@ -1,24 +1,25 @@
 """Train the nano MoGe4D model shipped in ``moge4d_core/nano_model/`` (all four parts, our trainers, CPU).
 
-    python -m training.datasets.synthetic --out DATA/train --count 400 --height 64 --width 96 --frames 17 \\
-        --seed 100 --motion-rule by_colour --novel-view source --motion-scale 8 --object-scale 3
+    python -m training.nano.data --out DATA/train --count 400 --seed 100
     python -m training.nano.train_nano --data DATA/train --work RUNS
         [--stage all|pixel_vae|motion_vae|strag|motion_decoder|strag_tune|vism] [--install]
 
-Stages (each a normal trainer run, resumable with the trainer's own checkpoints; the arguments are listed in
-:data:`STAGES`): ``pixel_vae`` (plain Wan VAE on the RGB videos, for the ViSM) → ``motion_vae`` (a Wan VAE
-set to an exact 8×8 block-mean codec, :mod:`.block_codec`, with fresh ``NANO`` adapters, :func:`write_motion_init`;
-only the decoder adapter trains, on full 17-frame grids with the L2 of the de-normalised motion, ``--rec-loss
-l2_metric``; then its latent space is whitened exactly, :mod:`.whiten`) → ``strag`` (flow matching from scratch,
-full model, latents cached per sample, :mod:`.cached`) → ``motion_decoder`` (the motion VAE's decoder trained again
-against latent noise like the STraG's errors, posterior σ 0.3 in the whitened space; encoder and latent space
-unchanged, so the STraG stays valid) → ``strag_tune`` (the STraG fine-tuned with the trajectory-space loss,
-``--trajectory-loss``, :mod:`training.trajectory_loss`: eq. 7 in metres of its one-step estimate decoded by that
-final decoder, next to the flow loss) → ``vism`` (full training from scratch on same-view render/mask/video triplets, latents cached likewise).
+Data: the nano world (:mod:`.data`: 96×64, 17 frames, each object's direction set by its colour, objects 3× larger
+and travelling 8× further than the generator's defaults). Stages (each a trainer run, resumable with the trainer's
+own checkpoints; arguments in :data:`STAGES`, tasks in :func:`stage_task`): ``pixel_vae`` (plain Wan VAE on the
+RGB videos, for the ViSM; :mod:`training.train_pixel_vae`) → ``motion_vae`` (a Wan VAE set to an exact 8×8
+block-mean codec, :mod:`.block_codec`, with fresh ``NANO`` adapters, :func:`write_motion_init`; only the decoder
+adapter trains, on full 17-frame grids with the L2 of the de-normalised motion, :mod:`.motion_vae`; then its
+latent space is whitened exactly, :mod:`.whiten`) → ``strag`` (flow matching from scratch, full model, latents
+cached per sample, :mod:`.cached`) → ``motion_decoder`` (the motion VAE's decoder trained again against latent
+noise like the STraG's errors, posterior σ 0.3 in the whitened space; encoder and latent space unchanged, so the
+STraG stays valid) → ``strag_tune`` (the STraG fine-tuned with the trajectory-space loss, ``--trajectory-loss``,
+:mod:`.trajectory_loss`: eq. 7 in metres of its one-step estimate decoded by that final decoder, next to the flow
+loss) → ``vism`` (full training from scratch on same-view render/mask/video triplets, latents cached likewise).
 ``--install`` copies the exports to ``moge4d_core/nano_model/`` as ``vae.safetensors``, ``motion_vae.safetensors``
-(the ``motion_decoder`` stage's), ``strag.safetensors`` (the ``strag_tune`` stage's), ``vism.safetensors``, and writes the demo image there
-(:mod:`.demo_assets`).  Model sizes: :data:`moge4d_core.models.nano.NANO`
-(configs in ``training/configs/nano/``).  The nano model has no text encoder (zero text context).
+(the ``motion_decoder`` stage's), ``strag.safetensors`` (the ``strag_tune`` stage's), ``vism.safetensors``, and
+writes the demo image there (:mod:`.demo_assets`). Model sizes: :data:`moge4d_core.models.nano.NANO` (configs in
+``training/configs/nano/``). The nano model has no text encoder (zero text context).
 """
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ STAGES = {
                        "--decoder-lr-scale", "1.0", "--batch-size", "1", "--max-steps", "300",
                        "--lr", "5e-4", "--lr-scheduler", "cosine", "--grad-clip", "0"],
     # after the decoder: the STraG fine-tuned on the trajectory error itself (eq. 7 in metres of its one-step
-    # estimate decoded by the final motion decoder, training.trajectory_loss) besides the flow loss
+    # estimate decoded by the final motion decoder, .trajectory_loss) besides the flow loss
     "strag_tune": ["--frames", "17", "--model", "{strag}", "--motion-vae", "{motion_decoder}",
                    "--trajectory-loss", str(TRAJECTORY_WEIGHT), "--batch-size", "4", "--max-steps", "600",
                    "--lr", "2e-4", "--weight-decay", "0.0", "--control-drop", "0.0", "--text-drop", "0.0",
