@@ -252,215 +252,272 @@ def run(task: TrainTask, callbacks: Iterable[Callable[[dict], None]] = ()) -> Tr
         _reset_accelerate_state()
 
 
-def _run(task: TrainTask, accelerator, callbacks: list) -> TrainResult:
-    from diffusers.optimization import get_scheduler
-    from accelerate.utils import set_seed
+class _Run:
+    """One training run of ``task`` on a prepared ``accelerator``: the steps of :func:`run`, in order
+    (:meth:`resolve_resume`, :meth:`build`, :meth:`prepare`, :meth:`restore`, :meth:`open_logs`, then :meth:`step`
+    until the last one, :meth:`finish`), sharing the run's state."""
 
-    o = task.o
-    out = Path(o.out)
-    main = accelerator.is_main_process
-    world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
+    def __init__(self, task: TrainTask, accelerator, callbacks: list) -> None:
+        self.task, self.o, self.accelerator, self.callbacks = task, task.o, accelerator, callbacks
+        self.out = Path(task.o.out)
+        self.main = accelerator.is_main_process
+        self.world, self.rank, self.device = accelerator.num_processes, accelerator.process_index, accelerator.device
+        self.sharded = _sharded(accelerator)
+        self.evals: list[dict] = []
+        self.checkpoints: list[Path] = []
+        self.step = self.epoch = self.bidx = self.samples_seen = 0
+        self.losses: list[float] = []
 
-    def say(msg: str) -> None:
-        if main:
-            print(f"[{task.name}] {msg}", file=sys.stderr, flush=True)
+    def say(self, msg: str) -> None:
+        if self.main:
+            print(f"[{self.task.name}] {msg}", file=sys.stderr, flush=True)
 
-    # -- resume target first: a bad --resume fails before anything is built or written
-    resume_path = resolve_resume(o.resume, out, log=say)
-    if o.resume == "latest" and resume_path is None:
-        say(f"--resume latest: no checkpoint in {out}; starting from scratch")
-    if resume_path is not None:
-        refuse_resume_under_deepspeed(accelerator, resume_path)
-    saved_state = validate_checkpoint(resume_path) if resume_path is not None else None
+    # -- set-up steps
+    def resolve_resume(self) -> None:
+        """The ``--resume`` target and its validated state, before anything is built or written."""
+        o = self.o
+        self.resume_path = resolve_resume(o.resume, self.out, log=self.say)
+        if o.resume == "latest" and self.resume_path is None:
+            self.say(f"--resume latest: no checkpoint in {self.out}; starting from scratch")
+        if self.resume_path is not None:
+            refuse_resume_under_deepspeed(self.accelerator, self.resume_path)
+        self.saved_state = validate_checkpoint(self.resume_path) if self.resume_path is not None else None
 
-    set_seed(o.seed)
-    task.setup(device)
-    model = task.model
-    trainable_names = [n for n, p in model.named_parameters() if p.requires_grad]
-    if not trainable_names:
-        raise MoGe4DInputError(f"{task.name}: no trainable parameters (check the trainer's options)")
-    train_ds, eval_ds = task.datasets()
-    plan = BatchPlan(train_ds, o.batch_size, world, rank, o.seed)
-    total = int(o.max_steps) if o.max_steps else max(1, (o.epochs * plan.batches_per_epoch) // o.grad_accum)
-    compat = dict(task.compat())
-    compat["data_order"] = {"seed": o.seed, "batch_size": o.batch_size, "grad_accum": o.grad_accum,
-                            "processes": world, "samples": len(train_ds)}
-    if saved_state is not None:
-        check_compatible(saved_state.get("compat", {}), compat, resume_path)
+    def build(self) -> None:
+        """The task's model and data (seeded), the batch plan, the step count and the compat record."""
+        from accelerate.utils import set_seed
 
-    if resume_path is not None:          # before prepare: DDP / FSDP then start from the restored weights everywhere
-        load_trainable_weights(resume_path, model, trainable_names)
-    optimizer = make_optimizer(task.param_groups(), o)
-    scheduler = get_scheduler(o.lr_scheduler, optimizer, num_warmup_steps=o.warmup_steps, num_training_steps=total)
-    _fill_deepspeed_auto(accelerator, o)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped = accelerator.unwrap_model(model)
-    trainable_params = [p for p in unwrapped.parameters() if p.requires_grad]
-    # FSDP clips through the wrapped module (its own clip_grad_norm_ over the shards); elsewhere the trainable tensors
-    clip_params = list(model.parameters()) if _sharded(accelerator) else trainable_params
+        o, task = self.o, self.task
+        set_seed(o.seed)
+        task.setup(self.device)
+        self.model = task.model
+        self.trainable_names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        if not self.trainable_names:
+            raise MoGe4DInputError(f"{task.name}: no trainable parameters (check the trainer's options)")
+        self.train_ds, self.eval_ds = task.datasets()
+        self.plan = BatchPlan(self.train_ds, o.batch_size, self.world, self.rank, o.seed)
+        self.total = int(o.max_steps) if o.max_steps else max(1, (o.epochs * self.plan.batches_per_epoch) // o.grad_accum)
+        self.compat = dict(task.compat())
+        self.compat["data_order"] = {"seed": o.seed, "batch_size": o.batch_size, "grad_accum": o.grad_accum,
+                                     "processes": self.world, "samples": len(self.train_ds)}
+        if self.saved_state is not None:
+            check_compatible(self.saved_state.get("compat", {}), self.compat, self.resume_path)
 
-    guard = LossSpikeGuard(k=o.spike_k, window=o.spike_window, warmup=o.spike_warmup, max_loss=o.spike_max,
-                           abs_threshold=o.spike_abs, abs_after=o.spike_abs_after)
-    step, epoch, bidx, samples_seen, losses = 0, 0, 0, 0, []
-    if resume_path is not None:
-        st = load_checkpoint(accelerator, resume_path, optimizer=optimizer, scheduler=scheduler, model=model)
-        step, epoch, bidx = int(st["step"]), int(st["epoch"]), int(st["batch_in_epoch"])
-        samples_seen, losses = int(st.get("samples_seen", 0)), [float(x) for x in st.get("losses", [])]
-        guard.load_state_dict(st.get("guard", {}))
-        say(f"resumed from {resume_path} at step {step} (epoch {epoch}, batch {bidx})")
+    def prepare(self) -> None:
+        """Resumed weights (before wrapping, so DDP / FSDP start from them everywhere), optimizer, lr schedule and
+        the accelerate wrapping."""
+        from diffusers.optimization import get_scheduler
 
-    logger = RunLogger(out / "logs", enabled=main, tensorboard=o.tensorboard, echo=say)
-    if logger.tensorboard_note:
-        task.notes.append(logger.tensorboard_note)
-    evals: list[dict] = []
-    checkpoints: list[Path] = []
+        o, acc = self.o, self.accelerator
+        if self.resume_path is not None:
+            load_trainable_weights(self.resume_path, self.model, self.trainable_names)
+        optimizer = make_optimizer(self.task.param_groups(), o)
+        self.scheduler = get_scheduler(o.lr_scheduler, optimizer, num_warmup_steps=o.warmup_steps,
+                                       num_training_steps=self.total)
+        _fill_deepspeed_auto(acc, o)
+        self.model, self.optimizer = acc.prepare(self.model, optimizer)
+        self.unwrapped = acc.unwrap_model(self.model)
+        self.trainable_params = [p for p in self.unwrapped.parameters() if p.requires_grad]
+        # FSDP clips through the wrapped module (its own clip_grad_norm_ over the shards); elsewhere the trainable tensors
+        self.clip_params = list(self.model.parameters()) if self.sharded else self.trainable_params
 
-    def emit(record: dict) -> None:
-        logger.log(record)
-        if main:
-            for cb in callbacks:
+    def restore(self) -> None:
+        """The loss-spike guard and, on resume, the data position, loss history and optimizer / RNG states."""
+        o = self.o
+        self.guard = LossSpikeGuard(k=o.spike_k, window=o.spike_window, warmup=o.spike_warmup, max_loss=o.spike_max,
+                                    abs_threshold=o.spike_abs, abs_after=o.spike_abs_after)
+        if self.resume_path is None:
+            return
+        st = load_checkpoint(self.accelerator, self.resume_path, optimizer=self.optimizer, scheduler=self.scheduler,
+                             model=self.model)
+        self.step, self.epoch, self.bidx = int(st["step"]), int(st["epoch"]), int(st["batch_in_epoch"])
+        self.samples_seen, self.losses = int(st.get("samples_seen", 0)), [float(x) for x in st.get("losses", [])]
+        self.guard.load_state_dict(st.get("guard", {}))
+        self.say(f"resumed from {self.resume_path} at step {self.step} (epoch {self.epoch}, batch {self.bidx})")
+
+    def open_logs(self) -> None:
+        """The run logger and the fixed evaluation batches."""
+        o = self.o
+        self.logger = RunLogger(self.out / "logs", enabled=self.main, tensorboard=o.tensorboard, echo=self.say)
+        if self.logger.tensorboard_note:
+            self.task.notes.append(self.logger.tensorboard_note)
+        self.eval_batches = None
+        if o.eval_every:
+            self.eval_batches = _eval_batches(self.task, self.eval_ds if self.eval_ds is not None else self.train_ds, o)
+
+    def emit(self, record: dict) -> None:
+        self.logger.log(record)
+        if self.main:
+            for cb in self.callbacks:
                 cb(dict(record))
 
-    eval_batches = None
-    if o.eval_every:
-        eval_batches = _eval_batches(task, eval_ds if eval_ds is not None else train_ds, o)
-
-    def evaluate(at: int) -> None:
-        model.eval()
+    # -- evaluation, checkpoints, exports
+    def evaluate(self, at: int) -> None:
+        """The task's loss on the fixed evaluation batches with fixed draws (stream 1), logged at step ``at``."""
+        self.model.eval()
         vals = []
         with torch.no_grad():
-            for i, batch in enumerate(eval_batches):
-                g = step_generator(o.seed, 0, i, 0, device, stream=1)
-                loss, _ = task.loss(model, batch, g)
+            for i, batch in enumerate(self.eval_batches):
+                g = step_generator(self.o.seed, 0, i, 0, self.device, stream=1)
+                loss, _ = self.task.loss(self.model, batch, g)
                 vals.append(float(loss.detach().float().item()))
-        model.train()
-        rec = {"kind": "eval", "step": at, "loss": float(np.mean(vals)) if vals else float("nan"),
-               "batches": len(vals)}
-        evals.append(rec)
-        emit(rec)
+        self.model.train()
+        rec = {"kind": "eval", "step": at, "loss": float(np.mean(vals)) if vals else float("nan"), "batches": len(vals)}
+        self.evals.append(rec)
+        self.emit(rec)
 
-    def trainer_state() -> dict:
-        e, b = (epoch + 1, 0) if bidx >= plan.batches_per_epoch else (epoch, bidx)
-        return {"format": 1, "task": task.name, "step": step, "epoch": e, "batch_in_epoch": b,
-                "sampler_seed": o.seed, "samples_seen": samples_seen, "losses": losses,
-                "guard": guard.state_dict(), "compat": compat, "total_steps": total,
+    def trainer_state(self) -> dict:
+        e, b = (self.epoch + 1, 0) if self.bidx >= self.plan.batches_per_epoch else (self.epoch, self.bidx)
+        return {"format": 1, "task": self.task.name, "step": self.step, "epoch": e, "batch_in_epoch": b,
+                "sampler_seed": self.o.seed, "samples_seen": self.samples_seen, "losses": self.losses,
+                "guard": self.guard.state_dict(), "compat": self.compat, "total_steps": self.total,
                 "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
-    def trainable_state() -> Optional[dict]:
-        if _sharded(accelerator):
-            full = _full_state_dict(accelerator, model)
-            return {k: full[k] for k in trainable_names} if main else None
-        named = dict(unwrapped.named_parameters())
-        return {k: named[k] for k in trainable_names} if main else None
+    def trainable_state(self) -> Optional[dict]:
+        if self.sharded:
+            full = _full_state_dict(self.accelerator, self.model)
+            return {k: full[k] for k in self.trainable_names} if self.main else None
+        named = dict(self.unwrapped.named_parameters())
+        return {k: named[k] for k in self.trainable_names} if self.main else None
 
-    def do_export(folder: Path) -> dict[str, Path]:
-        if _sharded(accelerator):
-            full = _full_state_dict(accelerator, model)
-            if not main:
+    def export(self, folder: Path) -> dict[str, Path]:
+        """The task's loader-ready exports of the current weights (gathered first when sharded; main process)."""
+        if self.sharded:
+            full = _full_state_dict(self.accelerator, self.model)
+            if not self.main:
                 return {}
-            m = task.empty_model()
+            m = self.task.empty_model()
             m.load_state_dict(full, strict=True, assign=True)
-            return task.export(m, folder)
-        return task.export(unwrapped, folder) if main else {}
+            return self.task.export(m, folder)
+        return self.task.export(self.unwrapped, folder) if self.main else {}
 
-    def checkpoint() -> None:
-        export_fn = None
-        if o.export_checkpoints:
-            export_fn = (lambda f: do_export(f)) if not _sharded(accelerator) else None
-        path = save_checkpoint(accelerator, out, step, trainer_state=trainer_state(), trainable=trainable_state(),
-                               keep=o.keep_checkpoints, optimizer=optimizer, scheduler=scheduler, model=model,
-                               export_fn=export_fn)
-        checkpoints.append(path)
-        emit({"kind": "checkpoint", "step": step, "path": str(path)})
+    def checkpoint(self) -> None:
+        export_fn = self.export if self.o.export_checkpoints and not self.sharded else None
+        path = save_checkpoint(self.accelerator, self.out, self.step, trainer_state=self.trainer_state(),
+                               trainable=self.trainable_state(), keep=self.o.keep_checkpoints,
+                               optimizer=self.optimizer, scheduler=self.scheduler, model=self.model, export_fn=export_fn)
+        self.checkpoints.append(path)
+        self.emit({"kind": "checkpoint", "step": self.step, "path": str(path)})
 
-    if main:
-        say(f"{len(train_ds)} samples, {plan.batches_per_epoch} batches/epoch/process, {world} process(es), "
-            f"{sum(p.numel() for p in trainable_params):,} trainable parameters, steps {step} -> {total}")
-    if o.eval_every and resume_path is None:
-        evaluate(0)
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, initial=step, disable=not (main and o.progress), desc=task.name, dynamic_ncols=True)
-    stream = _micro_batches(train_ds, plan, task.collate, o.num_workers, epoch, bidx)
-    per_step = o.batch_size * o.grad_accum * world
-    train_time, steps_run = 0.0, 0
-    model.train()
-    while step < total:
+    # -- training
+    def step_once(self, stream: Iterator) -> dict:
+        """One optimizer step over ``--grad-accum`` micro-batches of ``stream``; loss spikes are skipped on every
+        process. Returns the step's train record (before the log filter)."""
+        o, acc = self.o, self.accelerator
         t0 = time.perf_counter()
         kept: list[float] = []
         backwarded = last_skipped = False
         metrics_acc: dict[str, list[float]] = {}
         grad_norm = None
         for micro in range(o.grad_accum):
-            epoch, j, batch = next(stream)
-            bidx = j + 1
-            g = step_generator(o.seed, step, micro, rank, device)
-            with accelerator.accumulate(model):
-                loss, metrics = task.loss(model, batch, g)
-                gathered = accelerator.gather(loss.detach().float().reshape(1)).mean().item()
-                skip, reason = guard.check(gathered, step + 1)
+            self.epoch, j, batch = next(stream)
+            self.bidx = j + 1
+            g = step_generator(o.seed, self.step, micro, self.rank, self.device)
+            with acc.accumulate(self.model):
+                loss, metrics = self.task.loss(self.model, batch, g)
+                gathered = acc.gather(loss.detach().float().reshape(1)).mean().item()
+                skip, reason = self.guard.check(gathered, self.step + 1)
                 if skip:
-                    emit({"kind": "skip", "step": step + 1, "micro": micro, "loss": gathered, "reason": reason})
+                    self.emit({"kind": "skip", "step": self.step + 1, "micro": micro, "loss": gathered,
+                               "reason": reason})
                 else:
-                    accelerator.backward(loss)
+                    acc.backward(loss)
                     backwarded = True
                     kept.append(gathered)
                     for k, v in metrics.items():
                         metrics_acc.setdefault(k, []).append(float(v))
                 last_skipped = skip
-                if accelerator.sync_gradients:
+                if acc.sync_gradients:
                     if backwarded:
-                        if last_skipped and o.grad_accum > 1 and _ddp_like(accelerator):
-                            _all_reduce_grads(trainable_params, world)
+                        if last_skipped and o.grad_accum > 1 and _ddp_like(acc):
+                            _all_reduce_grads(self.trainable_params, self.world)
                         if o.grad_clip:
-                            grad_norm = accelerator.clip_grad_norm_(clip_params, o.grad_clip)
-                        optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        step += 1
-        samples_seen += per_step
+                            grad_norm = acc.clip_grad_norm_(self.clip_params, o.grad_clip)
+                        self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        self.samples_seen += self.per_step
         step_loss = float(np.mean(kept)) if kept else float("nan")
-        losses.append(step_loss)
+        self.losses.append(step_loss)
         dt = time.perf_counter() - t0
-        train_time += dt
-        steps_run += 1
-        sps = per_step / dt if dt > 0 else float("nan")
-        if o.log_every and (step % o.log_every == 0 or step == total):
-            rec = {"kind": "train", "step": step, "epoch": epoch, "loss": step_loss, "lr": scheduler.get_last_lr()[0],
-                   "samples_per_s": sps, "skipped_micro": o.grad_accum - len(kept)}
-            if grad_norm is not None:
-                rec["grad_norm"] = float(grad_norm)
-            rec.update({k: float(np.mean(v)) for k, v in metrics_acc.items()})
-            emit(rec)
-        bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.4g}", sps=f"{sps:.2f}")
-        if o.checkpoint_every and step % o.checkpoint_every == 0 and step < total:
-            checkpoint()
-        if o.eval_every and step % o.eval_every == 0 and step < total:
-            evaluate(step)
-    bar.close()
-    if steps_run or not list_checkpoints(out):
-        checkpoint()
-    if o.eval_every and steps_run:
-        evaluate(step)
-    accelerator.wait_for_everyone()
-    exports = do_export(out / "export")
-    if o.report_digest and not _sharded(accelerator):
-        (out / "logs").mkdir(parents=True, exist_ok=True)
-        named = dict(unwrapped.named_parameters())
-        (out / "logs" / f"digest-rank{rank}.txt").write_text(weights_digest({k: named[k] for k in trainable_names}))
-    accelerator.wait_for_everyone()
-    logger.close()
-    result = TrainResult(out=out, steps=step, losses=losses, skipped=guard.skipped, evals=evals, exports=exports,
-                         checkpoints=checkpoints, resumed_from=resume_path,
-                         steps_per_second=steps_run / train_time if train_time > 0 else float("nan"),
-                         samples_per_second=steps_run * per_step / train_time if train_time > 0 else float("nan"),
-                         notes=list(task.notes))
-    if main:
-        say(f"done: {step} steps, {result.steps_per_second:.3g} steps/s, {result.samples_per_second:.3g} samples/s; "
-            f"exports: {', '.join(f'{k}={v}' for k, v in exports.items())}")
-    return result
+        self.train_time += dt
+        self.steps_run += 1
+        rec = {"kind": "train", "step": self.step, "epoch": self.epoch, "loss": step_loss,
+               "lr": self.scheduler.get_last_lr()[0], "samples_per_s": self.per_step / dt if dt > 0 else float("nan"),
+               "skipped_micro": o.grad_accum - len(kept)}
+        if grad_norm is not None:
+            rec["grad_norm"] = float(grad_norm)
+        rec.update({k: float(np.mean(v)) for k, v in metrics_acc.items()})
+        return rec
+
+    def train(self) -> None:
+        """Steps until ``total``, with logs, periodic checkpoints and evaluations."""
+        from tqdm.auto import tqdm
+
+        o = self.o
+        if self.main:
+            self.say(f"{len(self.train_ds)} samples, {self.plan.batches_per_epoch} batches/epoch/process, "
+                     f"{self.world} process(es), {sum(p.numel() for p in self.trainable_params):,} trainable "
+                     f"parameters, steps {self.step} -> {self.total}")
+        if o.eval_every and self.resume_path is None:
+            self.evaluate(0)
+        bar = tqdm(total=self.total, initial=self.step, disable=not (self.main and o.progress), desc=self.task.name,
+                   dynamic_ncols=True)
+        stream = _micro_batches(self.train_ds, self.plan, self.task.collate, o.num_workers, self.epoch, self.bidx)
+        self.per_step = o.batch_size * o.grad_accum * self.world
+        self.train_time, self.steps_run = 0.0, 0
+        self.model.train()
+        while self.step < self.total:
+            rec = self.step_once(stream)
+            step = self.step
+            if o.log_every and (step % o.log_every == 0 or step == self.total):
+                self.emit(rec)
+            bar.update(1)
+            bar.set_postfix(loss=f"{rec['loss']:.4g}", sps=f"{rec['samples_per_s']:.2f}")
+            if o.checkpoint_every and step % o.checkpoint_every == 0 and step < self.total:
+                self.checkpoint()
+            if o.eval_every and step % o.eval_every == 0 and step < self.total:
+                self.evaluate(step)
+        bar.close()
+
+    def finish(self) -> TrainResult:
+        """The final checkpoint, evaluation and exports (and weight digests on request); the run's result."""
+        o, acc, out = self.o, self.accelerator, self.out
+        if self.steps_run or not list_checkpoints(out):
+            self.checkpoint()
+        if o.eval_every and self.steps_run:
+            self.evaluate(self.step)
+        acc.wait_for_everyone()
+        exports = self.export(out / "export")
+        if o.report_digest and not self.sharded:
+            (out / "logs").mkdir(parents=True, exist_ok=True)
+            named = dict(self.unwrapped.named_parameters())
+            (out / "logs" / f"digest-rank{self.rank}.txt").write_text(
+                weights_digest({k: named[k] for k in self.trainable_names}))
+        acc.wait_for_everyone()
+        self.logger.close()
+        t = self.train_time
+        result = TrainResult(out=out, steps=self.step, losses=self.losses, skipped=self.guard.skipped, evals=self.evals,
+                             exports=exports, checkpoints=self.checkpoints, resumed_from=self.resume_path,
+                             steps_per_second=self.steps_run / t if t > 0 else float("nan"),
+                             samples_per_second=self.steps_run * self.per_step / t if t > 0 else float("nan"),
+                             notes=list(self.task.notes))
+        self.say(f"done: {self.step} steps, {result.steps_per_second:.3g} steps/s, "
+                 f"{result.samples_per_second:.3g} samples/s; "
+                 f"exports: {', '.join(f'{k}={v}' for k, v in exports.items())}")
+        return result
+
+
+def _run(task: TrainTask, accelerator, callbacks: list) -> TrainResult:
+    r = _Run(task, accelerator, callbacks)
+    r.resolve_resume()                # a bad --resume fails before anything is built or written
+    r.build()
+    r.prepare()
+    r.restore()
+    r.open_logs()
+    r.train()
+    return r.finish()
 
 
 def weights_digest(tensors: dict) -> str:
