@@ -21,13 +21,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from moge4d_core.models.wan_dit import STraGDiT, ViSMDiT, shipped_config  # noqa: E402
+from moge4d_core.models.wan_dit import STraGDiT, ViSMDiT, dit_config, shipped_config  # noqa: E402
 
 
 def meta_report() -> None:
     with torch.device("meta"):
-        strag = STraGDiT.from_config_obj(shipped_config("wan2.1_14b_moge4d_strag"))
-        vism = ViSMDiT.from_config_obj(shipped_config("wan2.1_14b_fun_inp"))
+        strag = STraGDiT(**shipped_config("wan2.1_14b_moge4d_strag"))
+        vism = ViSMDiT(**shipped_config("wan2.1_14b_fun_inp"))
     total = sum(p.numel() for p in strag.parameters())
     mpm = sum(p.numel() for n, p in strag.named_parameters() if "spatial_guidance" in n or n.startswith("feature_adapter"))
     ref = sum(p.numel() for n, p in strag.named_parameters() if n.startswith("ref_conv"))
@@ -86,8 +86,8 @@ def gpu_benchmark(args) -> None:
 
     cfg = shipped_config("wan2.1_14b_moge4d_strag")
     if args.no_mpm:
-        cfg = cfg.replace(mpm_feature_dim=None)
-    model = _build_on_gpu(lambda: STraGDiT.from_config_obj(cfg))
+        cfg = dit_config(cfg, mpm_feature_dim=None)
+    model = _build_on_gpu(lambda: STraGDiT(**cfg))
     model.reset_rope(dev)
     if args.attention_backend:
         model.set_attention_backend(args.attention_backend)

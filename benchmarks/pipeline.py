@@ -56,7 +56,7 @@ def full(steps: int) -> None:
 
     def build(cls, name):
         with torch.device("meta"):
-            m = cls.from_config_obj(shipped_config(name))
+            m = cls(**shipped_config(name))
         m = m.to_empty(device=dev).to(torch.bfloat16)
         with torch.no_grad():
             for p in m.parameters():

@@ -25,6 +25,7 @@ from moge4d_core.loading.wan_keys import convert_state_dict, original_linear_mod
 from moge4d_core.models.nano import TINY, build_motion_vae, build_strag, build_vism, build_wan_vae, randomize_
 from moge4d_core.models.omnimae import OmniMAEEncoder
 from moge4d_core.models.unidepth import UniDepthConfig, build_unidepth
+from moge4d_core.models.wan_dit import hidden_width
 
 HEADS = {"num_heads": TINY.num_heads}   # also written to config.json beside the DiT files (as the Fun releases ship)
 
@@ -41,9 +42,10 @@ def _tiny_unidepth(seed: int = 3):
 
 
 def _config_json(weights: Path, model) -> None:
-    c = model.wan_config
-    d = {"dim": c.dim, "ffn_dim": c.ffn_dim, "num_heads": c.num_heads, "num_layers": c.num_layers, "in_dim": c.in_dim,
-         "out_dim": c.out_dim, "text_len": c.text_len, "freq_dim": c.freq_dim, "eps": c.eps}
+    c = model.config
+    # a VideoX-Fun / Wan config.json, in the original Wan names
+    d = {"dim": hidden_width(c), "ffn_dim": c.ffn_dim, "num_heads": c.num_attention_heads, "num_layers": c.num_layers,
+         "in_dim": c.in_channels, "out_dim": c.out_channels, "text_len": c.text_len, "freq_dim": c.freq_dim, "eps": c.eps}
     (weights.parent / "config.json").write_text(json.dumps(d))
 
 

@@ -8,8 +8,9 @@ import torch
 from safetensors.torch import save_file
 
 from moge4d_core.errors import MoGe4DInputError
+from moge4d_core.loading.common import read_metadata
 from moge4d_core.loading.wan_dit import load_strag, load_vism_base, load_wan_dit, save_wan_dit
-from moge4d_core.models.wan_dit import STraGDiT, ViSMDiT, WanDiT, WanDiTConfig
+from moge4d_core.models.wan_dit import STraGDiT, ViSMDiT, WanDiT, dit_config
 
 torch.set_num_threads(1)
 FP8 = torch.float8_e4m3fn
@@ -99,9 +100,9 @@ def tiny(arch="moge4d_strag", seed=0, **kw):
               "wan2.1_fun_inp": dict(in_dim=36, image_dim=16),
               "wan2.1_t2v": dict(in_dim=16)}[arch]
     layout.update(kw)
-    cfg = WanDiTConfig(arch=arch, **TINY, **layout)
+    cfg = dit_config(arch=arch, **TINY, **layout)
     cls = {"moge4d_strag": STraGDiT, "wan2.1_fun_inp": ViSMDiT}.get(arch, WanDiT)
-    return randomise(cls.from_config_obj(cfg), seed)
+    return randomise(cls(**cfg), seed)
 
 
 G = torch.Generator().manual_seed(11)
@@ -141,8 +142,8 @@ def test_official_release_layout_with_omnimae(tmp_path, strag):
     for where in (tmp_path / "models", d, d / "diffusion_pytorch_model.safetensors"):
         m2 = load_strag(where, dtype=torch.float32, config=heads())
         assert torch.equal(run(m2, STRAG_IN), y0)
-    cfg, info = m2.wan_config, m2.load_info
-    assert cfg.arch == "moge4d_strag" and cfg.in_dim == 64 and cfg.mpm_feature_dim == 8 and cfg.mpm_alignment == "official"
+    cfg, info = m2.config, m2.load_info
+    assert cfg.arch == "moge4d_strag" and cfg.in_channels == 64 and cfg.mpm_feature_dim == 8 and cfg.mpm_alignment == "official"
     assert info.file == str(d / "diffusion_pytorch_model.safetensors") and info.dtype == torch.float32
     assert set(info.extras["omnimae_state_dict"]) == {"trunk.pos_embed", "head.weight"}
     assert torch.equal(info.extras["omnimae_state_dict"]["head.weight"], sd2["omnimae_extractor.head.weight"])
@@ -233,7 +234,7 @@ def _quantise(sd, style):
 
 
 def _model_from_original(sd, like):
-    m = type(like).from_config_obj(like.wan_config)
+    m = type(like)(**like.config)
     inv = {to_original(k): k for k in like.state_dict()}
     m.load_state_dict({inv[k]: v for k, v in sd.items()})
     return m.eval()
@@ -284,14 +285,34 @@ def test_own_output_with_metadata_and_alignment(tmp_path):
     y0 = run(m, STRAG_IN)
     f = save_wan_dit(m, tmp_path / "run" / "strag_step100.safetensors", extra_tensors={"omnimae_extractor.x": torch.ones(2)})
     m2 = load_strag(f, dtype=torch.float32)  # no num_heads hint needed: the metadata has the config
-    cfg = m2.wan_config
-    assert cfg.mpm_alignment == "corrected" and cfg.num_heads == 2 and "MoGe4D metadata" in m2.load_info.format
+    cfg = m2.config
+    assert cfg.mpm_alignment == "corrected" and cfg.num_attention_heads == 2 and "MoGe4D metadata" in m2.load_info.format
     assert torch.equal(run(m2, STRAG_IN), y0)
     assert torch.equal(m2.load_info.extras["omnimae_state_dict"]["x"], torch.ones(2))
     assert m2.load_info.extras["metadata"]["moge4d_arch"] == "moge4d_strag"
     m3 = load_strag(f, dtype=torch.float32, mpm_alignment="official")
-    cfg3 = m3.wan_config
+    cfg3 = m3.config
     assert cfg3.mpm_alignment == "official" and not torch.equal(run(m3, STRAG_IN), y0)
+
+
+def test_metadata_holds_the_constructor_arguments_and_old_metadata_still_loads(tmp_path):
+    m = tiny(seed=4)
+    m.set_mpm_alignment("corrected")
+    y0 = run(m, STRAG_IN)
+    f = save_wan_dit(m, tmp_path / "new.safetensors")
+    meta = json.loads(read_metadata(f)["moge4d_config"])
+    assert meta == {k: (list(v) if isinstance(v, tuple) else v) for k, v in m.config.items()}
+    assert meta["num_attention_heads"] == 2 and meta["arch"] == "moge4d_strag" and "dim" not in meta
+    # a file written before the config fold: metadata in the WanDiTConfig (original Wan) field names
+    old = {"arch": "moge4d_strag", "dim": 24, "ffn_dim": 48, "num_heads": 2, "num_layers": 2, "in_dim": 64,
+           "out_dim": 16, "text_dim": 32, "freq_dim": 16, "text_len": 512, "eps": 1e-6, "patch_size": [1, 2, 2],
+           "qk_norm": True, "cross_attn_norm": True, "image_dim": 16, "ref_conv_in_dim": 16, "mpm_feature_dim": 8,
+           "mpm_alignment": "corrected", "rope_max_seq_len": 1024}
+    g = tmp_path / "old.safetensors"
+    save_file(original_sd(m), str(g), metadata={"moge4d_arch": "moge4d_strag", "moge4d_config": json.dumps(old)})
+    m2 = load_strag(g, dtype=torch.float32)              # no num_heads hint: the old metadata says it
+    assert dict(m2.config) == dict(m.config)
+    assert torch.equal(run(m2, STRAG_IN), y0)
 
 
 def test_bf16_load_keeps_fp32_modules(tmp_path, strag):
@@ -314,7 +335,7 @@ def test_mpm_off_and_base_fill(tmp_path, strag):
     f = tmp_path / "s.safetensors"
     save_file(sd, str(f))
     m2 = load_strag(f, dtype=torch.float32, config=heads(), mpm=False)
-    assert m2.wan_config.mpm_feature_dim is None and m2.feature_adapter is None
+    assert m2.config.mpm_feature_dim is None and m2.feature_adapter is None
     mpm_keys = {k for k in m.state_dict() if "spatial_guidance" in k or k.startswith("feature_adapter.")}
     assert mpm_keys and set(m2.load_info.ignored_keys) == mpm_keys
     assert m2.blocks[0].spatial_guidance_self is None
@@ -349,7 +370,7 @@ def test_vism_base_sharded_and_comfy(tmp_path):
         wm.update({k: name for k in keys[i::2]})
     (tmp_path / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps({"weight_map": wm}))
     m2 = load_vism_base(tmp_path, dtype=torch.float32, config=heads())
-    cfg = m2.wan_config
+    cfg = m2.config
     assert cfg.arch == "wan2.1_fun_inp" and isinstance(m2, ViSMDiT)
     assert torch.equal(run(m2, VISM_IN), y0)
     f = tmp_path / "comfy" / "wan2.1_fun_inp.safetensors"
@@ -358,7 +379,7 @@ def test_vism_base_sharded_and_comfy(tmp_path):
     m3 = load_vism_base(f, dtype=torch.float32, config=heads())
     assert torch.equal(run(m3, VISM_IN), y0)
     m4 = load_wan_dit(f, dtype=torch.float32, config=heads())
-    assert isinstance(m4, ViSMDiT) and m4.wan_config.in_dim == 36 and m4.load_info.file == str(f)
+    assert isinstance(m4, ViSMDiT) and m4.config.in_channels == 36 and m4.load_info.file == str(f)
 
 
 # --------------------------------------------------------------------- bad files

@@ -209,12 +209,12 @@ def test_dit_activation_peak_does_not_grow_past_two_blocks():
     fm = FakeTensorMode(allow_non_fake_inputs=True)
     peaks, flops = {}, {}
     for depth in (1, 2, 3):
-        meta = P._on_meta(P._dit_builder(s.strag.replace(num_layers=depth), "STraGDiT"), s.dit_dtype)
+        meta = P._on_meta(P._dit_builder({**s.strag, "num_layers": depth}, "STraGDiT"), s.dit_dtype)
         mvae = P._on_meta(P._motion_vae_builder(s.motion_vae), s.vae_dtype)
         phases, flops[depth], _ = P._strag_stage(s, fm, lambda meta=meta: meta, mvae)
         peaks[depth] = phases["DiT step"]
     assert peaks[3] <= peaks[2]
     assert flops[3] - flops[2] == pytest.approx(flops[2] - flops[1], rel=1e-9)
     # the planner's cheap 1-block step (conditions made without the VAE) counts what the full stage run counts
-    meta1 = P._on_meta(P._dit_builder(s.strag.replace(num_layers=1), "STraGDiT"), s.dit_dtype)
+    meta1 = P._on_meta(P._dit_builder({**s.strag, "num_layers": 1}, "STraGDiT"), s.dit_dtype)
     assert P._step_flops(s, fm, meta1) == pytest.approx(flops[1], rel=1e-9)

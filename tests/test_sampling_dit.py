@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from moge4d_core.errors import MoGe4DInputError
-from moge4d_core.models.wan_dit import STraGDiT, WanDiTConfig
+from moge4d_core.models.wan_dit import STraGDiT, dit_config
 from moge4d_core.sampling import dit_velocity, flow_sigmas, make_noise, sample_flow
 from moge4d_core.types import DiTConditioning
 
@@ -19,9 +19,9 @@ TINY = dict(dim=24, ffn_dim=48, num_heads=2, num_layers=2, text_dim=32, freq_dim
 @pytest.fixture(scope="module")
 def dit():
     torch.manual_seed(0)
-    cfg = WanDiTConfig(arch="moge4d_strag", in_dim=64, image_dim=16, ref_conv_in_dim=16, mpm_feature_dim=0,
+    cfg = dit_config(arch="moge4d_strag", in_dim=64, image_dim=16, ref_conv_in_dim=16, mpm_feature_dim=0,
                        **TINY)
-    m = STraGDiT.from_config_obj(cfg).eval()
+    m = STraGDiT(**cfg).eval()
     with torch.no_grad():
         for p in m.parameters():
             p.normal_(0, 0.3)

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from moge4d_core.loading.motion_vae import save_motion_vae
 from moge4d_core.loading.wan_dit import load_strag
-from moge4d_core.models.wan_dit import STraGDiT, WanDiTConfig
+from moge4d_core.models.wan_dit import STraGDiT, dit_config, hidden_width
 from training.engine import weights_digest
 from training_helpers import DATA_ARGS, STRAG_CFG, tiny_motion_vae, write_data, write_json
 
@@ -57,7 +57,7 @@ def test_two_cpu_processes_end_with_identical_weights(tmp_path):
     assert (out / "checkpoint-2").is_dir()
 
     model = load_strag(out / "export" / "4D-STraG" / "diffusion_pytorch_model.safetensors", dtype=torch.float32)
-    assert model.wan_config.dim == STRAG_CFG["dim"]
+    assert hidden_width(model.config) == STRAG_CFG["dim"]
     trained = load_file(str(out / "checkpoint-3" / "trainable.safetensors"))
     own = dict(model.named_parameters())
     assert all(torch.equal(own[k], trained[k]) for k in trained)
@@ -87,7 +87,7 @@ def test_shipped_fsdp_config_trains_checkpoints_and_resumes_on_two_cpu_processes
         return proc
 
     a = launch(tmp_path / "a")
-    full = sum(p.numel() for p in STraGDiT.from_config_obj(WanDiTConfig(**STRAG_CFG)).parameters())
+    full = sum(p.numel() for p in STraGDiT(**dit_config(STRAG_CFG)).parameters())
     assert f"{(full + 1) // 2:,} trainable parameters" in a.stderr      # FSDP: this process's shard, not DDP
     ck = tmp_path / "a" / "checkpoint-2"
     state = json.loads((ck / "trainer_state.json").read_text())

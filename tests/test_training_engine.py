@@ -159,7 +159,7 @@ def test_resume_with_another_architecture_is_refused_and_leaves_checkpoints_inta
         with pytest.raises(MoGe4DInputError) as e:
             train(_args(setup, where, cfg_wide, "--max-steps", "3", "--resume", resume))
         msg = str(e.value)
-        assert "cannot resume" in msg and "config.dim: checkpoint 24 vs this run 32" in msg
+        assert "cannot resume" in msg and "config.attention_head_dim: checkpoint 12 vs this run 16" in msg
         assert "config.ffn_dim" in msg and "checkpoint" in msg
     assert tree_snapshot(out) == before                     # bytes, sizes and mtimes unchanged
     with pytest.raises(MoGe4DInputError, match="not a checkpoint folder"):

@@ -15,7 +15,7 @@ from moge4d_core.loading.motion_vae import RELEASE_CONFIG_FILE, load_motion_vae,
 from moge4d_core.loading.wan_dit import load_strag, load_vism_base, save_wan_dit
 from moge4d_core.models.motion_vae import MotionVAE, MotionVAEConfig
 from moge4d_core.models.nano import NANO, wan_vae_kwargs
-from moge4d_core.models.wan_dit import STraGDiT, ViSMDiT, WanDiTConfig
+from moge4d_core.models.wan_dit import STraGDiT, ViSMDiT, dit_config
 from training.adapters import load_peft_adapter
 from training_helpers import DATA_ARGS, STRAG_CFG, TINY_VAE, VISM_CFG, save_pixel_vae, tiny_motion_vae, \
     tiny_pixel_vae, write_data, write_json
@@ -146,7 +146,7 @@ def test_strag_full_export_computes_like_the_trained_weights(env):
     vae = save_motion_vae(tiny_motion_vae(), env["root"] / "mvae.safetensors")
     cfg = write_json(env["root"] / "strag.json", STRAG_CFG)
     r = train(_common(env, env["root"] / "strag_full", "--motion-vae", str(vae), "--init-config", str(cfg)))
-    ref = STraGDiT.from_config_obj(WanDiTConfig(**STRAG_CFG)).eval()
+    ref = STraGDiT(**dit_config(STRAG_CFG)).eval()
     ref.load_state_dict(load_file(str(r.out / "checkpoint-2" / "trainable.safetensors")), strict=True)
     model = load_strag(r.exports["dit"], dtype=torch.float32)
     x = _strag_inputs(5)
@@ -165,13 +165,13 @@ def test_lora_exports_at_the_release_rank_and_alpha(env, which):
         from moge4d_core.loading.motion_vae import save_motion_vae
         from training.train_strag import train
 
-        base_file = save_wan_dit(STraGDiT.from_config_obj(WanDiTConfig(**STRAG_CFG)), root / "base.safetensors")
+        base_file = save_wan_dit(STraGDiT(**dit_config(STRAG_CFG)), root / "base.safetensors")
         extra = ["--motion-vae", str(save_motion_vae(tiny_motion_vae(), root / "mvae.safetensors"))]
         load_base, inputs = (lambda p: load_strag(p, dtype=torch.float32)), _strag_inputs(6)
     else:
         from training.train_vism import train
 
-        base_file = save_wan_dit(ViSMDiT.from_config_obj(WanDiTConfig(**VISM_CFG)), root / "base.safetensors")
+        base_file = save_wan_dit(ViSMDiT(**dit_config(VISM_CFG)), root / "base.safetensors")
         extra = ["--vae", str(save_pixel_vae(tiny_pixel_vae(seed=8), root / "wan_vae.safetensors"))]
         load_base, inputs = (lambda p: load_vism_base(p, dtype=torch.float32)), _vism_inputs(6)
     r = train(_common(env, root / "run", "--model", str(base_file), "--lora-rank", "128", "--lora-alpha", "64",

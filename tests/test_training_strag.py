@@ -11,7 +11,7 @@ from moge4d_core.loading.common import read_arch_config
 from moge4d_core.loading.lora import load_kohya_lora, merge_lora
 from moge4d_core.loading.motion_vae import save_motion_vae
 from moge4d_core.loading.wan_dit import load_strag, save_wan_dit
-from moge4d_core.models.wan_dit import STraGDiT, WanDiT, WanDiTConfig
+from moge4d_core.models.wan_dit import STraGDiT, WanDiT, dit_config, hidden_width
 from training.adapters import load_peft_adapter
 from training.train_strag import StragOptions, control_base_model, train
 from training_helpers import DATA_ARGS, STRAG_CFG, TINY_DIT, T, tiny_motion_vae, write_data, write_json
@@ -61,9 +61,9 @@ def test_resume_is_bit_exact_and_the_export_loads(env):
     assert all(torch.equal(ta[k], tb[k]) for k in ta)
     # the export is what the loader reads, weight for weight
     arch, cfg = read_arch_config(a.exports["dit"])
-    assert arch == "moge4d_strag" and cfg["dim"] == STRAG_CFG["dim"]
+    assert arch == "moge4d_strag" and hidden_width(cfg) == STRAG_CFG["dim"] and cfg["in_channels"] == 64
     model = load_strag(a.exports["dit"], dtype=torch.float32)
-    assert isinstance(model, STraGDiT) and model.wan_config.in_dim == 64
+    assert isinstance(model, STraGDiT) and model.config.in_channels == 64
     own = dict(model.named_parameters())
     assert set(own) == set(ta) and all(torch.equal(own[k], ta[k]) for k in ta)
     # training moved the weights between the two checkpoints
@@ -86,7 +86,7 @@ def test_lora_exports_merge_like_the_peft_adapter(env):
 
     root = env["root"]
     torch.manual_seed(5)
-    base = STraGDiT.from_config_obj(WanDiTConfig(**dict(STRAG_CFG, mpm_feature_dim=8)))
+    base = STraGDiT(**dit_config(STRAG_CFG, mpm_feature_dim=8))
     with torch.no_grad():
         for n, p in base.named_parameters():
             if n.endswith(".gate"):
@@ -141,12 +141,12 @@ def test_mpm_is_trained_with_omnimae_features_and_frozen_without(env):
 
 def test_control_base_init_widens_the_patch_embedding_with_zeros(tmp_path):
     torch.manual_seed(1)
-    cfg = WanDiTConfig(arch="wan2.1_fun_control_v1.1", in_dim=48, image_dim=16, ref_conv_in_dim=16, **TINY_DIT)
-    ctrl = WanDiT.from_config_obj(cfg)
+    cfg = dit_config(arch="wan2.1_fun_control_v1.1", in_dim=48, image_dim=16, ref_conv_in_dim=16, **TINY_DIT)
+    ctrl = WanDiT(**cfg)
     f = save_wan_dit(ctrl, tmp_path / "ctrl.safetensors")
     m = control_base_model(str(f), torch.float32)
     pe, pe0 = m.patch_embedding.weight, ctrl.patch_embedding.weight
-    assert isinstance(m, STraGDiT) and pe.shape[1] == 64 and m.wan_config.arch == "moge4d_strag"
+    assert isinstance(m, STraGDiT) and pe.shape[1] == 64 and m.config.arch == "moge4d_strag"
     assert torch.equal(pe[:, :48], pe0) and torch.count_nonzero(pe[:, 48:]) == 0
     sd, sd0 = m.state_dict(), ctrl.state_dict()
     assert all(torch.equal(sd[k], sd0[k]) for k in sd0 if k != "patch_embedding.weight")
@@ -212,7 +212,7 @@ def test_reference_option_trains_ref_conv_and_the_release_default_leaves_it(env)
     does); ``--reference`` feeds the image's latent, as inference does, and trains them."""
     root = env["root"]
     torch.manual_seed(4)
-    start = save_wan_dit(STraGDiT.from_config_obj(WanDiTConfig(**STRAG_CFG)), root / "ref_start.safetensors")
+    start = save_wan_dit(STraGDiT(**dit_config(STRAG_CFG)), root / "ref_start.safetensors")
     w0 = load_file(str(start))
     common = ["--model", str(start), "--max-steps", "2", "--lr", "1e-2", "--checkpoint-every", "0", "--weight-decay", "0"]
     off = load_file(str(train(args(env, "one", root / "ref_off", *common)).exports["dit"]))

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from moge4d_core.loading.lora import load_kohya_lora, merge_lora
 from moge4d_core.loading.wan_dit import load_vism_base, save_wan_dit
 from moge4d_core.loading.wan_keys import original_linear_module_names
-from moge4d_core.models.wan_dit import ViSMDiT, WanDiTConfig
+from moge4d_core.models.wan_dit import ViSMDiT, dit_config
 from moge4d_core.pipeline import WanImageVAE, encode_vism_conditions
 from training.adapters import load_peft_adapter
 from training.train_vism import VismOptions, train, vism_conditions
@@ -22,7 +22,7 @@ torch.set_num_threads(1)
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("vism")
     torch.manual_seed(3)
-    base = ViSMDiT.from_config_obj(WanDiTConfig(**VISM_CFG))
+    base = ViSMDiT(**dit_config(VISM_CFG))
     return dict(root=root, one=write_data(root / "one", 1, seed=3), two=write_data(root / "two", 2, seed=0),
                 vae=save_pixel_vae(tiny_pixel_vae(seed=8), root / "wan_vae.safetensors"),
                 cfg=write_json(root / "vism.json", VISM_CFG),
@@ -100,8 +100,8 @@ def test_full_finetune_export_loads_with_load_vism_base(env):
     r = train(args(env, "one", root / "full", "--model", str(env["base"]), "--full", "--lr", "1e-3",
                    "--max-steps", "2", "--checkpoint-every", "0"))
     model = load_vism_base(r.exports["dit"], dtype=torch.float32)
-    cfg = model.wan_config
-    assert cfg.arch == "wan2.1_fun_inp" and cfg.in_dim == 36
+    cfg = model.config
+    assert cfg.arch == "wan2.1_fun_inp" and cfg.in_channels == 36
     trained = load_file(str(root / "full/checkpoint-2/trainable.safetensors"))
     own = dict(model.named_parameters())
     assert set(own) == set(trained) and all(torch.equal(own[k], trained[k]) for k in trained)

@@ -7,7 +7,7 @@ import torch.nn as nn
 from moge4d_core.errors import MoGe4DInputError
 from moge4d_core.models import fp8
 from moge4d_core.pipeline import memory
-from moge4d_core.models.wan_dit import STraGDiT, WanDiTConfig
+from moge4d_core.models.wan_dit import STraGDiT, dit_config
 
 torch.set_num_threads(1)
 FP8 = torch.float8_e4m3fn
@@ -15,9 +15,9 @@ FP8 = torch.float8_e4m3fn
 
 def tiny(seed=0):
     torch.manual_seed(seed)
-    cfg = WanDiTConfig(arch="moge4d_strag", dim=48, ffn_dim=96, num_heads=4, num_layers=2, in_dim=64, text_dim=32,
+    cfg = dit_config(arch="moge4d_strag", dim=48, ffn_dim=96, num_heads=4, num_layers=2, in_dim=64, text_dim=32,
                        freq_dim=16, image_dim=16, ref_conv_in_dim=16, mpm_feature_dim=8)
-    m = STraGDiT.from_config_obj(cfg).eval()
+    m = STraGDiT(**cfg).eval()
     with torch.no_grad():
         for n, p in m.named_parameters():
             p.normal_(0, 0.1 if p.ndim > 1 else 0.3)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from moge4d_core.errors import MoGe4DInputError
 from moge4d_core.loading import wan_keys
-from moge4d_core.models.wan_dit import (MAdaNorm, STraGDiT, ViSMDiT, WanDiTConfig, list_shipped_configs,
+from moge4d_core.models.wan_dit import (MAdaNorm, STraGDiT, ViSMDiT, config_to_json, dit_config, list_shipped_configs,
                                         shipped_config)
 
 torch.set_num_threads(1)
@@ -18,9 +18,9 @@ TINY = dict(dim=24, ffn_dim=48, num_heads=2, num_layers=2, text_dim=32, freq_dim
 
 def tiny_strag(mpm=8, alignment="official", seed=0):
     torch.manual_seed(seed)
-    cfg = WanDiTConfig(arch="moge4d_strag", in_dim=64, image_dim=16, ref_conv_in_dim=16, mpm_feature_dim=mpm,
+    cfg = dit_config(arch="moge4d_strag", in_dim=64, image_dim=16, ref_conv_in_dim=16, mpm_feature_dim=mpm,
                        mpm_alignment=alignment, **TINY)
-    m = STraGDiT.from_config_obj(cfg).eval()
+    m = STraGDiT(**cfg).eval()
     with torch.no_grad():
         for p in m.parameters():
             p.normal_(0, 0.3)
@@ -88,7 +88,7 @@ def meta_inventory(model):
 
 def test_14b_strag_inventory_matches_reference_E():
     with torch.device("meta"):
-        m = STraGDiT.from_config_obj(shipped_config("wan2.1_14b_moge4d_strag"))
+        m = STraGDiT(**shipped_config("wan2.1_14b_moge4d_strag"))
     got = meta_inventory(m)
     want = reference_E_strag_inventory(mpm=True)
     assert set(got) - set(want) == set() and set(want) - set(got) == set()
@@ -102,7 +102,7 @@ def test_14b_strag_inventory_matches_reference_E():
 
 def test_14b_vism_inventory_and_param_count():
     with torch.device("meta"):
-        m = ViSMDiT.from_config_obj(shipped_config("wan2.1_14b_fun_inp"))
+        m = ViSMDiT(**shipped_config("wan2.1_14b_fun_inp"))
     got = meta_inventory(m)
     want = {k: v for k, v in reference_E_strag_inventory(mpm=False).items() if not k.startswith("ref_conv")}
     want["patch_embedding.weight"] = (5120, 36, 1, 2, 2)
@@ -117,10 +117,52 @@ def test_shipped_configs_build_on_meta():
     assert {"wan2.1_14b_moge4d_strag", "wan2.1_14b_fun_inp", "wan2.1_14b_fun_control_v1.1", "wan2.1_14b_t2v"} <= set(names)
     for n in names:
         c = shipped_config(n)
-        assert (c.dim, c.ffn_dim, c.num_heads, c.num_layers, c.text_len, c.freq_dim, c.eps) == (5120, 13824, 40, 40, 512, 256, 1e-6)
-        assert c.cross_attn_norm and c.qk_norm and c.patch_size == (1, 2, 2)
+        assert (c.num_attention_heads, c.attention_head_dim, c.ffn_dim, c.num_layers, c.text_len, c.freq_dim, c.eps) == \
+            (40, 128, 13824, 40, 512, 256, 1e-6)
+        assert c.cross_attn_norm and c.qk_norm == "rms_norm_across_heads" and c.patch_size == (1, 2, 2)
+        assert c.arch == n.replace("14b_", "").replace("wan2.1_moge4d", "moge4d")
     with pytest.raises(MoGe4DInputError, match="no shipped config"):
         shipped_config("nope")
+
+
+def test_the_constructor_arguments_are_the_one_config():
+    """model.config holds every constructor argument (diffusers' @register_to_config), arch included; a config in
+    the original Wan names converts to the same arguments."""
+    with torch.device("meta"):
+        m = STraGDiT(**shipped_config("wan2.1_14b_moge4d_strag"))
+        plain = ViSMDiT(num_attention_heads=2, attention_head_dim=12, in_channels=36, image_dim=16, num_layers=1,
+                        text_dim=32, freq_dim=16, ffn_dim=48)
+    assert dict(m.config) == dict(shipped_config("wan2.1_14b_moge4d_strag"))
+    assert m.config.arch == "moge4d_strag" and m.config.added_kv_proj_dim == 5120
+    assert not hasattr(m, "wan_config") and not hasattr(m, "from_config_obj")
+    # what the constructor fills itself: the architecture from the channel layout, the I2V key/value width
+    assert plain.config.arch == "wan2.1_fun_inp" and plain.config.added_kv_proj_dim == 24
+    wan = dit_config(dim=24, num_heads=2, num_layers=1, in_dim=36, out_dim=16, image_dim=16, text_dim=32,
+                     freq_dim=16, ffn_dim=48, qk_norm=True)
+    ours = config_to_json(plain.config)                    # diffusers' private _use_default_values left out
+    assert config_to_json(wan) == ours
+    assert config_to_json(dit_config(plain.config, num_heads=4)) == dict(ours, num_attention_heads=4)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(dim=25, num_heads=2), "dim 25 is not divisible by num_heads 2"),
+    (dict(qk_norm=False), "qk_norm=False is not supported"),
+    (dict(mpm_alignment="sideways"), "mpm_alignment must be one of"),
+    (dict(image_dim=16, text_len=256), "I2V models need text_len 512"),
+])
+def test_configs_no_wan_checkpoint_has_are_refused(bad, match):
+    with pytest.raises(MoGe4DInputError, match=match):
+        dit_config(bad)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(qk_norm=None), "qk_norm must be 'rms_norm_across_heads'"),
+    (dict(mpm_alignment="sideways"), "mpm_alignment must be one of"),
+    (dict(image_dim=16, text_len=256), "I2V models need text_len 512"),
+])
+def test_the_constructor_refuses_them_too(bad, match):
+    with pytest.raises(MoGe4DInputError, match=match), torch.device("meta"):
+        STraGDiT(num_attention_heads=2, attention_head_dim=12, num_layers=1, in_channels=64, **bad)
 
 
 # ----------------------------------------------------------------------------------------- float64 block formula
@@ -410,8 +452,8 @@ def test_generic_forward_equals_stock_diffusers():
     from diffusers import WanTransformer3DModel
 
     torch.manual_seed(0)
-    cfg = WanDiTConfig(arch="wan2.1_fun_inp", in_dim=36, image_dim=16, **TINY)
-    ours = ViSMDiT.from_config_obj(cfg).eval()
+    cfg = dit_config(arch="wan2.1_fun_inp", in_dim=36, image_dim=16, **TINY)
+    ours = ViSMDiT(**cfg).eval()
     stock = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=36,
                                   out_channels=16, text_dim=32, freq_dim=16, ffn_dim=48, num_layers=2,
                                   image_dim=16, added_kv_proj_dim=24).eval()

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 import torch
 
 from moge4d_core.errors import MoGe4DInputError
-from moge4d_core.models.wan_dit import WanDiTConfig, shipped_config
+from moge4d_core.models.wan_dit import config_to_json, dit_config, shipped_config
 
 from .adapters import add_lora, linear_module_names, merged_copy, save_peft_adapter
 from .engine import DTYPES, TrainTask
@@ -30,13 +30,15 @@ from .flow import flow_matching_inputs, masked_mse, training_sigmas
 __all__ = ["DiTTask", "load_init_config", "cast_dit", "DIT_OPTION_HELP"]
 
 DIT_OPTION_HELP = {
-    "init_config": "random init from a WanDiTConfig JSON file (fields of moge4d_core.models.wan_dit.WanDiTConfig, "
-                   "with 'arch') or a shipped config name (e.g. wan2.1_14b_moge4d_strag)",
+    "init_config": "random init from a DiT config JSON file (the model's constructor arguments, or the original Wan "
+                   "config.json names dim / num_heads / in_dim ...; with 'arch') or a shipped config name "
+                   "(e.g. wan2.1_14b_moge4d_strag)",
 }
 
 
-def load_init_config(spec: str, expect_arch: str) -> WanDiTConfig:
-    """A :class:`WanDiTConfig` from a JSON file or a shipped config name; its arch must be ``expect_arch``."""
+def load_init_config(spec: str, expect_arch: str) -> Mapping[str, Any]:
+    """A DiT config (:func:`~moge4d_core.models.wan_dit.config.dit_config`) from a JSON file or a shipped config
+    name; its arch must be ``expect_arch``."""
     p = Path(spec)
     if p.is_file():
         try:
@@ -44,11 +46,13 @@ def load_init_config(spec: str, expect_arch: str) -> WanDiTConfig:
         except ValueError as exc:
             raise MoGe4DInputError(f"--init-config {p}: not valid JSON ({exc})") from None
         d.pop("description", None)
+        if not isinstance(d, dict):
+            raise MoGe4DInputError(f"--init-config {p}: expected a JSON object of config fields, got {type(d).__name__}")
         d.setdefault("arch", expect_arch)
         try:
-            cfg = WanDiTConfig.from_dict(d)
-        except TypeError as exc:
-            raise MoGe4DInputError(f"--init-config {p}: not a WanDiTConfig ({exc})") from None
+            cfg = dit_config(d)
+        except MoGe4DInputError as exc:
+            raise MoGe4DInputError(f"--init-config {p}: {exc}") from None
     else:
         cfg = shipped_config(str(spec))
     if cfg.arch != expect_arch:
@@ -84,7 +88,7 @@ class DiTTask(TrainTask):
     def __init__(self, options) -> None:
         super().__init__(options)
         self.lora_config = None
-        self.cfg: Optional[WanDiTConfig] = None
+        self.cfg: Optional[Mapping[str, Any]] = None    # the model's config (model.config)
         self.extra_tensors: dict[str, torch.Tensor] = {}
         self.frozen_prefixes: tuple[str, ...] = ()
         self.sigmas: Optional[torch.Tensor] = None
@@ -113,7 +117,7 @@ class DiTTask(TrainTask):
             set_gradient_checkpointing(model, True)
         model.train()
         self.model = model
-        self.cfg = model.wan_config
+        self.cfg = model.config
         self.sigmas = training_sigmas(self.o.shift).to(self.device)
 
     def _frozen(self, name: str) -> bool:
@@ -125,7 +129,7 @@ class DiTTask(TrainTask):
                     "targets": len(self.lora_config.target_modules)}
         else:
             mode = {"mode": "full", "frozen": list(self.frozen_prefixes)}
-        return {"arch": self.cfg.arch, "config": self.cfg.to_dict(), "training": mode,
+        return {"arch": self.cfg.arch, "config": config_to_json(self.cfg), "training": mode,
                 "frames": self.o.frames, "crop": self.o.crop, "grid": self.o.grid}
 
     # -- one flow-matching prediction
@@ -149,7 +153,7 @@ class DiTTask(TrainTask):
         paths: dict[str, Path] = {}
         dit_file = folder / self.full_subdir / "diffusion_pytorch_model.safetensors"
         if self.lora_config is None:
-            paths["dit"] = save_wan_dit(model, dit_file, config=model.wan_config, extra_tensors=self.extra_tensors)
+            paths["dit"] = save_wan_dit(model, dit_file, extra_tensors=self.extra_tensors)
             return paths
         sub = folder / self.lora_subdir
         paths["kohya_lora"] = export_kohya_lora(model, sub / self.lora_file, adapter_name=self.adapter_name,
@@ -157,12 +161,12 @@ class DiTTask(TrainTask):
         paths["peft_adapter"] = save_peft_adapter(model, sub / "peft", self.lora_config, self.adapter_name)
         if self.o.export_merged:
             merged = merged_copy(model)
-            paths["dit"] = save_wan_dit(merged, dit_file, config=merged.wan_config, extra_tensors=self.extra_tensors)
+            paths["dit"] = save_wan_dit(merged, dit_file, extra_tensors=self.extra_tensors)
         return paths
 
     def empty_model(self) -> torch.nn.Module:
         with torch.device("meta"):
-            m = type(self.model).from_config_obj(self.cfg)
+            m = type(self.model)(**self.cfg)
         m.reset_rope("cpu")
         if self.lora_config is not None:
             from peft import inject_adapter_in_model

@@ -30,7 +30,7 @@ Training modes: full fine-tune (every DiT parameter, MPM included; the release) 
 ``--lora-alpha``) through PEFT on every nn.Linear. Model: ``--model`` (any STraG checkpoint :func:`load_strag`
 reads; ``--base`` fills missing keys from Wan2.1-Fun-V1.1-Control), ``--control-base`` (start from the Fun-Control
 model alone: patch embedding widened 48 -> 64 with zero channels, the release's init), or ``--init-config``
-(random init of a :class:`WanDiTConfig`, e.g. a nano model trained from scratch).
+(random init from a DiT config, e.g. a nano model trained from scratch).
 
 CLI: ``python -m training.train_strag --data DIR --out DIR --motion-vae VAE (--model F | --init-config C) ...``;
 Python: :func:`train`.
@@ -44,7 +44,7 @@ from typing import Any, Optional
 import torch
 
 from moge4d_core.errors import MoGe4DInputError
-from moge4d_core.models.wan_dit import ARCH_CONTROL_V11, ARCH_STRAG, STraGDiT
+from moge4d_core.models.wan_dit import ARCH_CONTROL_V11, ARCH_STRAG, STraGDiT, dit_config
 
 from .contexts import ClipContexts, MotionFeatureExtractor, TextContexts
 from .datasets import TrajSceneBatch
@@ -103,15 +103,14 @@ def control_base_model(path: str, dtype: torch.dtype) -> STraGDiT:
     from moge4d_core.loading.wan_dit import load_wan_dit
 
     base = load_wan_dit(path, dtype=dtype, compute_dtype=dtype, expect=(ARCH_CONTROL_V11,))
-    bcfg = base.wan_config
     state = base.state_dict()
     pe = state["patch_embedding.weight"]
     wide = pe.new_zeros(pe.shape[0], 64, *pe.shape[2:])
     wide[:, :pe.shape[1]] = pe
     state["patch_embedding.weight"] = wide
-    cfg = bcfg.replace(arch=ARCH_STRAG, in_dim=64, mpm_feature_dim=None)
+    cfg = dit_config(base.config, arch=ARCH_STRAG, in_channels=64, mpm_feature_dim=None)
     with torch.device("meta"):
-        model = STraGDiT.from_config_obj(cfg)
+        model = STraGDiT(**cfg)
     model.load_state_dict(state, strict=True, assign=True)
     model.reset_rope("cpu")
     return model
@@ -154,12 +153,12 @@ class StragTask(DiTTask):
         elif o.control_base is not None:
             model = control_base_model(o.control_base, dt)
         else:
-            model = cast_dit(STraGDiT.from_config_obj(load_init_config(o.init_config, ARCH_STRAG)), dt)
+            model = cast_dit(STraGDiT(**load_init_config(o.init_config, ARCH_STRAG)), dt)
         if o.add_mpm and model.feature_adapter is None:
             model.add_mpm(int(o.add_mpm))
         if o.mpm_alignment:
             model.set_mpm_alignment(o.mpm_alignment)
-        cfg = model.wan_config
+        cfg = model.config
 
         self.text = TextContexts(o.text_encoder, o.tokenizer, cfg.text_dim, device)
         clip = ClipContexts(o.clip, cfg.image_dim, device)

@@ -147,8 +147,8 @@ class VismTask(DiTTask):
         if o.model is not None:
             model = load_vism_base(o.model, dtype=dt, compute_dtype=dt)
         else:
-            model = cast_dit(ViSMDiT.from_config_obj(load_init_config(o.init_config, ARCH_INP)), dt)
-        cfg = model.wan_config
+            model = cast_dit(ViSMDiT(**load_init_config(o.init_config, ARCH_INP)), dt)
+        cfg = model.config
         self.text = TextContexts(o.text_encoder, o.tokenizer, cfg.text_dim, device)
         self.clip = ClipContexts(o.clip, cfg.image_dim, device)
         self.setup_training(model, 0 if o.full else o.lora_rank, o.lora_alpha)

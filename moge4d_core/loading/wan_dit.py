@@ -40,8 +40,8 @@ import torch
 
 from ..errors import MoGe4DInputError
 from ..models import fp8 as fp8_storage
-from ..models.wan_dit.config import (ARCH_CONTROL_V11, ARCH_INP, ARCH_STRAG, ARCHS,
-                                     KNOWN_WIDTHS, WanDiTConfig, infer_arch)
+from ..models.wan_dit.config import (ARCH_CONTROL_V11, ARCH_INP, ARCH_STRAG, ARCHS, KNOWN_WIDTHS, config_to_json,
+                                     dit_config, hidden_width)
 from ..models.wan_dit.model import STraGDiT, ViSMDiT, WanDiT
 from . import wan_keys
 from .common import (LoadInfo, check_keys, find_weights, load_file_state_dict, read_arch_config, read_metadata,
@@ -62,7 +62,7 @@ _QUANT_DROP_SUFFIXES = (".scale_input", ".input_scale", ".comfy_quant")
 _SCALE_SUFFIXES = (".scale_weight", ".weight_scale")
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-ConfigLike = Union[WanDiTConfig, Mapping[str, Any], None]
+ConfigLike = Optional[Mapping[str, Any]]
 
 
 # ----------------------------------------------------------------------------------------------- paths
@@ -256,8 +256,9 @@ def _shape(state: Mapping[str, torch.Tensor], key: str) -> Optional[tuple]:
 
 def detect_wan_config(state: Mapping[str, torch.Tensor], file: Union[str, Path] = "<state dict>",
                       json_config: Optional[Mapping] = None, overrides: Optional[Mapping[str, Any]] = None
-                      ) -> WanDiTConfig:
-    """Infer a :class:`WanDiTConfig` from a state dict in diffusers names.
+                      ) -> Mapping[str, Any]:
+    """Infer a DiT config (:func:`~moge4d_core.models.wan_dit.config.dit_config`) from a state dict in
+    diffusers names; ``overrides`` (either naming) are applied over what the tensors say.
 
     ``num_heads`` cannot be read from shapes: it comes from ``overrides``, else the ``config.json``
     next to the weights, else the known Wan widths (5120 -> 40 heads, 1536 -> 12), else ``dim // 128``.
@@ -303,8 +304,7 @@ def detect_wan_config(state: Mapping[str, torch.Tensor], file: Union[str, Path] 
         raise MoGe4DInputError(f"{file}: width {dim} is not a known Wan size; pass config={{'num_heads': N}} "
                                f"or put the model's config.json next to the weights")
 
-    arch = infer_arch(in_dim, ref_in, image_dim)
-    kw: dict[str, Any] = dict(arch=arch, dim=dim, ffn_dim=ffn_dim, num_heads=int(num_heads), num_layers=num_layers,
+    kw: dict[str, Any] = dict(dim=dim, ffn_dim=ffn_dim, num_heads=int(num_heads), num_layers=num_layers,
                               in_dim=in_dim, out_dim=out_dim, text_dim=text_dim, freq_dim=freq_dim,
                               patch_size=patch, cross_attn_norm=cross_attn_norm, image_dim=image_dim,
                               ref_conv_in_dim=ref_in, mpm_feature_dim=mpm_dim)
@@ -312,15 +312,12 @@ def detect_wan_config(state: Mapping[str, torch.Tensor], file: Union[str, Path] 
         for k in ("text_len", "eps"):
             if k in json_config:
                 kw[k] = json_config[k]
-    kw.update(overrides)
-    try:
-        return WanDiTConfig(**kw)
-    except TypeError as exc:
-        raise MoGe4DInputError(f"config override: {exc}") from None
+    return dit_config(kw, **overrides)
 
 
-def _describe(cfg: WanDiTConfig) -> str:
-    size = "14B" if cfg.dim == 5120 else ("1.3B" if cfg.dim == 1536 else f"dim {cfg.dim}")
+def _describe(cfg: Mapping[str, Any]) -> str:
+    dim = hidden_width(cfg)
+    size = "14B" if dim == 5120 else ("1.3B" if dim == 1536 else f"dim {dim}")
     extra = []
     if cfg.ref_conv_in_dim:
         extra.append("ref_conv")
@@ -328,7 +325,7 @@ def _describe(cfg: WanDiTConfig) -> str:
         extra.append("CLIP img_emb")
     if cfg.mpm_feature_dim:
         extra.append("MPM")
-    return f"{cfg.arch} ({size}, in_dim {cfg.in_dim}{', ' + ', '.join(extra) if extra else ''})"
+    return f"{cfg.arch} ({size}, in_dim {cfg.in_channels}{', ' + ', '.join(extra) if extra else ''})"
 
 
 # ----------------------------------------------------------------------------------------------- building
@@ -337,7 +334,7 @@ def _keep_fp32(name: str, keep: tuple[str, ...]) -> bool:
     return any(k in parts for k in keep)
 
 
-def _materialise(model_cls: type, cfg: WanDiTConfig, src: WanDiTSource, *, dtype: torch.dtype,
+def _materialise(model_cls: type, cfg: Mapping[str, Any], src: WanDiTSource, *, dtype: torch.dtype,
                  compute_dtype: torch.dtype, device: Union[str, torch.device], label: str) -> WanDiT:
     """Build ``model_cls`` on the meta device and fill it from ``src`` (consumed); records ``converted_keys``
     on ``src.info``."""
@@ -348,7 +345,7 @@ def _materialise(model_cls: type, cfg: WanDiTConfig, src: WanDiTSource, *, dtype
     fp8 = fp8_storage.is_fp8(dtype)
     cdtype = compute_dtype if fp8 else dtype
     with torch.device("meta"):
-        model = model_cls(**cfg.diffusers_kwargs())
+        model = model_cls(**cfg)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     found = list(src.state.keys())
     orig = lambda ks: [wan_keys.diffusers_to_original(k, strict=False) for k in ks]  # noqa: E731
@@ -401,26 +398,20 @@ def _materialise(model_cls: type, cfg: WanDiTConfig, src: WanDiTSource, *, dtype
         raise RuntimeError(f"internal: tensors left on the meta device after loading: {left[:5]}")
     if fp8:
         fp8_storage.enable_fp8_storage(model, compute_dtype=cdtype, storage_dtype=dtype, scaled=True, scales=fp8_scales)
-    model._moge4d_arch = cfg.arch
     model.eval()
     return model
 
 
-def _resolve_config(src: WanDiTSource, config: ConfigLike) -> WanDiTConfig:
-    if isinstance(config, WanDiTConfig):
-        return config
+def _resolve_config(src: WanDiTSource, config: ConfigLike) -> Mapping[str, Any]:
     overrides = dict(config or {})
     if src.meta_arch is not None and src.meta_arch not in ARCHS:
         raise MoGe4DInputError(f"{src.file}: this file is a MoGe4D '{src.meta_arch}' checkpoint, not a Wan DiT "
                                f"(expected one of {ARCHS})")
     if src.meta_config:
+        # our metadata: the constructor arguments, or (files written before v0.x) the Wan names; both convert
         d = dict(src.meta_config)
         d.setdefault("arch", src.meta_arch)
-        d.update(overrides)
-        try:
-            return WanDiTConfig.from_dict(d)
-        except TypeError as exc:
-            raise MoGe4DInputError(f"{src.file}: metadata config is not a Wan DiT config ({exc})") from None
+        return dit_config(d, **overrides)
     return detect_wan_config(src.state, src.file, src.json_config, overrides)
 
 
@@ -456,7 +447,8 @@ def load_strag(path: Union[str, Path], *, dtype: torch.dtype = torch.bfloat16, d
     from it (as the official ``load_state_dict(strict=False)`` over the base model does), its 48-channel
     ``patch_embedding`` widened to 64 with zeros in channels 48..63 (the official training init).
     ``mpm``: keep the Motion Perception Module when the file has its weights (``False`` drops them).
-    ``config``: a :class:`WanDiTConfig`, or a dict of fields overriding detection (e.g. ``num_heads``).
+    ``config``: fields overriding detection, in either naming (``{"num_heads": 40}``; see
+    :func:`~moge4d_core.models.wan_dit.config.dit_config`). The model's config is ``model.config``.
     ``mpm_alignment``: override; default = the file's metadata (our checkpoints) else ``"official"``.
     ``keep_omnimae``: keep the file's ``omnimae_extractor.*`` tensors (prefix removed; empty if absent) in
     ``model.load_info.extras["omnimae_state_dict"]`` (pop them from there once used, to free them).
@@ -472,7 +464,7 @@ def load_strag(path: Union[str, Path], *, dtype: torch.dtype = torch.bfloat16, d
         _drop_mpm(src)
     cfg = _resolve_config(src, config)
     if not mpm:
-        cfg = cfg.replace(mpm_feature_dim=None)
+        cfg = dit_config(cfg, mpm_feature_dim=None)
     if cfg.arch != ARCH_STRAG:
         hint = ""
         if cfg.arch == ARCH_CONTROL_V11:
@@ -483,7 +475,7 @@ def load_strag(path: Union[str, Path], *, dtype: torch.dtype = torch.bfloat16, d
         raise MoGe4DInputError(f"{src.file}: expected a 4D-STraG DiT (in_dim 64 with ref_conv), found "
                                f"{_describe(cfg)}.{hint}")
     if mpm_alignment is not None:
-        cfg = cfg.replace(mpm_alignment=mpm_alignment)
+        cfg = dit_config(cfg, mpm_alignment=mpm_alignment)
     model = _materialise(STraGDiT, cfg, src, dtype=dtype, compute_dtype=compute_dtype, device=device,
                          label="4D-STraG")
     return with_load_info(model, src.load_info(dtype, keep_omnimae))
@@ -532,10 +524,10 @@ def load_vism_base(path: Union[str, Path], *, dtype: torch.dtype = torch.bfloat1
 
 
 # ----------------------------------------------------------------------------------------------- saving
-def save_wan_dit(model: WanDiT, path: Union[str, Path], *, config: Optional[WanDiTConfig] = None,
-                 extra_tensors: Optional[Mapping[str, torch.Tensor]] = None,
+def save_wan_dit(model: WanDiT, path: Union[str, Path], *, extra_tensors: Optional[Mapping[str, torch.Tensor]] = None,
                  extra_metadata: Optional[Mapping[str, str]] = None) -> Path:
-    """Write ``model`` as safetensors in the original Wan names with our metadata (arch + config).
+    """Write ``model`` as safetensors in the original Wan names with our metadata (``model.config``: arch +
+    constructor arguments).
 
     The config includes ``mpm_alignment``: a model trained with the corrected MPM alignment must have
     ``model.set_mpm_alignment("corrected")`` before saving, so the loaders use it again.
@@ -543,7 +535,7 @@ def save_wan_dit(model: WanDiT, path: Union[str, Path], *, config: Optional[WanD
     ``extra_tensors`` (e.g. ``{"omnimae_extractor.<k>": t}``) are stored as given. fp8-stored models are
     refused (their scales are not part of the state dict); save before enabling fp8 storage.
     """
-    cfg = config or model.wan_config
+    cfg = model.config
     state = {}
     for k, v in model.state_dict().items():
         if fp8_storage.is_fp8(v.dtype):
@@ -553,4 +545,4 @@ def save_wan_dit(model: WanDiT, path: Union[str, Path], *, config: Optional[WanD
         state[k] = v.detach().cpu()
     if cfg.arch not in ARCHS:
         raise MoGe4DInputError(f"save_wan_dit: unknown architecture {cfg.arch!r}; expected one of {ARCHS}")
-    return save_state_dict(state, path, arch=cfg.arch, config=cfg.to_dict(), extra_metadata=extra_metadata)
+    return save_state_dict(state, path, arch=cfg.arch, config=config_to_json(cfg), extra_metadata=extra_metadata)

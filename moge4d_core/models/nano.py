@@ -2,7 +2,7 @@
 
 They are the same classes as the 14B models (same module tree, hence the same checkpoint key names), only
 narrower: a nano checkpoint goes through exactly the loaders the released files use.  ``strag_config`` /
-``vism_config`` give :class:`WanDiTConfig` objects, ``wan_vae_kwargs`` the diffusers ``AutoencoderKLWan``
+``vism_config`` give DiT configs (:func:`~moge4d_core.models.wan_dit.config.dit_config`), ``wan_vae_kwargs`` the diffusers ``AutoencoderKLWan``
 arguments, ``motion_vae_config`` a :class:`MotionVAEConfig`.  ``build_*`` make seeded random models.
 
 Sizes (parameters): ``NANO_STRAG`` ≈ 2.0 M (STraG), ``NANO`` ≈ 0.3 M (ViSM) + 2 × 0.9 M (pixel VAE, motion
@@ -15,12 +15,13 @@ misses even the first latent frame, which is the same for every motion).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import torch
 
 from .motion_vae import AdapterConfig, MotionVAE, MotionVAEConfig
 from .wan_dit import STraGDiT, ViSMDiT
-from .wan_dit.config import ARCH_INP, ARCH_STRAG, WanDiTConfig
+from .wan_dit.config import ARCH_INP, ARCH_STRAG, dit_config
 
 __all__ = ["ModelSize", "NANO", "NANO_STRAG", "TINY", "strag_config", "vism_config", "wan_vae_kwargs", "motion_vae_config",
            "build_strag", "build_vism", "build_wan_vae", "build_motion_vae", "randomize_"]
@@ -56,13 +57,13 @@ def _common(s: ModelSize) -> dict:
                 freq_dim=s.freq_dim, image_dim=s.image_dim)
 
 
-def strag_config(s: ModelSize = NANO_STRAG) -> WanDiTConfig:
-    return WanDiTConfig(arch=ARCH_STRAG, in_dim=64, ref_conv_in_dim=16, mpm_feature_dim=s.mpm_dim,
-                        mpm_alignment="corrected", **_common(s))
+def strag_config(s: ModelSize = NANO_STRAG) -> Mapping[str, Any]:
+    return dit_config(_common(s), arch=ARCH_STRAG, in_channels=64, ref_conv_in_dim=16, mpm_feature_dim=s.mpm_dim,
+                      mpm_alignment="corrected")
 
 
-def vism_config(s: ModelSize = NANO) -> WanDiTConfig:
-    return WanDiTConfig(arch=ARCH_INP, in_dim=36, **_common(s))
+def vism_config(s: ModelSize = NANO) -> Mapping[str, Any]:
+    return dit_config(_common(s), arch=ARCH_INP, in_channels=36)
 
 
 def wan_vae_kwargs(s: ModelSize = NANO) -> dict:
@@ -88,13 +89,13 @@ def randomize_(model: torch.nn.Module, seed: int, scale: float = 0.05) -> torch.
 
 def build_strag(s: ModelSize = NANO_STRAG, seed: int = 0, random: bool = True) -> STraGDiT:
     torch.manual_seed(seed)
-    m = STraGDiT.from_config_obj(strag_config(s))
+    m = STraGDiT(**strag_config(s))
     return randomize_(m, seed) if random else m
 
 
 def build_vism(s: ModelSize = NANO, seed: int = 0, random: bool = True) -> ViSMDiT:
     torch.manual_seed(seed)
-    m = ViSMDiT.from_config_obj(vism_config(s))
+    m = ViSMDiT(**vism_config(s))
     return randomize_(m, seed) if random else m
 
 

@@ -74,10 +74,10 @@ class PipelineSizes:
     and the run's size. The release and the nano pipeline are two instances (:func:`release_sizes`,
     :func:`nano_sizes`)."""
 
-    strag: object                       # WanDiTConfig
+    strag: object                       # DiT config (models.wan_dit.config.dit_config)
     motion_vae: object                  # MotionVAEConfig
     image_vae: Optional[dict] = None    # AutoencoderKLWan kwargs (None: no ViSM stage)
-    vism: object = None                 # WanDiTConfig
+    vism: object = None                 # DiT config
     text: Optional[dict] = None         # UMT5Config overrides of the umT5-XXL encoder
     clip: Optional[dict] = None         # CLIPVisionConfig overrides of ViT-H/14
     unidepth: object = None             # UniDepthConfig
@@ -168,7 +168,7 @@ def _fake(model: torch.nn.Module) -> torch.nn.Module:
 def _dit_builder(cfg, cls_name: str):
     def build():
         from ..models import wan_dit
-        return getattr(wan_dit, cls_name).from_config_obj(cfg)
+        return getattr(wan_dit, cls_name)(**cfg)
     return build
 
 
@@ -431,7 +431,7 @@ def _step_flops(s: PipelineSizes, fm, meta: torch.nn.Module) -> float:
     """FLOPs of one sampling step of a (shallow) DiT, with conditions of the latent shape made directly (no VAE)."""
     from ..models import constants as C
 
-    cfg = meta.wan_config
+    cfg = meta.config
     f, h, w = (s.frames - 1) // C.TEMPORAL_COMPRESSION + 1, s.height // C.SPATIAL_COMPRESSION, \
         s.width // C.SPATIAL_COMPRESSION
     lat = (1, C.LATENT_CHANNELS, f, h, w)
@@ -440,7 +440,7 @@ def _step_flops(s: PipelineSizes, fm, meta: torch.nn.Module) -> float:
         dit.reset_rope()
         kw = dict(text=_empty(*_text_shape(cfg)))
         if cfg.arch == "wan2.1_fun_inp":
-            kw.update(mask=_empty(1, cfg.in_dim - 2 * C.LATENT_CHANNELS, f, h, w), masked_video=_empty(*lat))
+            kw.update(mask=_empty(1, cfg.in_channels - 2 * C.LATENT_CHANNELS, f, h, w), masked_video=_empty(*lat))
         else:
             kw.update(control=_empty(*lat), depth=_empty(*lat),
                       ref_latent=_empty(*lat[:2], h, w) if cfg.ref_conv_in_dim else None,
@@ -455,9 +455,9 @@ def _step_flops(s: PipelineSizes, fm, meta: torch.nn.Module) -> float:
 def _dit_profile(stage_fn, s, fm, cfg, cls_name, other_meta):
     """Run ``stage_fn`` with a 2-block DiT and one step of a 1-block DiT; extrapolate the step's FLOPs to the
     config's depth. Returns (phases, FLOPs per step, FLOPs of the rest of the stage)."""
-    meta2 = _on_meta(_dit_builder(cfg.replace(num_layers=2), cls_name), s.dit_dtype)
+    meta2 = _on_meta(_dit_builder({**cfg, "num_layers": 2}, cls_name), s.dit_dtype)
     phases, f2, other = stage_fn(s, fm, lambda: meta2, other_meta())
-    f1 = _step_flops(s, fm, _on_meta(_dit_builder(cfg.replace(num_layers=1), cls_name), s.dit_dtype))
+    f1 = _step_flops(s, fm, _on_meta(_dit_builder({**cfg, "num_layers": 1}, cls_name), s.dit_dtype))
     return phases, float(f1 + (cfg.num_layers - 1) * (f2 - f1)), float(other)
 
 

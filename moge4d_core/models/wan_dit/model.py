@@ -61,7 +61,7 @@ from diffusers.models.transformers.transformer_wan import (WanRotaryPosEmbed, Wa
                                                            WanTransformerBlock)
 
 from ...errors import MoGe4DInputError, require
-from .config import MPM_ALIGNMENTS, WanDiTConfig, infer_arch
+from .config import MPM_ALIGNMENTS, QK_NORM, derived_fields
 
 CLIP_TOKENS = 257
 
@@ -169,8 +169,13 @@ class WanDiT(WanTransformer3DModel):
     """Wan2.1 DiT with optional reference tokens, CLIP context and Motion Perception Module.
 
     Parameter names are diffusers' (``blocks.N.attn1.to_q``); :mod:`moge4d_core.loading.wan_keys`
-    maps them to and from the original Wan names. Build it from a :class:`WanDiTConfig` with
-    :meth:`from_config_obj`; load weights with :mod:`moge4d_core.loading.wan_dit`.
+    maps them to and from the original Wan names. The constructor arguments are the config
+    (``model.config``, diffusers' ``@register_to_config``): diffusers' ``WanTransformer3DModel`` arguments plus
+    ``text_len``, ``ref_conv_in_dim`` (reference tokens), ``mpm_feature_dim`` / ``mpm_alignment`` (Motion
+    Perception Module) and ``arch`` (the architecture name, inferred from the channel layout when None).
+    ``added_kv_proj_dim`` defaults to the hidden width when ``image_dim`` is given (the Wan2.1 I2V layout).
+    Build one from any config with ``cls(**dit_config(cfg))`` (:func:`~moge4d_core.models.wan_dit.config.dit_config`);
+    load weights with :mod:`moge4d_core.loading.wan_dit`.
 
     Generic forward: ``forward(latents, timestep, text, clip=None, cond=None, ref_latent=None,
     motion_features=None)``, where ``cond (B, in_channels-16, F, h, w)`` is concatenated after the
@@ -187,11 +192,14 @@ class WanDiT(WanTransformer3DModel):
     def __init__(self, patch_size: tuple = (1, 2, 2), num_attention_heads: int = 40, attention_head_dim: int = 128,
                  in_channels: int = 16, out_channels: int = 16, text_dim: int = 4096, freq_dim: int = 256,
                  ffn_dim: int = 13824, num_layers: int = 40, cross_attn_norm: bool = True,
-                 qk_norm: Optional[str] = "rms_norm_across_heads", eps: float = 1e-6,
+                 qk_norm: Optional[str] = QK_NORM, eps: float = 1e-6,
                  image_dim: Optional[int] = None, added_kv_proj_dim: Optional[int] = None,
                  rope_max_seq_len: int = 1024, pos_embed_seq_len: Optional[int] = None, text_len: int = 512,
                  ref_conv_in_dim: Optional[int] = None, mpm_feature_dim: Optional[int] = None,
-                 mpm_alignment: str = "official"):
+                 mpm_alignment: str = "official", arch: Optional[str] = None):
+        derived = derived_fields(num_attention_heads, attention_head_dim, in_channels, image_dim, ref_conv_in_dim,
+                                 added_kv_proj_dim, arch, qk_norm, text_len, mpm_alignment)
+        added_kv_proj_dim = derived["added_kv_proj_dim"]
         # diffusers builds its own block class; build none there and ours here (no double allocation).
         super().__init__(patch_size=patch_size, num_attention_heads=num_attention_heads,
                          attention_head_dim=attention_head_dim, in_channels=in_channels,
@@ -199,9 +207,7 @@ class WanDiT(WanTransformer3DModel):
                          num_layers=0, cross_attn_norm=cross_attn_norm, qk_norm=qk_norm, eps=eps,
                          image_dim=image_dim, added_kv_proj_dim=added_kv_proj_dim,
                          rope_max_seq_len=rope_max_seq_len, pos_embed_seq_len=pos_embed_seq_len)
-        self.register_to_config(num_layers=num_layers)
-        if mpm_alignment not in MPM_ALIGNMENTS:
-            raise MoGe4DInputError(f"mpm_alignment must be one of {MPM_ALIGNMENTS}, got {mpm_alignment!r}")
+        self.register_to_config(num_layers=num_layers, **derived)
         inner_dim = num_attention_heads * attention_head_dim
         self.blocks = nn.ModuleList([
             MoGe4DWanBlock(inner_dim, ffn_dim, num_attention_heads, qk_norm, cross_attn_norm, eps,
@@ -215,26 +221,6 @@ class WanDiT(WanTransformer3DModel):
     @staticmethod
     def _make_feature_adapter(c: int) -> nn.Sequential:
         return nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.SiLU(), nn.Conv2d(c, c, 3, padding=1))
-
-    @classmethod
-    def from_config_obj(cls, config: WanDiTConfig) -> "WanDiT":
-        """Build (random weights, on the current default device) from a :class:`WanDiTConfig`."""
-        model = cls(**config.diffusers_kwargs())
-        model._moge4d_arch = config.arch
-        return model
-
-    @property
-    def wan_config(self) -> WanDiTConfig:
-        """This model's :class:`WanDiTConfig` (arch as stored by the loader, else inferred)."""
-        c = self.config
-        arch = getattr(self, "_moge4d_arch", None) or infer_arch(c.in_channels, c.ref_conv_in_dim, c.image_dim)
-        return WanDiTConfig(
-            arch=arch, dim=c.num_attention_heads * c.attention_head_dim, ffn_dim=c.ffn_dim,
-            num_heads=c.num_attention_heads, num_layers=c.num_layers, in_dim=c.in_channels,
-            out_dim=c.out_channels, text_dim=c.text_dim, freq_dim=c.freq_dim, text_len=c.text_len,
-            eps=c.eps, patch_size=tuple(c.patch_size), qk_norm=True, cross_attn_norm=c.cross_attn_norm,
-            image_dim=c.image_dim, ref_conv_in_dim=c.ref_conv_in_dim, mpm_feature_dim=c.mpm_feature_dim,
-            mpm_alignment=c.mpm_alignment, rope_max_seq_len=c.rope_max_seq_len)
 
     def add_mpm(self, feature_dim: int = 768) -> None:
         """Add a fresh Motion Perception Module (identity at start: gates are zero) for training."""
