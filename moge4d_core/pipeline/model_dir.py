@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -31,6 +31,8 @@ from ..errors import MoGe4DInputError
 from ..models.conditioning import ImageContext, TextContext
 from .conditioning import gray_image
 from .image_vae import WanImageVAE
+from .memory import MemoryMode, parse_memory_mode
+from .residency import Residency
 
 __all__ = ["ModelFiles", "LoadedModels", "find_model_files", "load_models", "encode_prompts", "strag_clip_context"]
 
@@ -99,52 +101,89 @@ def find_model_files(root) -> ModelFiles:
 
 @dataclass
 class LoadedModels:
+    """The pipeline's models, in host memory or on the device as ``residency`` says (see :mod:`.residency`).
+
+    ``text`` is (umT5 model, tokenizer); the others are modules. ``residency`` moves them per stage.
+    """
+
     strag: torch.nn.Module
     motion_vae: torch.nn.Module
     image_vae: WanImageVAE
+    residency: Residency
     vism: Optional[torch.nn.Module] = None
-    text: Optional[tuple] = None          # (umT5 model, tokenizer)
+    text: Optional[tuple] = None
     clip: Optional[torch.nn.Module] = None
     unidepth: Optional[torch.nn.Module] = None
     omnimae: Optional[torch.nn.Module] = None
 
 
-def load_models(files: ModelFiles, *, device="cpu", dtype: torch.dtype = torch.float32, inpaint: bool = True,
-                depth: bool = True, lora_strength: float = 0.55) -> LoadedModels:
-    """Load what ``files`` names (ViSM only when ``inpaint``, UniDepth only when ``depth``)."""
+def load_models(files: ModelFiles, *, device="cpu", dtype: torch.dtype = torch.float32,
+                memory: Union[MemoryMode, str] = "model_offload", inpaint: bool = True, depth: bool = True,
+                lora_strength: float = 0.55) -> LoadedModels:
+    """Load what ``files`` names (ViSM only when ``inpaint``, UniDepth only when ``depth``).
+
+    Args:
+        files: from :func:`find_model_files`.
+        device: the compute device.
+        dtype: compute dtype of the DiTs, umT5 and CLIP (the VAEs, UniDepth and OmniMAE keep float32).
+        memory: the memory mode (not ``auto``; see :func:`moge4d_core.pipeline.plan.choose_memory_mode`). Models are
+            read straight into host memory in their storage dtype (created on the meta device by the loaders, so
+            a 14B DiT never exists in float32) and come to ``device`` per stage through the returned
+            ``residency``; ``full`` loads them onto ``device`` at once. ``fp8``: the DiTs' big Linear weights are
+            stored as float8 e4m3 (the ViSM's after its LoRA is merged) and computed in ``dtype``.
+        inpaint, depth, lora_strength: see the CLI.
+
+    Returns:
+        :class:`LoadedModels` with its :class:`~.residency.Residency`.
+    """
     from ..loading.lora import merge_lora
     from ..loading.motion_vae import load_motion_vae, load_wan_vae
     from ..loading.wan_dit import load_strag, load_vism_base
+    from ..models.fp8 import enable_fp8_storage
 
-    strag = load_strag(files.strag, dtype=dtype, device=device, base=files.strag_base)
+    mode = parse_memory_mode(memory, allow_auto=False)
+    residency = Residency(device, mode)
+    host = torch.device(device) if mode.residency == "full" else residency.offload_device
+    dit_dtype = torch.float8_e4m3fn if mode.fp8 else dtype
+    strag = load_strag(files.strag, dtype=dit_dtype, compute_dtype=dtype, device=host, base=files.strag_base)
     omnimae_state = strag.load_info.extras.pop("omnimae_state_dict", None)   # used below, then freed
-    mvae = load_motion_vae(files.motion_vae, device=device)
-    vae = load_wan_vae(files.wan_vae, device=device)
-    out = LoadedModels(strag=strag.eval(), motion_vae=mvae.eval(), image_vae=WanImageVAE(vae.eval()))
+    mvae = load_motion_vae(files.motion_vae, device=host)
+    vae = load_wan_vae(files.wan_vae, device=host)
+    out = LoadedModels(strag=strag.eval(), motion_vae=mvae.eval(), image_vae=WanImageVAE(vae.eval()),
+                       residency=residency)
     if inpaint:
         base = files.vism_base
         if base is None:
             raise MoGe4DInputError(f"{files.root}: no 4D-ViSM base ({INP}/ or vism.safetensors); add it or run "
                                    f"with --no-inpaint")
-        vism = load_vism_base(base, dtype=dtype, device=device)
+        vism = load_vism_base(base, dtype=dtype, compute_dtype=dtype, device=host)
         if files.vism_lora is not None:
             merge_lora(vism, files.vism_lora, lora_strength)
+        if mode.fp8:                                   # after the merge: the LoRA delta lands in full precision
+            enable_fp8_storage(vism, compute_dtype=dtype)
         out.vism = vism.eval()
     if files.umt5 is not None:
         from ..loading.text import load_text_encoder
-        out.text = load_text_encoder(files.umt5, files.tokenizer, dtype=dtype, device=device)
+        out.text = load_text_encoder(files.umt5, files.tokenizer, dtype=dtype, device=host)
     if files.clip is not None:
         from ..loading.clip import load_clip_vision
-        out.clip = load_clip_vision(files.clip, dtype=dtype, device=device)
+        out.clip = load_clip_vision(files.clip, dtype=dtype, device=host)
     if depth and files.unidepth is not None:
         from ..loading.unidepth import load_unidepth
-        out.unidepth = load_unidepth(files.unidepth, device=device)
+        out.unidepth = load_unidepth(files.unidepth, device=host)
     if omnimae_state:
         from ..loading.omnimae import load_omnimae
-        out.omnimae = load_omnimae(omnimae_state, device=device)
+        out.omnimae = load_omnimae(omnimae_state, device=host)
     elif files.omnimae is not None and getattr(strag, "feature_adapter", None) is not None:
         from ..loading.omnimae import load_omnimae
-        out.omnimae = load_omnimae(files.omnimae, device=device)
+        out.omnimae = load_omnimae(files.omnimae, device=host)
+    for name in ("strag", "vism", "clip", "unidepth", "omnimae"):
+        if getattr(out, name) is not None:
+            residency.prepare(getattr(out, name), name=name)
+    residency.prepare(out.motion_vae, name="motion_vae")
+    residency.prepare(out.image_vae.vae, name="image_vae")
+    if out.text is not None:
+        residency.prepare(out.text[0], name="text")
     return out
 
 
@@ -159,7 +198,8 @@ def encode_prompts(models: LoadedModels, prompt: str, negative: str = "") -> tup
         return empty, empty
     from ..models.text import encode_text
     model, tok = models.text
-    ctx = encode_text(model, tok, [prompt, negative])
+    with models.residency.stage("text (umT5)", text=model):
+        ctx = encode_text(model, tok, [prompt, negative])
     return (TextContext(ctx.embeddings[:1], ctx.lengths[:1]), TextContext(ctx.embeddings[1:], ctx.lengths[1:]))
 
 
@@ -168,4 +208,5 @@ def strag_clip_context(models: LoadedModels, height: int, width: int) -> Optiona
     if models.clip is None:
         return None
     from ..models.clip import encode_image
-    return encode_image(models.clip, gray_image(height, width)[None])
+    with models.residency.stage("CLIP", clip=models.clip):
+        return encode_image(models.clip, gray_image(height, width)[None])
