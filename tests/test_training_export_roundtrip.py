@@ -107,11 +107,11 @@ def test_release_layout_config_file_must_match_its_weights(env, tmp_path):
 def test_pixel_vae_export_decodes_like_the_trained_model(env):
     from diffusers import AutoencoderKLWan
 
-    from training.train_vae import train
+    from training.train_pixel_vae import train
 
     kwargs = wan_vae_kwargs(NANO)
     init = write_json(env["root"] / "pvae.json", kwargs)
-    r = train(_common(env, env["root"] / "pvae", "--mode", "pixel", "--init-config", str(init)))
+    r = train(_common(env, env["root"] / "pvae", "--init-config", str(init)))
     trained = load_file(str(r.out / "checkpoint-2" / "trainable.safetensors"))
     ref = AutoencoderKLWan(**kwargs).eval()
     state = ref.state_dict()

@@ -100,7 +100,7 @@ def test_nano_install_is_all_or_nothing_and_writes_the_demo_image(tmp_path):
     from PIL import Image
 
     from moge4d_core.errors import MoGe4DInputError
-    from training.nano.demo_assets import SCENE
+    from training.nano.data import NANO_SCENES
     from training.nano.train_nano import EXPORTS, INSTALLED, install
 
     work, target = tmp_path / "runs", tmp_path / "nano_model"
@@ -123,7 +123,7 @@ def test_nano_install_is_all_or_nothing_and_writes_the_demo_image(tmp_path):
     spec = json.loads((target / "demo.json").read_text())
     img = np.asarray(Image.open(target / spec["image"]))
     depth = np.load(target / spec["depth"])
-    assert img.shape == (SCENE["height"], SCENE["width"], 3) and depth.shape == img.shape[:2]
+    assert img.shape == (NANO_SCENES["height"], NANO_SCENES["width"], 3) and depth.shape == img.shape[:2]
     assert depth.dtype == np.float32 and 1.0 < depth.min() < depth.max() < 20.0
     assert "motion_scale=8.0" in spec["source"] and spec["caption"]
 

@@ -119,3 +119,14 @@ def test_pixel_vae_trains_resumes_and_loads_with_load_wan_vae(env):
     # the pixel VAE is a valid --base-vae for a motion VAE (fresh adapters)
     mv = load_motion_vae(a.exports["wan_vae"], fresh_adapters=True)
     assert all(torch.equal(mv.vae.state_dict()[k], sa[k]) for k in sa)
+
+
+def test_the_old_mode_flag_points_to_the_pixel_trainer_and_flags_are_never_abbreviated(env, capsys):
+    from training.options import coerce_options
+    from training.train_vae import MotionVaeOptions, main
+
+    assert main(args(env, "one", env["root"] / "old", "--mode", "pixel", "--init-config", str(env["pcfg"]))) == 2
+    assert "python -m training.train_pixel_vae" in capsys.readouterr().err
+    assert not (env["root"] / "old").exists()
+    with pytest.raises(SystemExit):              # argparse would otherwise read --mode as --model
+        coerce_options(MotionVaeOptions, ["--mode", "pixel"])

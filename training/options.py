@@ -116,8 +116,9 @@ def _field_type(cls, f: dataclasses.Field):
 
 
 def build_parser(options_cls: type, prog: str, description: str) -> argparse.ArgumentParser:
-    """argparse parser with one ``--kebab-case`` flag per dataclass field (``bool``: ``--x/--no-x``)."""
-    ap = argparse.ArgumentParser(prog=prog, description=description,
+    """argparse parser with one ``--kebab-case`` flag per dataclass field (``bool``: ``--x/--no-x``); flags are
+    never abbreviated (``--mode`` must not silently mean ``--model``)."""
+    ap = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False,
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in dataclasses.fields(options_cls):
         meta = dict(f.metadata)

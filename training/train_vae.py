@@ -26,6 +26,7 @@ CLI: ``python -m training.train_vae --data DIR --out DIR (--model P | --base-vae
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -163,7 +164,12 @@ def train(options: Any = None, callbacks=()) -> TrainResult:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    return cli_main(MotionVaeOptions, train, PROG, DESCRIPTION, argv)
+    args = sys.argv[1:] if argv is None else list(argv)
+    if "--mode" in args or any(a.startswith("--mode=") for a in args):
+        print(f"{PROG}: error: --mode is gone: this command trains the motion VAE; the pixel Wan VAE has its own "
+              f"trainer, python -m training.train_pixel_vae (same options without --mode)", file=sys.stderr)
+        return 2
+    return cli_main(MotionVaeOptions, train, PROG, DESCRIPTION, args)
 
 
 if __name__ == "__main__":
