@@ -16,11 +16,16 @@ Commands
                  python -m moge4d_core generate --image IMG --prompt TEXT --models DIR --camera orbit_left --out out/
 
              ``--models`` layout: see :mod:`moge4d_core.pipeline.model_dir` (release folders as published).
+             ``--frames`` takes any count: a scene longer than the model's ``--window`` (4k+1: 49 for the release,
+             17 for the nano model) is generated window after window, each started from the previous window's points
+             re-projected into the first camera, with ``--overlap`` frames cross-faded at each seam
+             (:mod:`moge4d_core.pipeline.chain`), e.g. ``generate ... --frames 97``.
 
 ``demo``     ``generate`` with the nano model shipped in ``moge4d_core/nano_model`` on its synthetic test image
              and depth, on the CPU in a few minutes (it shows the pipeline, not the released model's quality)::
 
                  python -m moge4d_core demo --out out/
+                 python -m moge4d_core demo --frames 97 --out out97/     # 7 chained windows of 17 frames
 
 ``plan``     a dry run of the whole pipeline at release size with fake tensors (no weights, under a minute on a
              CPU): per stage and memory mode the resident weights, activation peak and FLOPs per DiT step, and the
@@ -185,13 +190,14 @@ def preflight(args, command: str, *, models_dir=None, image_path=None, depth_pat
         return checked
 
     from .io.images import read_depth, read_image
-    from .pipeline.conditioning import check_frames, check_size
+    from .pipeline.chain import check_chain, window_frames
+    from .pipeline.conditioning import check_size
     from .pipeline.model_dir import find_model_files
     from .pipeline.outputs import estimate_output_bytes
     from .pipeline.settings import SamplerSettings
     from .pipeline.trajectory import TrajectoryOptions
 
-    check_frames(args.frames, "--frames")
+    check_chain(args.frames, args.window, args.overlap, "--")
     if args.width < 16 or args.height < 16:
         raise MoGe4DInputError(f"--width/--height: {args.width}x{args.height}; both must be at least 16")
     check_size(args.height, args.width, "--width/--height")
@@ -199,7 +205,8 @@ def preflight(args, command: str, *, models_dir=None, image_path=None, depth_pat
     _positive(args.inpaint_steps, "--inpaint-steps", integer=True, zero_ok=True)
     _positive(args.fps, "--fps")
     _positive(args.lora_strength, "--lora-strength", zero_ok=True)
-    TrajectoryOptions(frames=args.frames, normalization=args.normalization, reference=not args.no_reference)
+    TrajectoryOptions(frames=window_frames(args.frames, args.window), normalization=args.normalization,
+                      reference=not args.no_reference)
     _check_cameras(args.camera, args.frames, args.width, args.height)
     _check_device(args.device)
     depth_scale = getattr(args, "depth_scale", None)
@@ -273,6 +280,7 @@ def _generate(args, *, models_dir, image_path, depth_path=None, fov=None, depth_
     import torch
 
     from .geometry.sources import geometry_from_depth
+    from .pipeline.chain import window_frames
     from .pipeline.model_dir import encode_prompts, load_models, strag_clip_context
     from .pipeline.outputs import write_outputs
     from .pipeline.run import run_pipeline
@@ -283,7 +291,8 @@ def _generate(args, *, models_dir, image_path, depth_path=None, fov=None, depth_
                         fov=fov, depth_kind=depth_kind)
     t0 = time.perf_counter()
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    options = TrajectoryOptions(frames=args.frames, normalization=args.normalization, reference=not args.no_reference)
+    options = TrajectoryOptions(frames=window_frames(args.frames, args.window), normalization=args.normalization,
+                                reference=not args.no_reference)
     traj_settings = SamplerSettings(steps=args.steps, cfg=args.cfg, shift=args.shift, seed=args.seed, solver=args.solver)
     inp_settings = traj_settings.replace(steps=args.inpaint_steps or args.steps, seed=args.seed + 1)
     image, files = checked.image, checked.files
@@ -305,7 +314,8 @@ def _generate(args, *, models_dir, image_path, depth_path=None, fov=None, depth_
                           omnimae=models.omnimae if args.mpm else None, vism=models.vism, cameras=args.camera,
                           trajectory_settings=traj_settings, inpaint_settings=inp_settings, options=options,
                           clip=strag_clip_context(models, args.height, args.width), compat=args.compat,
-                          size=(args.width, args.height), fps=args.fps, progress=progress)
+                          size=(args.width, args.height), fps=args.fps, progress=progress, frames=args.frames,
+                          overlap=args.overlap)
     written = write_outputs(result, args.out, fps=args.fps, command=checked.command, exports=args.export)
     print(f"models loaded in {t_load:.1f} s from {files.root}")
     print(result.times.summary())
@@ -334,11 +344,15 @@ def cmd_demo(args) -> int:
     for key, value in spec["settings"].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
+    if args.window is None:
+        args.window = spec["settings"]["frames"]      # the nano model's own window (17)
     return _generate(args, models_dir=NANO_DIR, image_path=NANO_DIR / spec["image"],
                      depth_path=NANO_DIR / spec["depth"], fov=spec["fov_deg"], depth_kind="metric", command="demo")
 
 
 def _add_generate_args(g, demo: bool) -> None:
+    from .pipeline.chain import DEFAULT_OVERLAP
+
     g.add_argument("--out", required=True, help="output folder")
     g.add_argument("--camera", action="append", default=None,
                    help="camera preset (repeatable); see `python -m moge4d_core presets`")
@@ -347,7 +361,15 @@ def _add_generate_args(g, demo: bool) -> None:
     def d(value):
         return None if demo else value     # the demo takes its defaults from nano_model/demo.json
 
-    g.add_argument("--frames", type=int, default=d(49), help="frames, 4k+1 (release 49)")
+    g.add_argument("--frames", type=int, default=d(49),
+                   help="frames of the scene, any count (release window 49); more than --window chains windows")
+    g.add_argument("--window", type=int, default=d(49),
+                   help="frames the trajectory model generates at once, 4k+1 (the model's own: release 49; the demo "
+                        "reads the nano model's, 17); a longer --frames runs window after window, each started from "
+                        "the previous one's points re-projected into the first camera")
+    g.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP,
+                   help=f"chained windows: frames shared by consecutive windows beyond the seam frame and cross-faded "
+                        f"(0 .. (window-1)/2; default {DEFAULT_OVERLAP})")
     g.add_argument("--width", type=int, default=d(512), help="working width, multiple of 16 (release 512)")
     g.add_argument("--height", type=int, default=d(368), help="working height, multiple of 16 (release 368)")
     g.add_argument("--steps", type=int, default=d(50), help="trajectory sampling steps (release 50)")

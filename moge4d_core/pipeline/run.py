@@ -161,9 +161,14 @@ def run_pipeline(*, image: torch.Tensor, strag, motion_vae, image_vae: ImageVAE,
                  options: TrajectoryOptions = TrajectoryOptions(), clip: Optional[ImageContext] = None,
                  compat: bool = False, size: Optional[tuple[int, int]] = None, fps: float = 8.0,
                  render_kwargs: Optional[dict] = None, native: Optional[NativeSampler] = None,
-                 progress: Optional[Progress] = None) -> SceneResult:
+                 progress: Optional[Progress] = None, frames: Optional[int] = None,
+                 overlap: int = 0) -> SceneResult:
     """Run every stage; see the module docstring. ``size`` = (width, height) of the working grid (default: the
-    geometry's, or the image's rounded down to multiples of 16). ``progress(stage, done, total)``."""
+    geometry's, or the image's rounded down to multiples of 16). ``progress(stage, done, total)``.
+
+    ``frames``: the scene's frame count when it differs from the model window ``options.frames``: the trajectories
+    are then chained window after window with ``overlap`` cross-faded frames (:mod:`.chain`; any count), and the
+    inpainting runs on the render padded to 4k+1 frames (last frame repeated) and cut back."""
     times = StageTimes()
     if compat:
         trajectory_settings, inpaint_settings = compat_settings(trajectory_settings.seed)
@@ -184,10 +189,23 @@ def run_pipeline(*, image: torch.Tensor, strag, motion_vae, image_vae: ImageVAE,
     with times.stage("trajectories (4D-STraG)"):
         # STraG's condition latents come from the base Wan encoder, which the motion VAE keeps frozen (reference
         # §A2, §E: the release encodes them with the VAE whose decoder it fine-tuned); image_vae is for ViSM.
-        motion = generate_motion(strag, motion_vae, WanImageVAE.from_motion_vae(motion_vae), geometry, positive, negative,
-                                 settings=trajectory_settings, options=options, clip=clip,
-                                 motion_features=features, native=native,
-                                 callback=_step_progress(progress, "trajectories"))
+        traj_vae = WanImageVAE.from_motion_vae(motion_vae)
+        if frames is not None and frames != options.frames:
+            from .chain import generate_chained
+
+            def window_progress(k, n, done, total):
+                if progress is not None:
+                    progress(f"trajectories {k}/{n}", done, total)
+
+            per_window = None if features is None else (lambda g: motion_features_of(omnimae, g.image))
+            motion = generate_chained(strag, motion_vae, traj_vae, geometry, positive, negative, frames=frames,
+                                      overlap=overlap, settings=trajectory_settings, options=options, clip=clip,
+                                      motion_features=per_window, native=native, fps=fps, callback=window_progress)
+        else:
+            motion = generate_motion(strag, motion_vae, traj_vae, geometry, positive, negative,
+                                     settings=trajectory_settings, options=options, clip=clip,
+                                     motion_features=features, native=native,
+                                     callback=_step_progress(progress, "trajectories"))
     with times.stage("de-normalise"):
         traj = denormalize(motion, fps=fps)
     views: list[NovelView] = []
@@ -198,10 +216,13 @@ def run_pipeline(*, image: torch.Tensor, strag, motion_vae, image_vae: ImageVAE,
         path = cam if isinstance(cam, CameraPath) else camera_path_for_scene(cam, camera_scene)
         with times.stage(f"render {path.name}"):
             rend = render_on_device(traj, path, render_device, **(render_kwargs or {}))
-        frames = None
+        inpainted = None
         if vism is not None:
             with times.stage(f"inpaint {path.name} (4D-ViSM)"):
-                frames = inpaint(vism, image_vae, rend.rgb, rend.holes, vism_positive or positive, negative,
-                                 settings=inpaint_settings, callback=_step_progress(progress, f"inpaint {path.name}"))
-        views.append(NovelView(camera=path, render=rend, frames=frames))
+                from .chain import pad_frames
+                rgb, count = pad_frames(rend.rgb)
+                inpainted = inpaint(vism, image_vae, rgb, pad_frames(rend.holes)[0], vism_positive or positive,
+                                    negative, settings=inpaint_settings,
+                                    callback=_step_progress(progress, f"inpaint {path.name}"))[:count]
+        views.append(NovelView(camera=path, render=rend, frames=inpainted))
     return SceneResult(geometry=geometry, motion=motion, trajectories=traj, views=views, times=times)

@@ -15,6 +15,7 @@ trainers use at their size, so models trained here, e.g. the nano model, get the
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -150,7 +151,11 @@ def denormalize(motion: Motion, fps: float = 8.0) -> Trajectories:
     """:class:`Motion` -> :class:`Trajectories` (T, H·W points, row-major; colours from the image).
 
     Points whose first-frame depth is invalid keep their de-normalised motion but are marked not visible.
+    A chained motion (:class:`~.chain.ChainedMotion`) gives back its own trajectories (tracked visibility), at ``fps``.
     """
+    chained = getattr(motion, "trajectories", None)
+    if chained is not None:
+        return dataclasses.replace(chained, fps=fps)
     g = motion.geometry
     p0 = g.points.float()
     pts = apply_motion(motion.delta.float(), p0, motion.norm, time_dim=0)          # (T,H,W,3)
