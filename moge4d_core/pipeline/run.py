@@ -31,6 +31,7 @@ from ..render.api import render_trajectories
 from ..types import CameraPath, Geometry, Motion, MotionFeatures, RenderResult, Trajectories
 from .image_vae import ImageVAE, WanImageVAE
 from .inpaint import inpaint
+from .residency import Residency
 from .settings import NativeSampler, SamplerSettings, compat_settings
 from .denoise_loop import model_device_dtype
 from .trajectory import TrajectoryOptions, denormalize, generate_motion
@@ -142,6 +143,16 @@ def render_on_device(traj: Trajectories, path: CameraPath, device: Union[str, to
     return RenderResult(rgb=res.rgb.cpu(), depth=res.depth.cpu(), holes=res.holes.cpu(), extras=extras)
 
 
+def _resident(residency: Optional[Residency], stage: str, **models):
+    """The residency's stage context (its models on the device within it), or nothing without a residency."""
+    return contextlib.nullcontext() if residency is None else residency.stage(stage, **models)
+
+
+def _vae_module(image_vae: ImageVAE) -> Optional[torch.nn.Module]:
+    vae = getattr(image_vae, "vae", None)
+    return vae if isinstance(vae, torch.nn.Module) else None
+
+
 def compat_options(frames: int = 49) -> TrajectoryOptions:
     return TrajectoryOptions(frames=frames, normalization="release", reference=True, mpm=False)
 
@@ -162,13 +173,17 @@ def run_pipeline(*, image: torch.Tensor, strag, motion_vae, image_vae: ImageVAE,
                  compat: bool = False, size: Optional[tuple[int, int]] = None, fps: float = 8.0,
                  render_kwargs: Optional[dict] = None, native: Optional[NativeSampler] = None,
                  progress: Optional[Progress] = None, frames: Optional[int] = None,
-                 overlap: int = 0) -> SceneResult:
+                 overlap: int = 0, residency: Optional[Residency] = None) -> SceneResult:
     """Run every stage; see the module docstring. ``size`` = (width, height) of the working grid (default: the
     geometry's, or the image's rounded down to multiples of 16). ``progress(stage, done, total)``.
 
     ``frames``: the scene's frame count when it differs from the model window ``options.frames``: the trajectories
     are then chained window after window with ``overlap`` cross-faded frames (:mod:`.chain`; any count), and the
-    inpainting runs on the render padded to 4k+1 frames (last frame repeated) and cut back."""
+    inpainting runs on the render padded to 4k+1 frames (last frame repeated) and cut back.
+
+    ``residency``: when given (:func:`~.model_dir.load_models` makes one), each stage's models come to its device for
+    that stage only, as its memory mode says (:mod:`.residency`), and the render runs on that device; without it the
+    models stay where they are and the render runs on the STraG's device."""
     times = StageTimes()
     if compat:
         trajectory_settings, inpaint_settings = compat_settings(trajectory_settings.seed)
@@ -176,7 +191,7 @@ def run_pipeline(*, image: torch.Tensor, strag, motion_vae, image_vae: ImageVAE,
     if geometry is None:
         require(unidepth is not None, "no geometry: pass a UniDepth model or a Geometry (depth + intrinsics)")
         w, h = size or (image.shape[1] // 16 * 16, image.shape[0] // 16 * 16)
-        with times.stage("depth (UniDepthV2)"):
+        with times.stage("depth (UniDepthV2)"), _resident(residency, "depth", unidepth=unidepth):
             geometry = estimate_geometry(unidepth, image, w, h)
     elif size is not None:
         geometry = resize_geometry(geometry, width=size[0], height=size[1])
@@ -184,13 +199,16 @@ def run_pipeline(*, image: torch.Tensor, strag, motion_vae, image_vae: ImageVAE,
         geometry = with_official_intrinsics(geometry)
     features = None
     if omnimae is not None and options.mpm:
-        with times.stage("motion features (OmniMAE)"):
+        with times.stage("motion features (OmniMAE)"), _resident(residency, "motion features", omnimae=omnimae):
             features = motion_features_of(omnimae, geometry.image)
-    with times.stage("trajectories (4D-STraG)"):
+    chained = frames is not None and frames != options.frames
+    with times.stage("trajectories (4D-STraG)"), _resident(      # chained windows re-run OmniMAE per window
+            residency, "trajectories", strag=strag, motion_vae=motion_vae,
+            omnimae=omnimae if chained and features is not None else None):
         # STraG's condition latents come from the base Wan encoder, which the motion VAE keeps frozen (reference
         # §A2, §E: the release encodes them with the VAE whose decoder it fine-tuned); image_vae is for ViSM.
         traj_vae = WanImageVAE.from_motion_vae(motion_vae)
-        if frames is not None and frames != options.frames:
+        if chained:
             from .chain import generate_chained
 
             def window_progress(k, n, done, total):
@@ -210,7 +228,7 @@ def run_pipeline(*, image: torch.Tensor, strag, motion_vae, image_vae: ImageVAE,
         traj = denormalize(motion, fps=fps)
     views: list[NovelView] = []
     # Preset cameras take the scene's K; in compat mode that is the official renderer's K (fx·W, not fx·(W−1)).
-    render_device = model_device_dtype(strag)[0]
+    render_device = residency.device if residency is not None else model_device_dtype(strag)[0]
     camera_scene = dataclasses.replace(traj, K=official_render_K(traj.height, traj.width)) if compat else traj
     for cam in cameras:
         path = cam if isinstance(cam, CameraPath) else camera_path_for_scene(cam, camera_scene)
@@ -218,7 +236,8 @@ def run_pipeline(*, image: torch.Tensor, strag, motion_vae, image_vae: ImageVAE,
             rend = render_on_device(traj, path, render_device, **(render_kwargs or {}))
         inpainted = None
         if vism is not None:
-            with times.stage(f"inpaint {path.name} (4D-ViSM)"):
+            with times.stage(f"inpaint {path.name} (4D-ViSM)"), _resident(residency, "inpaint", vism=vism,
+                                                                         image_vae=_vae_module(image_vae)):
                 from .chain import pad_frames
                 rgb, count = pad_frames(rend.rgb)
                 inpainted = inpaint(vism, image_vae, rgb, pad_frames(rend.holes)[0], vism_positive or positive,
