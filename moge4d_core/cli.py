@@ -289,8 +289,8 @@ def _generate(args, *, models_dir, image_path, depth_path=None, fov=None, depth_
 
     checked = preflight(args, command, models_dir=models_dir, image_path=image_path, depth_path=depth_path,
                         fov=fov, depth_kind=depth_kind)
+    dtype, memory = _dtype_and_memory(args)
     t0 = time.perf_counter()
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     options = TrajectoryOptions(frames=window_frames(args.frames, args.window), normalization=args.normalization,
                                 reference=not args.no_reference)
     traj_settings = SamplerSettings(steps=args.steps, cfg=args.cfg, shift=args.shift, seed=args.seed, solver=args.solver)
@@ -300,7 +300,7 @@ def _generate(args, *, models_dir, image_path, depth_path=None, fov=None, depth_
     if checked.depth is not None:
         depth = checked.depth
         geometry = geometry_from_depth(image, depth[..., None].expand(*depth.shape, 3), fov, depth_kind=depth_kind)
-    models = load_models(files, device=args.device, dtype=dtype, inpaint=not args.no_inpaint,
+    models = load_models(files, device=args.device, dtype=dtype, memory=memory, inpaint=not args.no_inpaint,
                          depth=geometry is None, lora_strength=args.lora_strength)
     positive, negative = encode_prompts(models, args.prompt or "", args.negative_prompt)
     t_load = time.perf_counter() - t0
@@ -315,12 +315,38 @@ def _generate(args, *, models_dir, image_path, depth_path=None, fov=None, depth_
                           trajectory_settings=traj_settings, inpaint_settings=inp_settings, options=options,
                           clip=strag_clip_context(models, args.height, args.width), compat=args.compat,
                           size=(args.width, args.height), fps=args.fps, progress=progress, frames=args.frames,
-                          overlap=args.overlap)
+                          overlap=args.overlap, residency=models.residency)
     written = write_outputs(result, args.out, fps=args.fps, command=checked.command, exports=args.export)
-    print(f"models loaded in {t_load:.1f} s from {files.root}")
+    print(f"models loaded in {t_load:.1f} s from {files.root} ({dtype}, memory {memory})")
     print(result.times.summary())
     print(f"wrote {len(written)} outputs to {args.out}: " + ", ".join(p.name for p in written))
     return 0
+
+
+def _dtype_and_memory(args) -> tuple:
+    """``--dtype auto`` -> bf16 on CUDA, fp32 elsewhere; ``--memory auto`` -> on CUDA the cheapest mode that
+    ``plan`` says fits the GPU's memory at these settings, elsewhere ``full`` (the host is the device)."""
+    import torch
+
+    from .pipeline.memory import parse_memory_mode
+
+    device = torch.device(args.device)
+    name = args.dtype if args.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    mode = parse_memory_mode(args.memory)
+    if not mode.is_auto:
+        return dtype, mode
+    if device.type != "cuda":
+        return dtype, parse_memory_mode("full")
+    from .pipeline.chain import window_frames
+    from .pipeline.plan import choose_memory_mode, make_plan, release_sizes
+
+    total = torch.cuda.get_device_properties(device).total_memory / 2 ** 30
+    plan = make_plan(release_sizes(frames=window_frames(args.frames, args.window), width=args.width, height=args.height,
+                                   steps=args.steps, cfg=args.cfg))
+    chosen = choose_memory_mode(plan, total)
+    print(f"--memory auto: {chosen} (plan's estimate {plan.peak_bytes(chosen) / 2 ** 30:.1f} GiB of {total:.1f} GiB)")
+    return dtype, chosen
 
 
 def cmd_generate(args) -> int:
@@ -389,7 +415,13 @@ def _add_generate_args(g, demo: bool) -> None:
     g.add_argument("--no-inpaint", action="store_true", help="skip 4D-ViSM (renders and masks only)")
     g.add_argument("--lora-strength", type=float, default=0.55, help="4D-ViSM LoRA strength (release 0.55)")
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    g.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="model weights dtype")
+    g.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="compute dtype of the DiTs and text / CLIP encoders; auto = bf16 on CUDA, fp32 on the CPU")
+    g.add_argument("--memory", default="auto", metavar="MODE",
+                   help="memory mode: full (every model stays on the device), model_offload (each stage's models "
+                        "come for that stage only), block_swap:N (N DiT blocks resident, the rest streamed), fp8 "
+                        "(DiT weights stored as float8), combinable as fp8+block_swap:N; auto = on CUDA the cheapest "
+                        "mode that `python -m moge4d_core plan` says fits the GPU, on the CPU full")
     _add_export_arg(g)
 
 
