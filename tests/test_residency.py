@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from moge4d_core.errors import MoGe4DInputError
 from moge4d_core.pipeline.residency import Residency, ResidencyEvent
+from test_pipeline import models  # noqa: F401  (module fixture: tiny models in the official layouts)
 from test_wan_dit_memory import fwd, inputs, tiny
 
 torch.set_num_threads(1)
@@ -75,3 +76,33 @@ def test_block_swap_streams_only_the_other_blocks_and_computes_the_same(resident
         got = fwd(model, inp)
     assert torch.equal(got, want)
     assert res.location(model) == "offload"
+
+
+# ---------------------------------------------------------------------------------------------- in the pipeline
+@pytest.mark.parametrize("mode", ["model_offload", "full"])
+def test_the_pipeline_brings_each_stage_only_its_models(models, mode):  # noqa: F811
+    from moge4d_core.pipeline.run import run_pipeline
+    from moge4d_core.pipeline.settings import SamplerSettings
+    from moge4d_core.pipeline.trajectory import TrajectoryOptions
+    from test_pipeline import IMAGE, _text
+
+    res = Residency("cpu", mode)
+    m = {k: v for k, v in models.items() if k != "paths"}
+    run_pipeline(image=IMAGE, positive=_text(), negative=_text(1), cameras=["orbit_left"],
+                 trajectory_settings=SamplerSettings(steps=1, cfg=2.0), inpaint_settings=SamplerSettings(steps=1),
+                 options=TrajectoryOptions(frames=5), size=(16, 16), residency=res, **m)
+    came = {}
+    for e in res.events:
+        if e.where == "device":
+            came.setdefault(e.stage, set()).add(e.model)
+    # omnimae runs in its own stage (options.mpm); nothing else is brought where it is not used
+    assert came == {"depth": {"unidepth"}, "motion features": {"omnimae"}, "trajectories": {"strag", "motion_vae"},
+                    "inpaint": {"vism", "image_vae"}}
+    where = {name: res.location(models[name]) for name in ("unidepth", "omnimae", "strag", "motion_vae", "vism")}
+    assert set(where.values()) == ({"offload"} if mode == "model_offload" else {"device"})
+    if mode == "model_offload":                         # each stage sends back exactly what it brought
+        went = {}
+        for e in res.events:
+            if e.where == "offload":
+                went.setdefault(e.stage, set()).add(e.model)
+        assert went == came
