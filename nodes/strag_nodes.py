@@ -20,6 +20,7 @@ import comfy.model_management as mm
 from moge4d_core.errors import MoGe4DInputError
 from moge4d_core.loading.motion_vae import load_motion_vae
 from moge4d_core.loading.wan_dit import load_strag
+from moge4d_core.pipeline.chain import DEFAULT_OVERLAP, chained_frames, generate_chained
 from moge4d_core.pipeline.image_vae import WanImageVAE
 from moge4d_core.pipeline.settings import SamplerSettings
 from moge4d_core.pipeline.trajectory import NORMALIZATIONS, TrajectoryOptions, denormalize, generate_motion
@@ -220,7 +221,8 @@ class MoGe4DTrajectorySampler(io.ComfyNode):
                                                           "CLIPLoader(type=wan, umt5_xxl)."),
                 io.Conditioning.Input("negative", tooltip="Negative prompt (the release uses an empty one)."),
                 io.Int.Input("frames", default=49, min=5, max=401, step=4,
-                             tooltip="Number of frames T = 4k+1 (release 49)."),
+                             tooltip="Number of frames T = 4k+1 (release 49); with windows > 1, the frames of each "
+                                     "window."),
                 *sampler_inputs(),
                 io.Combo.Input("normalization", options=list(NORMALIZATIONS), default="official",
                                tooltip="How the motion is (de)normalised by depth: official = the release's fixed "
@@ -238,6 +240,14 @@ class MoGe4DTrajectorySampler(io.ComfyNode):
                 clip_vision_input("The release used the CLIP features of a uniform gray (127) image: connect "
                                   "CLIPVisionEncode of a gray image of the working size to reproduce it."),
                 *native_inputs(),
+                io.Int.Input("windows", default=1, min=1, max=64, optional=True,
+                             tooltip="Chained generation: run this many windows of `frames` one after another, each "
+                                     "started from the previous window's points drawn from the first camera (image "
+                                     "and depth), for a scene of frames + (windows-1)*(frames-1-overlap) frames. "
+                                     "1 = one window (as before). Connect the motion to MoGe4D Denormalize as usual."),
+                io.Int.Input("overlap", default=DEFAULT_OVERLAP, min=0, max=200, optional=True,
+                             tooltip="Chained generation: frames after each seam in which the two windows' motions "
+                                     "are cross-faded (0 .. (frames-1)/2). Ignored for one window."),
             ],
             outputs=[
                 T.Motion.Output(display_name="motion"),
@@ -253,7 +263,8 @@ class MoGe4DTrajectorySampler(io.ComfyNode):
     @classmethod
     def execute(cls, strag_model, motion_vae, geometry, positive, negative, frames=49, steps=50, cfg=6.0, shift=5.0,
                 seed=0, solver="euler", normalization="official", reference=True, image=None, motion_features=None,
-                clip_vision_output=None, sampler=None, sigmas=None) -> io.NodeOutput:
+                clip_vision_output=None, sampler=None, sigmas=None, windows=1,
+                overlap=DEFAULT_OVERLAP) -> io.NodeOutput:
         if image is not None:
             img = image[0] if image.ndim == 4 else image
             if tuple(img.shape[:2]) != (geometry.height, geometry.width):
@@ -272,9 +283,20 @@ class MoGe4DTrajectorySampler(io.ComfyNode):
         neg = text_context(negative, model, "negative")
         clip = image_context(clip_vision_output, model)
         mvae = model_for_inference(motion_vae)
-        motion = generate_motion(model, mvae, WanImageVAE.from_motion_vae(mvae), geometry, pos, neg,
-                                 settings=settings, options=options, clip=clip, motion_features=motion_features,
-                                 native=native, callback=progress_callback(step_count(settings, native)))
+        if int(windows) > 1:
+            # every window gets the first image's OmniMAE features (the sampler has no OmniMAE model to redo them)
+            total = chained_frames(int(frames), int(windows), int(overlap))    # refuses an overlap too long
+            steps_per = step_count(settings, native)
+            bar = progress_callback(int(windows) * steps_per)
+            motion = generate_chained(model, mvae, WanImageVAE.from_motion_vae(mvae), geometry, pos, neg,
+                                      frames=total, overlap=int(overlap), settings=settings, options=options,
+                                      clip=clip, native=native,
+                                      motion_features=None if motion_features is None else lambda g: motion_features,
+                                      callback=lambda k, n, d, t: bar((k - 1) * steps_per + d, n * steps_per))
+        else:
+            motion = generate_motion(model, mvae, WanImageVAE.from_motion_vae(mvae), geometry, pos, neg,
+                                     settings=settings, options=options, clip=clip, motion_features=motion_features,
+                                     native=native, callback=progress_callback(step_count(settings, native)))
         return io.NodeOutput(motion, motion_preview(motion).to(output_device()))
 
 

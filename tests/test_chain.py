@@ -222,3 +222,47 @@ def test_cli_generate_any_frame_count(tiny, tmp_path, capsys):
     assert main([*common, "--frames", "9", "--window", "5", "--overlap", "3", "--out", str(tmp_path / "p")]) == 2
     assert "--overlap: 3; expected 0 .. 2 frames for a window of 5" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
+
+
+def test_sampler_node_chains_windows(tmp_path):
+    from conftest import load_nodes
+    from pipeline_models import write_tiny_models
+
+    nodes = load_nodes(tmp_path)
+    import folder_paths
+
+    from nodes import models as node_models
+
+    folder_paths.models_dir = str(tmp_path / "models")
+    folder_paths.folder_names_and_paths.pop("moge4d", None)
+    node_models.register_model_folder()
+    try:
+        write_tiny_models(tmp_path / "models" / "moge4d")
+        node = {n.define_schema().node_id: n for n in nodes.NODE_LIST}
+        sampler = node["MoGe4DTrajectorySampler"]
+        widgets = [i.id for i in sampler.define_schema().inputs if i.io_type in ("INT", "FLOAT", "BOOLEAN", "COMBO")]
+        assert widgets == ["frames", "steps", "cfg", "shift", "seed", "solver", "normalization", "reference",
+                           "windows", "overlap"]                                   # appended, old order kept
+        strag = node["MoGe4DLoadSTraG"].execute(file="4D-STraG/diffusion_pytorch_model.safetensors",
+                                                precision="fp32").args[0]
+        mvae = node["MoGe4DLoadMotionVAE"].execute(vae="VAE/", precision="fp32").args[0]
+        image = torch.rand(16, 16, 3, generator=torch.Generator().manual_seed(5))
+        geom = geometry_from_depth(image, (2.0 + torch.linspace(0, 1, 16)[None, :].expand(16, 16))[..., None]
+                                   .expand(16, 16, 3).contiguous(), 60.0)
+
+        def cond(seed):
+            return [[torch.randn(1, 7, 16, generator=torch.Generator().manual_seed(seed)), {"pooled_output": None}]]
+
+        args = dict(strag_model=strag, motion_vae=mvae, geometry=geom, positive=cond(0), negative=cond(1), frames=5,
+                    steps=2, cfg=2.0, shift=5.0, seed=3)
+        one, _ = sampler.execute(**args).args
+        chained, preview = sampler.execute(**args, windows=2, overlap=1).args
+        assert one.delta.shape[0] == 5 and chained.delta.shape == (8, 16, 16, 3) and preview.shape[0] == 8
+        traj = node["MoGe4DDenormalize"].execute(motion=chained, fps=8.0).args[0]
+        single = node["MoGe4DDenormalize"].execute(motion=one, fps=8.0).args[0]
+        assert traj.points.shape == (8, 256, 3) and traj.visibility.shape == (8, 256)
+        assert torch.equal(traj.points[:4], single.points[:4])                   # window 0 up to the seam frame
+        with pytest.raises(MoGe4DInputError, match=r"overlap: 3; expected 0 \.\. 2 frames for a window of 5"):
+            sampler.execute(**args, windows=2, overlap=3)
+    finally:
+        folder_paths.folder_names_and_paths.pop("moge4d", None)

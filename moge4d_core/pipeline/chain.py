@@ -64,7 +64,7 @@ from .settings import NativeSampler, SamplerSettings
 from .trajectory import TrajectoryOptions, denormalize, generate_motion
 
 __all__ = ["SAME_SURFACE", "VELOCITY_FRAMES", "UNTRACKED", "DEFAULT_OVERLAP", "ChainedMotion", "WindowInfo",
-           "window_starts", "window_frames", "check_chain", "fill_holes", "Reprojection", "reproject", "chain_windows",
+           "window_starts", "window_frames", "check_chain", "chained_frames", "fill_holes", "Reprojection", "reproject", "chain_windows",
            "generate_chained", "pad_frames"]
 
 SAME_SURFACE = 0.03
@@ -131,6 +131,20 @@ def check_chain(frames: int, window: int, overlap: int, prefix: str = "") -> Non
     require(frames <= window or 0 <= overlap <= (window - 1) // 2,
             f"{prefix}overlap: {overlap}; expected 0 .. {(window - 1) // 2} frames for a window of {window} "
             f"(consecutive seams must not overlap)")
+
+
+def chained_frames(window: int, windows: int, overlap: int) -> int:
+    """Frames of a scene made of ``windows`` windows of ``window`` frames, ``overlap + 1`` shared at each seam.
+
+    Raises:
+        MoGe4DInputError: ``windows`` < 1, or (for more than one window) ``window`` / ``overlap`` out of range.
+    """
+    require(isinstance(windows, int) and not isinstance(windows, bool) and windows >= 1,
+            f"windows: expected a whole number >= 1, got {windows!r}")
+    if windows == 1:
+        return window
+    check_chain(window + 1, window, overlap)
+    return window + (windows - 1) * (window - 1 - overlap)
 
 
 def window_starts(frames: int, window: int, overlap: int) -> list[int]:

@@ -8,7 +8,8 @@ frame and metric depth. Printed:
 
 * per window ``k`` (output frames ``s_k .. s_k+L-1``): the trajectory error (paper eq. 7,
   :func:`training.eval.metrics.trajectory_error`, the truth's visibility, frames after the window's first) of the
-  chained scene and of the "nothing moves" prediction (every frame = the truth's frame 0), averaged over scenes;
+  chained scene and of the "nothing moves" prediction (every frame = the truth's frame 0), averaged over the scenes
+  with a visible truth point in the window (``scenes``; ``gt vis``: the share of visible truth points);
 * the seam jump against the in-window motion: per output step ``t -> t+1`` the mean point displacement
   ``mean_n |P[t+1,n] - P[t,n]|``; seam steps are the steps from the start ``s_k`` of each window ``k >= 1`` through
   its cross-faded frames (``t = s_k .. s_k + overlap``: with overlap 0 the step from the previous window's last
@@ -87,9 +88,11 @@ def evaluate_scene(models, sample, *, window: int, overlap: int, settings: Sampl
     rows = []
     for info in motion.windows:
         sl = slice(info.start, info.stop)
+        seen = bool(vis[sl][1:].any())                   # every truth point may have left the view: no error then
         rows.append(dict(start=info.start, stop=info.stop, tracked=info.tracked / (h * w), holes=info.holes / (h * w),
-                         error=trajectory_error(pred[sl], gt[sl], vis[sl]),
-                         static=trajectory_error(static[sl], gt[sl], vis[sl])))
+                         error=trajectory_error(pred[sl], gt[sl], vis[sl]) if seen else float("nan"),
+                         static=trajectory_error(static[sl], gt[sl], vis[sl]) if seen else float("nan"),
+                         visible=float(vis[sl][1:].mean())))
     return dict(windows=rows, steps=step_displacements(pred),
                 steps_tracked=step_displacements(pred, traj.visibility.numpy()), seam=seam_steps(frames, window, overlap))
 
@@ -135,15 +138,17 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"\n{args.scenes} scenes x {args.frames} frames, window {window}, overlap {overlap}, "
               f"{n_win} windows, untracked points: {args.untracked}, {settings.steps} steps (nano world at the "
               f"training speed, seed {args.seed})")
-        print(f"{'window':>6} {'frames':>9} {'tracked':>8} {'holes':>6} {'err m':>8} {'static m':>9}")
+        print(f"{'window':>6} {'frames':>9} {'tracked':>8} {'holes':>6} {'gt vis':>7} {'scenes':>6} {'err m':>8} "
+              f"{'static m':>9}")
         per_window = []
         for k in range(n_win):
             rows = [r["windows"][k] for r in results]
-            row = {key: float(np.mean([r[key] for r in rows])) for key in ("tracked", "holes", "error", "static")}
+            row = {key: _nanmean([r[key] for r in rows]) for key in ("tracked", "holes", "error", "static", "visible")}
+            row["scenes"] = int(sum(np.isfinite(r["error"]) for r in rows))
             row["frames"] = f"{rows[0]['start']}-{rows[0]['stop'] - 1}"
             per_window.append(row)
             print(f"{k:>6} {row['frames']:>9} {100 * row['tracked']:>7.0f}% {100 * row['holes']:>5.0f}% "
-                  f"{row['error']:>8.3f} {row['static']:>9.3f}")
+                  f"{100 * row['visible']:>6.0f}% {row['scenes']:>6} {row['error']:>8.3f} {row['static']:>9.3f}")
         seam = results[0]["seam"]
         out = {"windows": per_window}
         for name, key in (("all points", "steps"), ("tracked points", "steps_tracked")):
