@@ -1,4 +1,5 @@
-"""Kohya-format LoRA for the Wan DiTs: parse, merge / unmerge, PEFT adapters, export.
+"""LoRAs for the Wan DiTs: parse (kohya and the other published layouts), merge / unmerge / stack, PEFT
+adapters, export.
 
 The released 4D-ViSM LoRA (``4D-ViSM/lora_diffusion_pytorch_model.safetensors``, reference §C, §E) is a
 kohya/VideoX-Fun ``LoRANetwork`` file:
@@ -11,6 +12,12 @@ kohya/VideoX-Fun ``LoRANetwork`` file:
 * rank 128, alpha 64; merged as ``W += strength * (alpha / rank) * up @ down`` with the official inference
   strength **0.55** (``--stage2_lora_weight``), i.e. 0.55 x the trained strength. A missing ``alpha`` means
   scale 1 (as the official ``merge_lora``).
+
+Other LoRAs for the same base models, e.g. the step-distilled Wan2.1 I2V / InP LoRAs for few-step sampling, are
+published in other key layouts: dotted module paths with ``lora_A`` / ``lora_B`` or ``lora_down`` / ``lora_up``
+weights, optional ``alpha``, with or without a ``diffusion_model.`` prefix. :func:`parse_lora` reads all of them
+(:func:`group_lora_keys` sorts the keys, :func:`check_lora_keys` checks a file's names without its tensors), and
+:func:`merge_loras` stacks several LoRAs with their own strengths (the ViSM LoRA at 0.55 plus a distill LoRA).
 
 Module names in a LoRA are *original* Wan names (``blocks.0.self_attn.q``). Models built on diffusers'
 ``WanTransformer3DModel`` use other names (``blocks.0.attn1.to_q``); ``name_map`` maps an original
@@ -37,7 +44,7 @@ import os
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, NamedTuple, Optional, Union
+from typing import Callable, Iterable, Mapping, NamedTuple, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -47,7 +54,9 @@ from .common import check_finite, load_file_state_dict, save_state_dict
 
 KOHYA_PREFIX = "lora_unet__"
 OFFICIAL_STRENGTH = 0.55
-_ELEMENTS = ("lora_down.weight", "lora_up.weight", "alpha")
+_ELEMENT_ALIASES = {"lora_down.weight": "down", "lora_A.weight": "down", "lora_up.weight": "up",
+                    "lora_B.weight": "up", "alpha": "alpha"}
+DOTTED_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "base_model.model.")
 ARCH = "kohya_lora"
 
 NameMap = Callable[[str], str]
@@ -93,39 +102,127 @@ def _underscore_stem(stem: str) -> Optional[str]:
 def _default_candidates(stems: Iterable[str]) -> list[str]:
     from .wan_keys import original_linear_module_names
 
-    blocks = [int(m.group(1)) for s in stems if (m := re.match(r"blocks_(\d+)_", s))]
+    blocks = [int(m.group(1)) for s in stems if (m := re.match(r"blocks[._](\d+)[._]", s))]
     return original_linear_module_names(max(blocks) + 1 if blocks else 0, image=True, mpm=True)
 
 
-def parse_kohya_lora(state: Mapping[str, torch.Tensor], module_names: Optional[Iterable[str]] = None, *,
-                     source: str = "LoRA") -> LoraDict:
-    """Kohya state dict -> ``{original dotted module name: LoraWeights(down, up, alpha)}``.
+def _split_key(key: str) -> Optional[tuple[str, str]]:
+    """``<stem>.<element>`` -> (stem, "down" | "up" | "alpha"); None when the key is no LoRA element."""
+    for suffix, elem in _ELEMENT_ALIASES.items():
+        if key.endswith("." + suffix):
+            return key[: -len(suffix) - 1], elem
+    return None
 
-    ``module_names``: the dotted names to match the underscore forms against (default: the Wan2.1 Linear
-    modules, block count read from the keys, with the I2V image projections and the MoGe4D MPM linears).
-    Tensors are returned as stored (bf16 for the official file); ``alpha`` is a float (rank when absent).
+
+def _dotted_stem(stem: str) -> str:
+    """Strip one known prefix (``diffusion_model.`` ...) from a dotted module path."""
+    for prefix in DOTTED_PREFIXES:
+        if stem.startswith(prefix):
+            return stem[len(prefix):]
+    return stem
+
+
+def _is_wan_module_name(name: str, known: set[str]) -> bool:
+    from .wan_keys import diffusers_to_original
+
+    from .wan_keys import original_to_diffusers
+
+    if name in known:
+        return True
+    for mapping in (diffusers_to_original, original_to_diffusers):
+        try:
+            mapping(name + ".weight", strict=True)
+            return True
+        except KeyError:
+            pass
+    return False
+
+
+def group_lora_keys(keys: Iterable[str], *, source: str = "LoRA") -> dict[tuple[str, str], dict[str, str]]:
+    """Sort LoRA keys by module: ``{(kind, stem): {"down"|"up"|"alpha": key}}``, kind ``"underscore"`` (kohya
+    ``lora_unet_…`` stems, the part after the prefix) or ``"dotted"`` (module path, known prefix removed).
+
+    Reads names only (no tensors), so a file can be checked before any model loads. Raises
+    :class:`MoGe4DInputError` naming the first keys that are in none of the supported layouts (see
+    :func:`parse_lora`).
     """
-    groups: dict[str, dict[str, torch.Tensor]] = {}
+    groups: dict[tuple[str, str], dict[str, str]] = {}
     foreign = []
-    for key, value in state.items():
-        stem, _, elem = key.partition(".")
-        under = _underscore_stem(stem)
-        if under is None or elem not in _ELEMENTS:
+    for key in keys:
+        split = _split_key(key)
+        if split is None:
             foreign.append(key)
             continue
-        groups.setdefault(under, {})[elem] = value
+        stem, elem = split
+        under = _underscore_stem(stem)
+        gkey = ("underscore", under) if under is not None else ("dotted", _dotted_stem(stem))
+        if gkey[1] == "" or (under is None and stem.startswith("lora_")):
+            foreign.append(key)
+            continue
+        slot = groups.setdefault(gkey, {})
+        if elem in slot:
+            raise MoGe4DInputError(f"{source}: module '{gkey[1]}' has its {elem} weight twice ('{slot[elem]}' and "
+                                   f"'{key}'); the file mixes two LoRAs")
+        slot[elem] = key
     if foreign:
         raise MoGe4DInputError(
-            f"{source}: {len(foreign)} keys are not kohya DiT LoRA keys "
-            f"('lora_unet__<module>.lora_down.weight' / '.lora_up.weight' / '.alpha'), first: {foreign[:5]}. "
-            f"Text-encoder LoRAs (lora_te_*), LyCORIS/DoRA variants and diffusers/PEFT key layouts are not supported here.")
+            f"{source}: {len(foreign)} keys are not Wan DiT LoRA keys, first: {foreign[:5]}. Supported layouts: "
+            f"kohya 'lora_unet__<module>.lora_down.weight / .lora_up.weight / .alpha' (single or double "
+            f"underscore), and '[diffusion_model.]<module>.lora_A.weight / .lora_B.weight' or "
+            f"'.lora_down.weight / .lora_up.weight' with optional '.alpha'. Text-encoder LoRAs (lora_te_*), "
+            f"LyCORIS/LoKr/DoRA variants and full-weight '.diff' / '.diff_b' keys are not supported.")
     if not groups:
         raise MoGe4DInputError(f"{source}: holds no LoRA weights")
+    return groups
+
+
+def check_lora_keys(keys: Iterable[str], *, source: str = "LoRA") -> int:
+    """Check LoRA key names (layout and Wan module names) without reading tensors; returns the module count.
+
+    Module names are checked against the Wan2.1 DiT (original or diffusers names); shapes are checked when the
+    LoRA is merged into a model.
+    """
+    groups = group_lora_keys(keys, source=source)
+    candidates = _default_candidates(stem for _, stem in groups)
+    table = {c.replace(".", "_") for c in candidates}
+    known = set(candidates)
+    unknown = [stem for kind, stem in groups
+               if (kind == "underscore" and stem not in table) or (kind == "dotted" and not _is_wan_module_name(stem, known))]
+    if unknown:
+        raise MoGe4DInputError(
+            f"{source}: {len(unknown)} of {len(groups)} LoRA modules match no known Wan DiT module, first: "
+            f"{sorted(unknown)[:5]}. The LoRA was made for another model (not a Wan2.1 DiT).")
+    missing = [stem for stem, elems in ((s, e) for (_, s), e in groups.items()) if "down" not in elems or "up" not in elems]
+    if missing:
+        raise MoGe4DInputError(f"{source}: module '{missing[0]}' lacks its down (lora_A / lora_down) or up "
+                               f"(lora_B / lora_up) weight")
+    return len(groups)
+
+
+def parse_lora(state: Mapping[str, torch.Tensor], module_names: Optional[Iterable[str]] = None, *,
+               source: str = "LoRA") -> LoraDict:
+    """LoRA state dict in any supported layout -> ``{module name: LoraWeights(down, up, alpha)}``.
+
+    Layouts (mixed freely, one module once):
+
+    * kohya ``lora_unet__<module with '.' as '_'>.{lora_down.weight, lora_up.weight, alpha}`` (the official
+      ViSM LoRA; single-underscore ``lora_unet_…`` too);
+    * dotted ``<module>.{lora_A.weight, lora_B.weight}`` or ``<module>.{lora_down.weight, lora_up.weight}``,
+      each with optional ``.alpha``, the module path with or without a ``diffusion_model.`` /
+      ``model.diffusion_model.`` / ``transformer.`` prefix: what the step-distilled Wan2.1 I2V / InP LoRAs are
+      published in. ``lora_A`` is down ``(rank, in)``, ``lora_B`` is up ``(out, rank)``.
+
+    Module names come back as written (original Wan ``blocks.0.self_attn.q`` or diffusers ``blocks.0.attn1.to_q``;
+    the underscore form resolved against ``module_names`` + the Wan2.1 Linear modules); they are mapped onto a
+    model when merged. Tensors are returned as stored; ``alpha`` is a float (the rank when absent: scale 1).
+    """
+    groups = group_lora_keys(state.keys(), source=source)
     check_finite(state, source)                 # a NaN alpha or up/down would spread over the whole merged model
-    candidates = list(module_names) if module_names is not None else _default_candidates(groups)
+    stems = [stem for _, stem in groups]
+    candidates = list(module_names) if module_names is not None else _default_candidates(stems)
     if module_names is not None:
         given = set(candidates)
-        candidates += [c for c in _default_candidates(groups) if c not in given]
+        candidates += [c for c in _default_candidates(stems) if c not in given]
     table: dict[str, str] = {}
     ambiguous: dict[str, set[str]] = {}
     for name in candidates:
@@ -133,23 +230,34 @@ def parse_kohya_lora(state: Mapping[str, torch.Tensor], module_names: Optional[I
         if u in table and table[u] != name:
             ambiguous.setdefault(u, {table[u]}).add(name)
         table.setdefault(u, name)
+    known = set(candidates)
     out: LoraDict = {}
     unknown = []
-    for under, elems in groups.items():
-        if under in ambiguous:
-            raise MoGe4DInputError(f"{source}: LoRA module '{under}' matches several modules "
-                                   f"{sorted(ambiguous[under])}; cannot tell which one it targets")
-        if under not in table:
-            unknown.append(under)
-            continue
-        if "lora_down.weight" not in elems or "lora_up.weight" not in elems:
-            raise MoGe4DInputError(f"{source}: module '{table[under]}' lacks lora_down.weight or lora_up.weight")
-        down, up = elems["lora_down.weight"], elems["lora_up.weight"]
+    for (kind, stem), elems in groups.items():
+        if kind == "underscore":
+            if stem in ambiguous:
+                raise MoGe4DInputError(f"{source}: LoRA module '{stem}' matches several modules "
+                                       f"{sorted(ambiguous[stem])}; cannot tell which one it targets")
+            if stem not in table:
+                unknown.append(stem)
+                continue
+            name = table[stem]
+        else:
+            if not _is_wan_module_name(stem, known):
+                unknown.append(stem)
+                continue
+            name = stem
+        if "down" not in elems or "up" not in elems:
+            raise MoGe4DInputError(f"{source}: module '{name}' lacks its down (lora_A / lora_down) or up "
+                                   f"(lora_B / lora_up) weight")
+        if name in out:
+            raise MoGe4DInputError(f"{source}: module '{name}' appears twice (in two key layouts)")
+        down, up = state[elems["down"]], state[elems["up"]]
         if down.ndim not in (2, 4) or up.ndim != down.ndim or up.shape[1] != down.shape[0]:
-            raise MoGe4DInputError(f"{source}: module '{table[under]}' has inconsistent LoRA shapes "
+            raise MoGe4DInputError(f"{source}: module '{name}' has inconsistent LoRA shapes "
                                    f"down {tuple(down.shape)}, up {tuple(up.shape)} (expected (rank,in), (out,rank))")
-        alpha = float(elems["alpha"].float().item()) if "alpha" in elems else float(down.shape[0])
-        out[table[under]] = LoraWeights(down, up, alpha)
+        alpha = float(state[elems["alpha"]].float().item()) if "alpha" in elems else float(down.shape[0])
+        out[name] = LoraWeights(down, up, alpha)
     if unknown:
         raise MoGe4DInputError(
             f"{source}: {len(unknown)} of {len(groups)} LoRA modules match no known Wan DiT module, first: "
@@ -157,9 +265,12 @@ def parse_kohya_lora(state: Mapping[str, torch.Tensor], module_names: Optional[I
     return out
 
 
+parse_kohya_lora = parse_lora      # the name this module's callers used before the other layouts were read
+
+
 def load_kohya_lora(path: str | os.PathLike, module_names: Optional[Iterable[str]] = None) -> LoraDict:
-    """Read a kohya LoRA file (safetensors / .pt) and parse it (see :func:`parse_kohya_lora`)."""
-    return parse_kohya_lora(load_file_state_dict(path), module_names, source=str(path))
+    """Read a LoRA file (safetensors / .pt) in any supported layout and parse it (see :func:`parse_lora`)."""
+    return parse_lora(load_file_state_dict(path), module_names, source=str(path))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -200,7 +311,7 @@ def _as_lora_dict(lora: LoraSource, model_modules: Mapping[str, nn.Module]) -> t
     if lora and all(isinstance(v, LoraWeights) or (isinstance(v, tuple) and len(v) == 3) for v in lora.values()):
         return {k: LoraWeights(*v) for k, v in lora.items()}, source
     linear_names = [n for n, m in model_modules.items() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    return parse_kohya_lora(lora, linear_names, source=source), source
+    return parse_lora(lora, linear_names, source=source), source
 
 
 def _resolve(model: nn.Module, lora: LoraSource, name_map: Optional[NameMap]
@@ -250,13 +361,17 @@ def lora_delta(w: LoraWeights, strength: float, shape: Optional[torch.Size] = No
 
 def _apply_delta(model, lora, strength, name_map, sign: float) -> nn.Module:
     resolved, _ = _resolve(model, lora, name_map)
+    _add_deltas(resolved, strength, sign)
+    return model
+
+
+def _add_deltas(resolved, strength: float, sign: float) -> None:
     with torch.no_grad():
         for _, _, mod, w in resolved:
             weight = mod.weight
             compute = torch.float64 if weight.dtype == torch.float64 else torch.float32
             delta = lora_delta(w, strength, weight.shape, weight.device, compute)
             weight.copy_((weight.to(compute) + sign * delta).to(weight.dtype))
-    return model
 
 
 def merge_lora(model: nn.Module, lora: LoraSource, strength: float = OFFICIAL_STRENGTH,
@@ -276,6 +391,41 @@ def unmerge_lora(model: nn.Module, lora: LoraSource, strength: float = OFFICIAL_
     """Subtract what :func:`merge_lora` added (exact up to float32 rounding; in bf16/fp8 weights the
     round trip loses the low bits, so reload the base weights when exactness matters)."""
     return _apply_delta(model, lora, strength, name_map, -1.0)
+
+
+def merge_loras(model: nn.Module, loras: Sequence[tuple[LoraSource, float]],
+                name_map: Optional[NameMap] = None) -> nn.Module:
+    """Fold several LoRAs into ``model`` in place, each with its own strength, in the order given.
+
+    Every LoRA is parsed and checked against the model (names, shapes) before any weight changes, so a bad second
+    LoRA leaves the model as it was. The result is ``W + sum_i s_i * (alpha_i / rank_i) * up_i @ down_i`` (each
+    delta added in float32, float64 for float64 weights, then cast back).
+
+    Args:
+        model: the DiT (e.g. the ViSM base).
+        loras: ``[(source, strength), ...]``; a source is a file path, a LoRA state dict in any layout
+            :func:`parse_lora` reads, or a parsed ``{name: LoraWeights}``. E.g. ``[(vism_lora, 0.55),
+            (distill_lora, 1.0)]``.
+        name_map: as in :func:`merge_lora` (default: chosen per LoRA).
+
+    Returns:
+        ``model``.
+    """
+    import math
+
+    checked = []
+    for i, item in enumerate(loras):
+        if not (isinstance(item, (tuple, list)) and len(item) == 2):
+            raise MoGe4DInputError(f"LoRA list entry {i}: expected (source, strength), got {item!r}")
+        source, strength = item
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength):
+            raise MoGe4DInputError(f"LoRA {source if isinstance(source, (str, os.PathLike)) else i}: strength must be "
+                                   f"a finite number, got {strength!r}")
+        resolved, _ = _resolve(model, source, name_map)
+        checked.append((resolved, float(strength)))
+    for resolved, strength in checked:
+        _add_deltas(resolved, strength, +1.0)
+    return model
 
 
 # ------------------------------------------------------------------------------------------------
@@ -394,6 +544,7 @@ def export_kohya_lora(source: Union[nn.Module, Mapping[str, LoraWeights]], path:
     return save_state_dict(state, path, ARCH, config, metadata)
 
 
-__all__ = ["LoraWeights", "kohya_name", "parse_kohya_lora", "load_kohya_lora", "merge_lora", "unmerge_lora",
+__all__ = ["LoraWeights", "kohya_name", "parse_lora", "parse_kohya_lora", "group_lora_keys", "check_lora_keys",
+           "load_kohya_lora", "merge_lora", "merge_loras", "unmerge_lora",
            "lora_delta", "apply_lora_peft", "set_lora_enabled", "set_lora_strength", "lora_from_peft",
            "export_kohya_lora", "OFFICIAL_STRENGTH"]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -119,7 +119,7 @@ class LoadedModels:
 
 def load_models(files: ModelFiles, *, device="cpu", dtype: torch.dtype = torch.float32,
                 memory: Union[MemoryMode, str] = "model_offload", inpaint: bool = True, depth: bool = True,
-                lora_strength: float = 0.55) -> LoadedModels:
+                lora_strength: float = 0.55, loras: Sequence[tuple[Union[str, Path], float]] = ()) -> LoadedModels:
     """Load what ``files`` names (ViSM only when ``inpaint``, UniDepth only when ``depth``).
 
     Args:
@@ -132,11 +132,13 @@ def load_models(files: ModelFiles, *, device="cpu", dtype: torch.dtype = torch.f
             ``residency``; ``full`` loads them onto ``device`` at once. ``fp8``: the DiTs' big Linear weights are
             stored as float8 e4m3 (the ViSM's after its LoRA is merged) and computed in ``dtype``.
         inpaint, depth, lora_strength: see the CLI.
+        loras: further LoRAs for the 4D-ViSM DiT, ``[(file, strength), ...]`` (e.g. a step-distilled Wan2.1 I2V
+            LoRA), stacked after the folder's ViSM LoRA (at ``lora_strength``); all are checked before any merges.
 
     Returns:
         :class:`LoadedModels` with its :class:`~.residency.Residency`.
     """
-    from ..loading.lora import merge_lora
+    from ..loading.lora import merge_loras
     from ..loading.motion_vae import load_motion_vae, load_wan_vae
     from ..loading.wan_dit import load_strag, load_vism_base
     from ..models.fp8 import enable_fp8_storage
@@ -157,8 +159,9 @@ def load_models(files: ModelFiles, *, device="cpu", dtype: torch.dtype = torch.f
             raise MoGe4DInputError(f"{files.root}: no 4D-ViSM base ({INP}/ or vism.safetensors); add it or run "
                                    f"with --no-inpaint")
         vism = load_vism_base(base, dtype=dtype, compute_dtype=dtype, device=host)
-        if files.vism_lora is not None:
-            merge_lora(vism, files.vism_lora, lora_strength)
+        stack = ([(files.vism_lora, lora_strength)] if files.vism_lora is not None else []) + list(loras)
+        if stack:
+            merge_loras(vism, stack)
         if mode.fp8:                                   # after the merge: the LoRA delta lands in full precision
             enable_fp8_storage(vism, compute_dtype=dtype)
         out.vism = vism.eval()
