@@ -95,7 +95,8 @@ def gpu_benchmark(args) -> None:
               motion_features=None if args.no_mpm else r(1, 196, 768))
     torch.cuda.reset_peak_memory_stats()
     with torch.inference_mode():
-        times = _time(lambda: model(lat, t, text, clip, **kw), args.repeats)
+        times = _time(lambda: model(hidden_states=lat, timestep=t, encoder_hidden_states=text,
+                                    encoder_hidden_states_image=clip, **kw), args.repeats)
     print(f"STraGDiT (ours, ref tokens{'' if args.no_mpm else ' + MPM'}): "
           f"{min(times) * 1e3:.0f} ms/forward (min of {len(times)}: {', '.join(f'{x * 1e3:.0f}' for x in times)}); "
           f"peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
@@ -112,7 +113,8 @@ def gpu_benchmark(args) -> None:
     x64 = torch.cat([lat, kw["control"], torch.zeros_like(lat), kw["depth"]], 1)
     torch.cuda.reset_peak_memory_stats()
     with torch.inference_mode():
-        times = _time(lambda: stock(x64, t, text, clip, return_dict=False), args.repeats)
+        times = _time(lambda: stock(hidden_states=x64, timestep=t, encoder_hidden_states=text,
+                                    encoder_hidden_states_image=clip, return_dict=False), args.repeats)
     print(f"stock diffusers WanTransformer3DModel (in 64, no ref tokens, no MPM): "
           f"{min(times) * 1e3:.0f} ms/forward (min of {len(times)}); peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
 

@@ -203,10 +203,10 @@ def dit_inputs(size: Size, cfg: dict, batch: int) -> dict:
 
     def r(*s):
         return torch.randn(*s, device=size.device, dtype=size.dtype, generator=g)
-    kw = dict(latents=r(batch, 16, f, h, w), timestep=torch.full((batch,), 500.0, device=size.device),
-              text=r(batch, 512, int(cfg["text_dim"])))
+    kw = dict(hidden_states=r(batch, 16, f, h, w), timestep=torch.full((batch,), 500.0, device=size.device),
+              encoder_hidden_states=r(batch, 512, int(cfg["text_dim"])))
     if cfg.get("image_dim"):
-        kw["clip"] = r(batch, 257, int(cfg["image_dim"]))
+        kw["encoder_hidden_states_image"] = r(batch, 257, int(cfg["image_dim"]))
     if cfg["arch"] == "wan2.1_fun_inp":
         kw.update(mask=r(batch, 4, f, h, w), masked_video=r(batch, 16, f, h, w))
     else:
@@ -216,13 +216,16 @@ def dit_inputs(size: Size, cfg: dict, batch: int) -> dict:
     return kw
 
 
-def stock_inputs(kw: dict, cfg: dict) -> tuple:
-    """The same step for stock diffusers: channels concatenated, no reference tokens, no MPM."""
+def stock_inputs(kw: dict, cfg: dict) -> dict:
+    """The same step for stock diffusers (its forward's keywords): channels concatenated, no reference tokens,
+    no MPM."""
+    lat = kw["hidden_states"]
     if cfg["arch"] == "wan2.1_fun_inp":
-        x = torch.cat([kw["latents"], kw["mask"], kw["masked_video"]], 1)
+        x = torch.cat([lat, kw["mask"], kw["masked_video"]], 1)
     else:
-        x = torch.cat([kw["latents"], kw["control"], torch.zeros_like(kw["latents"]), kw["depth"]], 1)
-    return x, kw["timestep"], kw["text"], kw.get("clip")
+        x = torch.cat([lat, kw["control"], torch.zeros_like(lat), kw["depth"]], 1)
+    return dict(hidden_states=x, timestep=kw["timestep"], encoder_hidden_states=kw["encoder_hidden_states"],
+                encoder_hidden_states_image=kw.get("encoder_hidden_states_image"), return_dict=False)
 
 
 # ---------------------------------------------------------------------------------------------- sections
@@ -246,12 +249,12 @@ def section_dit(size: Size, rep: Report, plan) -> None:
         del model
         release()
         stock = random_model(lambda: WanTransformer3DModel(**_stock_kwargs(cfg)), size.device, size.dtype)
-        x, t, text, clip = stock_inputs(kw, cfg)
+        stock_kw = stock_inputs(kw, cfg)
         with torch.inference_mode(), peak_memory(size, [stock.parameters(), kw.values()]) as pk:
-            ms_stock = timed_ms(lambda: stock(x, t, text, clip, return_dict=False), size)
+            ms_stock = timed_ms(lambda: stock(**stock_kw), size)
         rep.add("dit", f"{label} stock diffusers WanTransformer3DModel", f"{ms_stock:.0f} ms, peak {gib(pk['gib'])}",
                 f"ours / stock {ms / ms_stock:.2f}x (stock: no reference tokens, no MPM)")
-        del stock, kw, x, t, text, clip
+        del stock, kw, stock_kw
         release()
 
 

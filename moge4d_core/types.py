@@ -246,18 +246,19 @@ class RenderResult:
 class DiTConditioning:
     """The conditioning inputs of a MoGe4D Wan DiT's ``forward``, one field per keyword, batch B each.
 
-    text (B,L,text_dim) umT5 embeddings (required); clip (B,257,image_dim) CLIP-H penultimate tokens or None
-    (= zeros). 4D-STraG (``STraGDiT``): control (B,16,F,h,w), start_image (B,16,F,h,w) or None, depth
-    (B,16,F,h,w), ref_latent (B,16,h,w) or None, motion_features (B,196,768) or None (MPM off). 4D-ViSM
-    (``ViSMDiT``): mask (B,4,F,h,w) 1 = known pixel, masked_video (B,16,F,h,w). Fields left None are not passed,
-    so the forward's default applies (see each DiT's ``forward``).
+    The field names are the forward's keywords, diffusers' names where diffusers has one:
+    encoder_hidden_states (B,L,text_dim) umT5 text embeddings (required); encoder_hidden_states_image
+    (B,257,image_dim) CLIP-H penultimate tokens or None (= zeros). 4D-STraG (``STraGDiT``): control (B,16,F,h,w),
+    start_image (B,16,F,h,w) or None, depth (B,16,F,h,w), ref_latent (B,16,h,w) or None, motion_features
+    (B,196,768) or None (MPM off). 4D-ViSM (``ViSMDiT``): mask (B,4,F,h,w) 1 = known pixel, masked_video
+    (B,16,F,h,w). Fields left None are not passed, so the forward's default applies (see each DiT's ``forward``).
 
     Classifier-free guidance: the unconditional inputs are ``cond.with_text(negative)``; one batched pass takes
     :meth:`cfg_batch` ``[uncond; cond]``.
     """
 
-    text: torch.Tensor
-    clip: Optional[torch.Tensor] = None
+    encoder_hidden_states: torch.Tensor
+    encoder_hidden_states_image: Optional[torch.Tensor] = None
     control: Optional[torch.Tensor] = None
     start_image: Optional[torch.Tensor] = None
     depth: Optional[torch.Tensor] = None
@@ -267,8 +268,9 @@ class DiTConditioning:
     masked_video: Optional[torch.Tensor] = None
 
     def __post_init__(self) -> None:
-        _check_shape("DiTConditioning.text", self.text, (None, None, None), "(B,L,text_dim) text embeddings")
-        b = int(self.text.shape[0])
+        _check_shape("DiTConditioning.encoder_hidden_states", self.encoder_hidden_states, (None, None, None),
+                     "(B,L,text_dim) text embeddings")
+        b = int(self.encoder_hidden_states.shape[0])
         for name, value in self.forward_kwargs().items():
             if not isinstance(value, torch.Tensor):
                 raise MoGe4DInputError(f"DiTConditioning.{name}: expected a torch.Tensor or None, "
@@ -279,15 +281,15 @@ class DiTConditioning:
 
     @property
     def batch_size(self) -> int:
-        return int(self.text.shape[0])
+        return int(self.encoder_hidden_states.shape[0])
 
     def forward_kwargs(self) -> dict:
         """The keyword arguments of the DiT's ``forward`` (every field that is not None), by name."""
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
-    def with_text(self, text: torch.Tensor) -> "DiTConditioning":
+    def with_text(self, encoder_hidden_states: torch.Tensor) -> "DiTConditioning":
         """The same inputs with another text context (e.g. the negative prompt's), other tensors shared."""
-        return replace(self, text=text)
+        return replace(self, encoder_hidden_states=encoder_hidden_states)
 
     @staticmethod
     def cfg_batch(uncond: "DiTConditioning", cond: "DiTConditioning") -> "DiTConditioning":

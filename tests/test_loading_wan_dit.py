@@ -107,11 +107,15 @@ def tiny(arch="moge4d_strag", seed=0, **kw):
 
 G = torch.Generator().manual_seed(11)
 LAT = torch.randn(1, 16, 3, 8, 8, generator=G)
-STRAG_IN = dict(latents=LAT, timestep=torch.tensor([640.0]), text=torch.randn(1, 9, 32, generator=G),
-                clip=torch.randn(1, 257, 16, generator=G), control=torch.randn(1, 16, 3, 8, 8, generator=G),
+STRAG_IN = dict(hidden_states=LAT, timestep=torch.tensor([640.0]),
+                encoder_hidden_states=torch.randn(1, 9, 32, generator=G),
+                encoder_hidden_states_image=torch.randn(1, 257, 16, generator=G),
+                control=torch.randn(1, 16, 3, 8, 8, generator=G),
                 depth=torch.randn(1, 16, 3, 8, 8, generator=G), ref_latent=torch.randn(1, 16, 8, 8, generator=G),
                 motion_features=torch.randn(1, 196, 8, generator=G))
-VISM_IN = dict(latents=LAT, timestep=torch.tensor([300.0]), text=STRAG_IN["text"], clip=STRAG_IN["clip"],
+VISM_IN = dict(hidden_states=LAT, timestep=torch.tensor([300.0]),
+               encoder_hidden_states=STRAG_IN["encoder_hidden_states"],
+               encoder_hidden_states_image=STRAG_IN["encoder_hidden_states_image"],
                mask=torch.rand(1, 4, 3, 8, 8, generator=G), masked_video=torch.randn(1, 16, 3, 8, 8, generator=G))
 
 

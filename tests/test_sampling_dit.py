@@ -31,7 +31,8 @@ def dit():
 def conds(seed, b=1, f=2, h=4, w=4):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    return DiTConditioning(text=r(b, 5, 32), clip=r(b, 257, 16), control=r(b, 16, f, h, w),
+    return DiTConditioning(encoder_hidden_states=r(b, 5, 32), encoder_hidden_states_image=r(b, 257, 16),
+                           control=r(b, 16, f, h, w),
                            depth=r(b, 16, f, h, w), ref_latent=r(b, 16, h, w))
 
 
@@ -43,14 +44,15 @@ def test_timestep_is_1000_sigma(dit):
         ref = dit(x, torch.tensor([370.0]), **c.forward_kwargs())
     assert torch.equal(got, ref)
     seen = []
-    fake = lambda x, timestep, **k: (seen.append(timestep.clone()), x)[1]  # noqa: E731
-    dit_velocity(fake, DiTConditioning(text=torch.zeros(3, 1, 1)))(torch.zeros(3, 2), torch.tensor(0.25))
+    fake = lambda hidden_states, timestep, **k: (seen.append(timestep.clone()), hidden_states)[1]  # noqa: E731
+    dit_velocity(fake, DiTConditioning(encoder_hidden_states=torch.zeros(3, 1, 1)))(torch.zeros(3, 2),
+                                                                                  torch.tensor(0.25))
     assert seen[0].shape == (3,) and torch.allclose(seen[0], torch.full((3,), 250.0))
 
 
 def test_batched_cfg_equals_sequential_and_formula(dit):
     c = conds(1)
-    u = c.with_text(torch.zeros_like(c.text))  # only the text differs, as in the official pipeline
+    u = c.with_text(torch.zeros_like(c.encoder_hidden_states))  # only the text differs, as in the official pipeline
     x = make_noise((1, 16, 2, 4, 4), 5)
     s = torch.tensor(0.8)
     with torch.no_grad():
@@ -61,7 +63,7 @@ def test_batched_cfg_equals_sequential_and_formula(dit):
     expect = vu + 6.0 * (vc - vu)
     torch.testing.assert_close(vs.double(), expect, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(vb.double(), expect, rtol=1e-4, atol=1e-4)
-    bad = dataclasses.replace(u, clip=None)
+    bad = dataclasses.replace(u, encoder_hidden_states_image=None)
     with pytest.raises(MoGe4DInputError, match="same tensors"):
         dit_velocity(dit, c, bad, 6.0)(x, s)
 
@@ -85,15 +87,19 @@ def test_euler_equals_diffusers_flowmatch_on_dit(dit):
 def test_dit_conditioning_kwargs_cfg_batch_and_checks():
     """forward_kwargs names the set inputs only; cfg_batch stacks [uncond; cond]; a wrong batch is refused."""
     c = conds(3)
-    assert list(c.forward_kwargs()) == ["text", "clip", "control", "depth", "ref_latent"]
-    u = c.with_text(torch.zeros_like(c.text))
-    assert u.control is c.control and u.text is not c.text  # latents shared, only the text replaced
+    assert list(c.forward_kwargs()) == ["encoder_hidden_states", "encoder_hidden_states_image", "control", "depth",
+                                        "ref_latent"]
+    u = c.with_text(torch.zeros_like(c.encoder_hidden_states))
+    # latents shared, only the text replaced
+    assert u.control is c.control and u.encoder_hidden_states is not c.encoder_hidden_states
     both = DiTConditioning.cfg_batch(u, c)
-    assert both.batch_size == 2 and torch.equal(both.text[0], u.text[0]) and torch.equal(both.text[1], c.text[0])
+    assert both.batch_size == 2 and torch.equal(both.encoder_hidden_states[0], u.encoder_hidden_states[0])
+    assert torch.equal(both.encoder_hidden_states[1], c.encoder_hidden_states[0])
     assert torch.equal(both.control, torch.cat([c.control, c.control])) and both.mask is None
     with pytest.raises(MoGe4DInputError, match=r"DiTConditioning\.depth: batch \(2,\)"):
-        DiTConditioning(text=c.text, depth=torch.zeros(2, 16, 2, 4, 4))
-    with pytest.raises(MoGe4DInputError, match="DiTConditioning.text"):
-        DiTConditioning(text=torch.zeros(5, 32))
-    with pytest.raises(MoGe4DInputError, match="CFG input 'clip'"):
-        DiTConditioning.cfg_batch(dataclasses.replace(u, clip=c.clip[:, :10]), c)
+        DiTConditioning(encoder_hidden_states=c.encoder_hidden_states, depth=torch.zeros(2, 16, 2, 4, 4))
+    with pytest.raises(MoGe4DInputError, match="DiTConditioning.encoder_hidden_states"):
+        DiTConditioning(encoder_hidden_states=torch.zeros(5, 32))
+    with pytest.raises(MoGe4DInputError, match="CFG input 'encoder_hidden_states_image'"):
+        DiTConditioning.cfg_batch(
+            dataclasses.replace(u, encoder_hidden_states_image=c.encoder_hidden_states_image[:, :10]), c)

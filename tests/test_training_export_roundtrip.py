@@ -128,14 +128,16 @@ def test_pixel_vae_export_decodes_like_the_trained_model(env):
 def _strag_inputs(seed):
     g = _gen(seed)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    return dict(latents=r(1, 16, 2, 2, 4), timestep=torch.tensor([500.0]), text=r(1, 5, 32), clip=r(1, 257, 16),
+    return dict(hidden_states=r(1, 16, 2, 2, 4), timestep=torch.tensor([500.0]),
+                encoder_hidden_states=r(1, 5, 32), encoder_hidden_states_image=r(1, 257, 16),
                 control=r(1, 16, 2, 2, 4), depth=r(1, 16, 2, 2, 4))
 
 
 def _vism_inputs(seed):
     g = _gen(seed)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    return dict(latents=r(1, 16, 2, 2, 4), timestep=torch.tensor([700.0]), text=r(1, 6, 32), clip=r(1, 257, 16),
+    return dict(hidden_states=r(1, 16, 2, 2, 4), timestep=torch.tensor([700.0]),
+                encoder_hidden_states=r(1, 6, 32), encoder_hidden_states_image=r(1, 257, 16),
                 mask=torch.rand(1, 4, 2, 2, 4, generator=g), masked_video=r(1, 16, 2, 2, 4))
 
 

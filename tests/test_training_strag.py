@@ -74,7 +74,8 @@ def test_resume_is_bit_exact_and_the_export_loads(env):
 def _inputs(seed, mpm):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    kw = dict(latents=r(1, 16, 2, 2, 4), timestep=torch.tensor([500.0]), text=r(1, 5, 32), clip=r(1, 257, 16),
+    kw = dict(hidden_states=r(1, 16, 2, 2, 4), timestep=torch.tensor([500.0]),
+              encoder_hidden_states=r(1, 5, 32), encoder_hidden_states_image=r(1, 257, 16),
               control=r(1, 16, 2, 2, 4), depth=r(1, 16, 2, 2, 4))
     if mpm:
         kw["motion_features"] = r(1, 196, mpm)

@@ -68,7 +68,8 @@ def test_lora_resume_is_bit_exact(env):
 def _inputs(seed):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    return dict(latents=r(1, 16, 2, 2, 4), timestep=torch.tensor([700.0]), text=r(1, 6, 32), clip=r(1, 257, 16),
+    return dict(hidden_states=r(1, 16, 2, 2, 4), timestep=torch.tensor([700.0]),
+                encoder_hidden_states=r(1, 6, 32), encoder_hidden_states_image=r(1, 257, 16),
                 mask=torch.rand(1, 4, 2, 2, 4, generator=g), masked_video=r(1, 16, 2, 2, 4))
 
 

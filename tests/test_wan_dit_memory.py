@@ -27,7 +27,8 @@ def tiny(seed=0):
 def inputs(seed=1):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    return dict(latents=r(1, 16, 2, 8, 8), timestep=torch.tensor([500.0]), text=r(1, 5, 32), clip=r(1, 257, 16),
+    return dict(hidden_states=r(1, 16, 2, 8, 8), timestep=torch.tensor([500.0]),
+                encoder_hidden_states=r(1, 5, 32), encoder_hidden_states_image=r(1, 257, 16),
                 control=r(1, 16, 2, 8, 8), depth=r(1, 16, 2, 8, 8), ref_latent=r(1, 16, 8, 8),
                 motion_features=r(1, 196, 8))
 

@@ -30,7 +30,8 @@ def tiny_strag(mpm=8, alignment="official", seed=0):
 def inputs(b=1, f=3, h=8, w=8, seed=1):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    return dict(latents=r(b, 16, f, h, w), timestep=torch.full((b,), 700.0), text=r(b, 7, 32), clip=r(b, 257, 16),
+    return dict(hidden_states=r(b, 16, f, h, w), timestep=torch.full((b,), 700.0),
+                encoder_hidden_states=r(b, 7, 32), encoder_hidden_states_image=r(b, 257, 16),
                 control=r(b, 16, f, h, w), depth=r(b, 16, f, h, w), ref_latent=r(b, 16, h, w),
                 motion_features=r(b, 196, 8))
 
@@ -411,7 +412,7 @@ def test_strag_channel_layout():
         m.patch_embedding.weight[:, :48] = 0  # only the depth slot (48..63) can reach the output
         y = m(**a)
         a2 = dict(a, control=torch.randn_like(a["control"]), start_image=torch.randn_like(a["control"]),
-                  latents=torch.randn_like(a["latents"]))
+                  hidden_states=torch.randn_like(a["hidden_states"]))
         assert torch.equal(m(**a2), y)
         a3 = dict(a, depth=torch.randn_like(a["depth"]))
         assert (m(**a3) - y).abs().max() > 1e-3
@@ -429,10 +430,10 @@ def test_text_is_zero_padded_to_512():
     a = inputs()
     with torch.no_grad():
         y = m(**a)
-        y_pad = m(**dict(a, text=F.pad(a["text"], (0, 0, 0, 512 - 7))))
+        y_pad = m(**dict(a, encoder_hidden_states=F.pad(a["encoder_hidden_states"], (0, 0, 0, 512 - 7))))
     assert torch.equal(y, y_pad)
     with pytest.raises(MoGe4DInputError, match="at most 512"):
-        m(**dict(a, text=torch.randn(1, 513, 32)))
+        m(**dict(a, encoder_hidden_states=torch.randn(1, 513, 32)))
 
 
 def test_input_errors():
@@ -443,7 +444,8 @@ def test_input_errors():
     with pytest.raises(MoGe4DInputError, match="required"):
         m(**dict(a, depth=None))
     with pytest.raises(MoGe4DInputError, match="divisible"):
-        m(**{**a, **{k: torch.randn(1, 16, 3, 7, 8) for k in ("latents", "control", "depth")}, "ref_latent": None})
+        m(**{**a, **{k: torch.randn(1, 16, 3, 7, 8) for k in ("hidden_states", "control", "depth")},
+             "ref_latent": None})
 
 
 # ----------------------------------------------------------------------------------------- parity with diffusers
@@ -463,11 +465,35 @@ def test_generic_forward_equals_stock_diffusers():
     stock.load_state_dict(ours.state_dict(), strict=True)
     a = inputs()
     mask, mv = torch.randn(1, 4, 3, 8, 8), torch.randn(1, 16, 3, 8, 8)
-    text = F.pad(a["text"], (0, 0, 0, 505))
+    text = F.pad(a["encoder_hidden_states"], (0, 0, 0, 505))
     with torch.no_grad():
-        y = ours(a["latents"], a["timestep"], a["text"], a["clip"], mask=mask, masked_video=mv)
-        ys = stock(torch.cat([a["latents"], mask, mv], 1), a["timestep"], text, a["clip"], return_dict=False)[0]
+        lat, t, txt, img = (a[k] for k in ("hidden_states", "timestep", "encoder_hidden_states",
+                                            "encoder_hidden_states_image"))
+        y = ours(lat, t, txt, img, mask=mask, masked_video=mv)
+        ys = stock(torch.cat([lat, mask, mv], 1), t, text, img, return_dict=False)[0]
         # clip=None means zero CLIP features
-        assert torch.equal(ours(a["latents"], a["timestep"], a["text"], None, mask=mask, masked_video=mv),
-                           ours(a["latents"], a["timestep"], a["text"], torch.zeros_like(a["clip"]), mask=mask, masked_video=mv))
+        assert torch.equal(ours(lat, t, txt, None, mask=mask, masked_video=mv),
+                           ours(lat, t, txt, torch.zeros_like(img), mask=mask, masked_video=mv))
     assert torch.allclose(y, ys, atol=1e-6, rtol=0)
+
+
+# ----------------------------------------------------------------------------------------- diffusers' forward names
+def test_forward_keywords_and_return_dict_follow_diffusers():
+    """hidden_states / encoder_hidden_states / encoder_hidden_states_image by name; return_dict None = tensor,
+    True = Transformer2DModelOutput, False = 1-tuple; attention_kwargs with content is refused."""
+    from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+    m = tiny_strag()
+    a = inputs()
+    with torch.no_grad():
+        y = m(**a)
+        assert isinstance(y, torch.Tensor) and y.shape == a["hidden_states"].shape
+        out = m(**a, return_dict=True)
+        assert isinstance(out, Transformer2DModelOutput) and torch.equal(out.sample, y)
+        tup = m(**a, return_dict=False)
+        assert isinstance(tup, tuple) and len(tup) == 1 and torch.equal(tup[0], y)
+        assert torch.equal(m(**a, attention_kwargs={}), y)
+    with pytest.raises(MoGe4DInputError, match="attention_kwargs"):
+        m(**a, attention_kwargs={"scale": 0.5})
+    with pytest.raises(TypeError):
+        m(**dict(a, latents=a.pop("hidden_states")))          # the old name is gone

@@ -140,7 +140,7 @@ class DiTTask(TrainTask):
     def flow_prediction(self, model, x0: torch.Tensor, generator: torch.Generator, **kwargs):
         """The flow loss plus what it was computed from: ``(loss, metrics, pred (B,C,F,h,w), FlowBatch)``."""
         fb = flow_matching_inputs(x0, self.sigmas, generator)
-        pred = model(latents=fb.noisy, timestep=fb.timestep, **kwargs)
+        pred = model(hidden_states=fb.noisy, timestep=fb.timestep, **kwargs)
         loss = masked_mse(pred, fb.target, self.o.loss_threshold)
         return loss, {"sigma": float(fb.sigma.float().mean())}, pred, fb
 

@@ -243,8 +243,8 @@ class StragTask(DiTTask):
             ref: (B,16,h,w) reference latents (``--reference``), None for the release's zero reference.
 
         Returns:
-            keyword arguments of the DiT's forward (``text``, ``clip``, ``control``, ``depth``, ``ref_latent``,
-            ``motion_features``).
+            keyword arguments of the DiT's forward (``encoder_hidden_states``, ``encoder_hidden_states_image``,
+            ``control``, ``depth``, ``ref_latent``, ``motion_features``).
         """
         o, dev, b = self.o, self.device, control.shape[0]
         with torch.no_grad():
@@ -255,7 +255,8 @@ class StragTask(DiTTask):
                 clip = self.clip_tokens.expand(b, -1, -1) * (u[:, 1] >= o.clip_drop).float().view(b, 1, 1)
             text = self.text(batch.caption, u[:, 2] < o.text_drop)
             feats = self.features(batch.colors) if self.features is not None else None
-        return dict(text=text, clip=clip, control=control, depth=depth, ref_latent=ref, motion_features=feats)
+        return dict(encoder_hidden_states=text, encoder_hidden_states_image=clip, control=control, depth=depth,
+                    ref_latent=ref, motion_features=feats)
 
 
 def train(options: Any = None, callbacks=()) -> TrainResult:

@@ -208,13 +208,15 @@ class VismTask(DiTTask):
             u: (B, 3) the step's uniform draws; columns 1 and 2 decide the CLIP and text drops.
 
         Returns:
-            ``{"text": (B, L, text_dim), "clip": (B, 257, image_dim) or None}`` keyword arguments of the DiT.
+            ``{"encoder_hidden_states": (B, L, text_dim), "encoder_hidden_states_image": (B, 257, image_dim) or
+            None}`` keyword arguments of the DiT.
         """
         o, b = self.o, u.shape[0]
         clip = None
         if self.clip.enabled:
             clip = self.clip(batch.first_frame) * (u[:, 1] >= o.clip_drop).float().view(b, 1, 1)
-        return {"text": self.text(batch.caption, u[:, 2] < o.text_drop), "clip": clip}
+        return {"encoder_hidden_states": self.text(batch.caption, u[:, 2] < o.text_drop),
+                "encoder_hidden_states_image": clip}
 
 
 def train(options: Any = None, callbacks=()) -> TrainResult:

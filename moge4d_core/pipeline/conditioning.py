@@ -99,8 +99,8 @@ class StragConditions:
         """The STraG's inputs: ``text`` (1,L,D) as given, the latents moved to ``device`` / ``dtype``."""
         def mv(t):
             return None if t is None else t.to(device=device, dtype=dtype)
-        return DiTConditioning(text=text, control=mv(self.control), depth=mv(self.depth),
-                               ref_latent=mv(self.ref_latent), clip=mv(self.clip),
+        return DiTConditioning(encoder_hidden_states=text, control=mv(self.control), depth=mv(self.depth),
+                               ref_latent=mv(self.ref_latent), encoder_hidden_states_image=mv(self.clip),
                                motion_features=mv(self.motion_features))
 
 
@@ -131,7 +131,8 @@ class ViSMConditions:
                          dtype: Optional[torch.dtype] = None) -> DiTConditioning:
         """The ViSM's inputs: ``text`` (1,L,D) and ``clip`` (1,257,D) or None as given, the latents moved to
         ``device`` / ``dtype``."""
-        return DiTConditioning(text=text, clip=clip, mask=self.mask.to(device=device, dtype=dtype),
+        return DiTConditioning(encoder_hidden_states=text, encoder_hidden_states_image=clip,
+                               mask=self.mask.to(device=device, dtype=dtype),
                                masked_video=self.masked_video.to(device=device, dtype=dtype))
 
 

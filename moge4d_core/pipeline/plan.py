@@ -355,7 +355,7 @@ def _dit_step(model, s: PipelineSizes, cond: DiTConditioning, latent_shape: tupl
     """One sampling step's velocity through the pipeline's own CFG wrapper (batched CFG at cfg != 1)."""
     from ..sampling import dit_velocity
     x = _empty(*latent_shape)
-    uncond = cond.with_text(torch.zeros_like(cond.text))
+    uncond = cond.with_text(torch.zeros_like(cond.encoder_hidden_states))
     fn = dit_velocity(model, cond, uncond if float(s.cfg) != 1.0 else None, s.cfg, batched=s.batched_cfg)
     return fn(x, torch.tensor(0.5))
 
@@ -414,7 +414,7 @@ def _vism_stage(s: PipelineSizes, fm, vism_meta_factory, vae_meta) -> tuple[dict
             del masked
             run.phase("image VAE encode")
             enc_flops = fc.get_total_flops()
-            cond = DiTConditioning(text=text, mask=mask, masked_video=masked_lat)
+            cond = DiTConditioning(encoder_hidden_states=text, mask=mask, masked_video=masked_lat)
             latent = _dit_step(dit, s, cond, tuple(masked_lat.shape))
             run.phase("DiT step")
             step_flops = fc.get_total_flops() - enc_flops
@@ -438,13 +438,13 @@ def _step_flops(s: PipelineSizes, fm, meta: torch.nn.Module) -> float:
     with fm:
         dit = _fake(meta)
         dit.reset_rope()
-        kw = dict(text=_empty(*_text_shape(cfg)))
+        kw = dict(encoder_hidden_states=_empty(*_text_shape(cfg)))
         if cfg.arch == "wan2.1_fun_inp":
             kw.update(mask=_empty(1, cfg.in_channels - 2 * C.LATENT_CHANNELS, f, h, w), masked_video=_empty(*lat))
         else:
             kw.update(control=_empty(*lat), depth=_empty(*lat),
                       ref_latent=_empty(*lat[:2], h, w) if cfg.ref_conv_in_dim else None,
-                      clip=_empty(1, 257, int(cfg.image_dim)) if cfg.image_dim else None,
+                      encoder_hidden_states_image=_empty(1, 257, int(cfg.image_dim)) if cfg.image_dim else None,
                       motion_features=_empty(1, 196, int(cfg.mpm_feature_dim)) if cfg.mpm_feature_dim else None)
         with torch.no_grad(), count_flops() as fc:
             out = _dit_step(dit, s, DiTConditioning(**kw), lat)

@@ -1,4 +1,4 @@
-"""Turn a MoGe4D DiT (``STraGDiT`` / ``ViSMDiT`` / any ``forward(latents, timestep, **conds) -> v``) into the
+"""Turn a MoGe4D DiT (``STraGDiT`` / ``ViSMDiT`` / any ``forward(hidden_states, timestep, **conds) -> v``) into the
 velocity function ``fn(x, sigma) -> v`` the samplers drive, with optional classifier-free guidance.
 
 The DiT takes the diffusers Wan timestep ``t = 1000·σ`` as a ``(B,)`` float tensor and its conditioning inputs as
@@ -32,19 +32,22 @@ def _plain(model: Callable[..., torch.Tensor], conds: DiTConditioning, T: int) -
     kwargs = conds.forward_kwargs()
 
     def fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        return model(x, _timestep(sigma, x.shape[0], x.device, T), **kwargs)
+        return model(hidden_states=x, timestep=_timestep(sigma, x.shape[0], x.device, T), **kwargs)
     return fn
 
 
 def dit_velocity(model: Callable[..., torch.Tensor], cond: DiTConditioning,
                  uncond: Optional[DiTConditioning] = None, cfg: float = 1.0, *, batched: bool = True,
                  num_train_timesteps: int = 1000) -> VelocityFn:
-    """Velocity function ``fn(x (B,16,F,h,w), sigma) -> model(x, timestep=1000σ (B,), **cond.forward_kwargs())``.
+    """Velocity ``fn(x (B,16,F,h,w), sigma) -> model(hidden_states=x, timestep=1000σ (B,), **cond.forward_kwargs())``.
+
+    Every input goes by keyword (diffusers' names), so diffusers' hooks that read inputs by name (FasterCache's
+    CFG batch split) find them.
 
     Args:
-        model: the DiT (or any callable taking ``(latents, timestep, **inputs)``).
-        cond: the conditional inputs, batch B (e.g. ``text``, ``clip``, ``control``, ``depth`` for STraG;
-            ``text``, ``mask``, ``masked_video`` for ViSM).
+        model: the DiT (or any callable taking ``(hidden_states=, timestep=, **inputs)``).
+        cond: the conditional inputs, batch B (e.g. ``encoder_hidden_states``, ``encoder_hidden_states_image``,
+            ``control``, ``depth`` for STraG; ``encoder_hidden_states``, ``mask``, ``masked_video`` for ViSM).
         uncond: the unconditional inputs (usually ``cond.with_text(negative)``), or None for no guidance.
         cfg: guidance scale; with ``uncond`` and ``cfg != 1``: ``v = v_uncond + cfg·(v_cond − v_uncond)``.
         batched: evaluate both branches in one 2B pass (else two B passes).

@@ -14,8 +14,8 @@ VideoX-Fun add on top, written here (reference ``moge4d_official.md`` §A1, §A4
   reference image. (The official *inference* passes the real image latent; pass it to match that.)
 * **CLIP image context** through ``img_emb`` (= diffusers ``condition_embedder.image_embedder``): the
   257 CLIP tokens come **before** the 512 text tokens in the cross-attention context; I2V
-  cross-attention attends to them with ``k_img``/``v_img``. ``clip=None`` on an I2V model means zero
-  CLIP features (what the official ViSM inference feeds).
+  cross-attention attends to them with ``k_img``/``v_img``. ``encoder_hidden_states_image=None`` on an I2V model
+  means zero CLIP features (what the official ViSM inference feeds).
 * **Motion Perception Module** (MPM): ``feature_adapter`` (Conv3x3 -> SiLU -> Conv3x3 at the 14x14
   OmniMAE grid), bilinear resize (``align_corners=False``) to the token grid, repeated over latent
   frames; then per block two MAdaNorm (:class:`MAdaNorm`, ``spatial_guidance_self`` before
@@ -39,11 +39,11 @@ repeated token.
 
 Input channel layouts (concatenated along channels, in this order):
 
-* 4D-STraG (:class:`STraGDiT`, in 64): ``[latents 0:16 | control 16:32 | start_image 32:48 | depth 48:64]``
-  - ``latents``: the noisy motion latent; ``control``: VAE latent of the input image repeated over
+* 4D-STraG (:class:`STraGDiT`, in 64): ``[hidden_states 0:16 | control 16:32 | start_image 32:48 | depth 48:64]``
+  - ``hidden_states``: the noisy motion latent; ``control``: VAE latent of the input image repeated over
   the frames; ``start_image``: always zeros in the official recipe (``None`` = zeros); ``depth``: VAE
   latent of the min-max normalised depth map repeated over the frames.
-* 4D-ViSM base (:class:`ViSMDiT`, Wan2.1-Fun-InP, in 36): ``[latents 0:16 | mask 16:20 | masked_video 20:36]``.
+* 4D-ViSM base (:class:`ViSMDiT`, Wan2.1-Fun-InP, in 36): ``[hidden_states 0:16 | mask 16:20 | masked_video 20:36]``.
 
 All 5-D tensors are ``(B, C, F, h, w)`` latents (``F`` latent frames, ``h, w`` = H/8, W/8). The output is
 the flow-matching velocity ``(B, 16, F, h, w)`` in the model's compute dtype.
@@ -177,9 +177,11 @@ class WanDiT(WanTransformer3DModel):
     Build one from any config with ``cls(**dit_config(cfg))`` (:func:`~moge4d_core.models.wan_dit.config.dit_config`);
     load weights with :mod:`moge4d_core.loading.wan_dit`.
 
-    Generic forward: ``forward(latents, timestep, text, clip=None, cond=None, ref_latent=None,
-    motion_features=None)``, where ``cond (B, in_channels-16, F, h, w)`` is concatenated after the
-    latents. :class:`STraGDiT` and :class:`ViSMDiT` give the named conditioning inputs.
+    Generic forward, diffusers' keyword names: ``forward(hidden_states, timestep, encoder_hidden_states,
+    encoder_hidden_states_image=None, cond=None, ref_latent=None, motion_features=None, attention_kwargs=None,
+    return_dict=None)``, where ``cond (B, in_channels-16, F, h, w)`` is concatenated after the latents
+    (``return_dict=None`` gives the tensor). :class:`STraGDiT` and :class:`ViSMDiT` give the named conditioning
+    inputs.
     """
 
     _no_split_modules = ["MoGe4DWanBlock"]
@@ -246,20 +248,45 @@ class WanDiT(WanTransformer3DModel):
             self.rope.to(device)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, latents: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor,
-                clip: Optional[torch.Tensor] = None, cond: Optional[torch.Tensor] = None,
-                ref_latent: Optional[torch.Tensor] = None,
-                motion_features: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Velocity ``(B, 16, F, h, w)`` for ``latents (B,16,F,h,w)`` with ``cond`` concatenated after them.
+    def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                encoder_hidden_states_image: Optional[torch.Tensor] = None, cond: Optional[torch.Tensor] = None,
+                ref_latent: Optional[torch.Tensor] = None, motion_features: Optional[torch.Tensor] = None,
+                attention_kwargs: Optional[dict] = None, return_dict: Optional[bool] = None):
+        """Velocity ``(B, 16, F, h, w)`` for ``hidden_states (B,16,F,h,w)`` with ``cond`` concatenated after them.
 
-        ``timestep (B,)`` or scalar in [0, 1000]; ``text (B, L<=512, text_dim)`` umT5 embeddings cut to
-        the true token count (zero-padded here to 512, as the official code does); ``clip (B,257,1280)``
-        CLIP-H penultimate features (I2V models only; None = zeros); ``ref_latent (B,16,h,w)`` or
-        ``(B,16,F',h,w)`` (frame 0 used; ref_conv models only; None = zeros); ``motion_features
-        (B,196,768)`` OmniMAE patch tokens, row-major 14x14 (MPM models only; None = no MPM).
+        The keyword names are diffusers' ``WanTransformer3DModel`` ones, so diffusers' hooks (caches, FasterCache's
+        CFG batch split, context parallel) find the inputs by name.
+
+        Args:
+            hidden_states: the noisy latents ``(B, 16, F, h, w)``.
+            timestep: ``(B,)`` or a scalar in [0, 1000].
+            encoder_hidden_states: ``(B, L<=512, text_dim)`` umT5 embeddings cut to the true token count
+                (zero-padded here to 512, as the official code does).
+            encoder_hidden_states_image: ``(B, 257, 1280)`` CLIP-H penultimate features (I2V models only;
+                None = zeros).
+            cond: ``(B, in_channels-16, F, h, w)`` concatenated after the latents.
+            ref_latent: ``(B,16,h,w)`` or ``(B,16,F',h,w)`` (frame 0 used; ref_conv models only; None = zeros).
+            motion_features: ``(B,196,768)`` OmniMAE patch tokens, row-major 14x14 (MPM models only; None = off).
+            attention_kwargs: accepted for diffusers compatibility; must be None or empty (no LoRA scale here).
+            return_dict: None (default) returns the tensor; True a diffusers ``Transformer2DModelOutput``;
+                False a 1-tuple, as in diffusers.
+
+        Returns:
+            the velocity ``(B, 16, F, h, w)`` in the compute dtype (wrapped as ``return_dict`` says).
         """
-        x = latents if cond is None else torch.cat([latents, cond.to(latents.dtype)], dim=1)
-        return self._run(x, timestep, text, clip, ref_latent, motion_features)
+        x = hidden_states if cond is None else torch.cat([hidden_states, cond.to(hidden_states.dtype)], dim=1)
+        return self._wrap(self._run(x, timestep, encoder_hidden_states, encoder_hidden_states_image, ref_latent,
+                                    motion_features, attention_kwargs), return_dict)
+
+    @staticmethod
+    def _wrap(out: torch.Tensor, return_dict: Optional[bool]):
+        """diffusers' return convention; ``None`` (ours) is the plain tensor."""
+        if return_dict is None:
+            return out
+        if not return_dict:
+            return (out,)
+        from diffusers.models.modeling_outputs import Transformer2DModelOutput
+        return Transformer2DModelOutput(sample=out)
 
     def _check5(self, name: str, t: torch.Tensor, like: torch.Tensor, channels: int) -> None:
         if not isinstance(t, torch.Tensor) or t.ndim != 5:
@@ -270,15 +297,19 @@ class WanDiT(WanTransformer3DModel):
             raise MoGe4DInputError(f"{name}: expected shape {want} (matching the latents), got {tuple(t.shape)}")
 
     def _run(self, x: torch.Tensor, timestep, text: torch.Tensor, clip: Optional[torch.Tensor],
-             ref_latent: Optional[torch.Tensor], motion_features: Optional[torch.Tensor]) -> torch.Tensor:
+             ref_latent: Optional[torch.Tensor], motion_features: Optional[torch.Tensor],
+             attention_kwargs: Optional[dict] = None) -> torch.Tensor:
         cfg = self.config
+        if attention_kwargs:
+            raise MoGe4DInputError(f"attention_kwargs: not supported by the MoGe4D DiTs (got "
+                                   f"{sorted(attention_kwargs)}); merge LoRAs into the weights instead")
         if x.ndim != 5:
-            raise MoGe4DInputError(f"latents: expected (B,C,F,h,w), got {tuple(x.shape)}")
+            raise MoGe4DInputError(f"hidden_states: expected (B,C,F,h,w) latents, got {tuple(x.shape)}")
         b, c, f, h, w = x.shape
-        require(c == cfg.in_channels, f"latents+conditions: the model takes {cfg.in_channels} channels, got {c}")
+        require(c == cfg.in_channels, f"hidden_states+conditions: the model takes {cfg.in_channels} channels, got {c}")
         p_t, p_h, p_w = cfg.patch_size
         require(f % p_t == 0 and h % p_h == 0 and w % p_w == 0,
-                f"latents: spatial size {h}x{w} must be divisible by the patch size {p_h}x{p_w}")
+                f"hidden_states: spatial size {h}x{w} must be divisible by the patch size {p_h}x{p_w}")
         dtype = self.patch_embedding.weight.dtype
         ppf, pph, ppw = f // p_t, h // p_h, w // p_w
         s = pph * ppw
@@ -341,10 +372,12 @@ class WanDiT(WanTransformer3DModel):
     def _pad_text(self, text: torch.Tensor, b: int) -> torch.Tensor:
         cfg = self.config
         if not isinstance(text, torch.Tensor) or text.ndim != 3 or text.shape[-1] != cfg.text_dim:
-            raise MoGe4DInputError(f"text: expected (B, L, {cfg.text_dim}) umT5 embeddings, got "
+            raise MoGe4DInputError(f"encoder_hidden_states: expected (B, L, {cfg.text_dim}) umT5 embeddings, got "
                                    f"{tuple(text.shape) if isinstance(text, torch.Tensor) else type(text).__name__}")
-        require(text.shape[0] in (1, b), f"text: batch {text.shape[0]} does not match the latents' batch {b}")
-        require(text.shape[1] <= cfg.text_len, f"text: {text.shape[1]} tokens; at most {cfg.text_len} are allowed")
+        require(text.shape[0] in (1, b),
+                f"encoder_hidden_states: batch {text.shape[0]} does not match the latents' batch {b}")
+        require(text.shape[1] <= cfg.text_len,
+                f"encoder_hidden_states: {text.shape[1]} text tokens; at most {cfg.text_len} are allowed")
         text = text.expand(b, -1, -1)
         if text.shape[1] < cfg.text_len:
             text = F.pad(text, (0, 0, 0, cfg.text_len - text.shape[1]))
@@ -354,12 +387,14 @@ class WanDiT(WanTransformer3DModel):
         cfg = self.config
         if cfg.image_dim is None:
             if clip is not None:
-                raise MoGe4DInputError("clip: this model has no CLIP image input (not an I2V layout); pass None")
+                raise MoGe4DInputError("encoder_hidden_states_image: this model has no CLIP image input (not an I2V "
+                                       "layout); pass None")
             return None
         if clip is None:
             return torch.zeros(b, CLIP_TOKENS, cfg.image_dim, device=device)
         if clip.ndim != 3 or clip.shape[-1] != cfg.image_dim or clip.shape[0] not in (1, b):
-            raise MoGe4DInputError(f"clip: expected (B, {CLIP_TOKENS}, {cfg.image_dim}) CLIP features, got {tuple(clip.shape)}")
+            raise MoGe4DInputError(f"encoder_hidden_states_image: expected (B, {CLIP_TOKENS}, {cfg.image_dim}) CLIP "
+                                   f"features, got {tuple(clip.shape)}")
         return clip.expand(b, -1, -1)
 
     def motion_tokens(self, features: torch.Tensor, pph: int, ppw: int, b: int) -> torch.Tensor:
@@ -382,20 +417,24 @@ class WanDiT(WanTransformer3DModel):
 class STraGDiT(WanDiT):
     """4D-STraG: Wan2.1-Fun-V1.1-14B-Control widened to 64 input channels + ref tokens + CLIP + MPM."""
 
-    def forward(self, latents: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor,
-                clip: Optional[torch.Tensor] = None, control: Optional[torch.Tensor] = None,
+    def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                encoder_hidden_states_image: Optional[torch.Tensor] = None, control: Optional[torch.Tensor] = None,
                 start_image: Optional[torch.Tensor] = None, depth: Optional[torch.Tensor] = None,
-                ref_latent: Optional[torch.Tensor] = None,
-                motion_features: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Velocity ``(B,16,F,h,w)``. Channels: ``[latents | control | start_image | depth]`` (16 each).
+                ref_latent: Optional[torch.Tensor] = None, motion_features: Optional[torch.Tensor] = None,
+                attention_kwargs: Optional[dict] = None, return_dict: Optional[bool] = None):
+        """Velocity ``(B,16,F,h,w)``. Channels: ``[hidden_states | control | start_image | depth]`` (16 each).
 
-        ``control``: VAE latent of the input image repeated over the frames (required);
-        ``start_image``: the start-image slot, zeros in the official recipe (None = zeros);
-        ``depth``: VAE latent of the min-max [-1,1] depth map repeated over the frames (required);
-        ``clip (B,257,1280)``: CLIP features (official: of a gray-127 image; None = zeros);
-        ``ref_latent``: VAE latent of the reference image (None = zeros, as in official training);
-        ``motion_features (B,196,768)``: OmniMAE tokens for the MPM (None = MPM off, official inference).
+        Args:
+            hidden_states: the noisy motion latent ``(B,16,F,h,w)``; timestep, encoder_hidden_states (text),
+                encoder_hidden_states_image (CLIP; official: of a gray-127 image; None = zeros),
+                attention_kwargs and return_dict as in :meth:`WanDiT.forward`.
+            control: VAE latent of the input image repeated over the frames (required).
+            start_image: the start-image slot, zeros in the official recipe (None = zeros).
+            depth: VAE latent of the min-max [-1,1] depth map repeated over the frames (required).
+            ref_latent: VAE latent of the reference image (None = zeros, as in official training).
+            motion_features: ``(B,196,768)`` OmniMAE tokens for the MPM (None = MPM off, official inference).
         """
+        latents = hidden_states
         n = latents.shape[1]
         if control is None or depth is None:
             raise MoGe4DInputError("STraG forward: 'control' and 'depth' latents are required")
@@ -406,25 +445,32 @@ class STraGDiT(WanDiT):
         self._check5("start_image", start_image, latents, n)
         dt = latents.dtype
         x = torch.cat([latents, control.to(dt), start_image.to(dt), depth.to(dt)], dim=1)
-        return self._run(x, timestep, text, clip, ref_latent, motion_features)
+        return self._wrap(self._run(x, timestep, encoder_hidden_states, encoder_hidden_states_image, ref_latent,
+                                    motion_features, attention_kwargs), return_dict)
 
 
 class ViSMDiT(WanDiT):
     """4D-ViSM base: Wan2.1-Fun-V1.1-14B-InP (in 36, I2V cross-attention with CLIP)."""
 
-    def forward(self, latents: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor,
-                clip: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None,
-                masked_video: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Velocity ``(B,16,F,h,w)``. Channels: ``[latents 16 | mask 4 | masked_video 16]``.
+    def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                encoder_hidden_states_image: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None,
+                masked_video: Optional[torch.Tensor] = None, attention_kwargs: Optional[dict] = None,
+                return_dict: Optional[bool] = None):
+        """Velocity ``(B,16,F,h,w)``. Channels: ``[hidden_states 16 | mask 4 | masked_video 16]``.
 
-        ``mask (B,4,F,h,w)``: packed "known" mask (1 = known pixel, see the mask packing helper);
-        ``masked_video (B,16,F,h,w)``: VAE latent of the render with holes set to 0;
-        ``clip``: CLIP features (None = zeros, the official ViSM inference).
+        Args:
+            hidden_states, timestep, encoder_hidden_states, attention_kwargs, return_dict: as in
+                :meth:`WanDiT.forward`; encoder_hidden_states_image: CLIP features (None = zeros, the official
+                ViSM inference).
+            mask: ``(B,4,F,h,w)`` packed "known" mask (1 = known pixel, see the mask packing helper).
+            masked_video: ``(B,16,F,h,w)`` VAE latent of the render with holes set to 0.
         """
+        latents = hidden_states
         if mask is None or masked_video is None:
             raise MoGe4DInputError("ViSM forward: 'mask' (B,4,F,h,w) and 'masked_video' (B,16,F,h,w) are required")
         self._check5("mask", mask, latents, 4)
         self._check5("masked_video", masked_video, latents, latents.shape[1])
         dt = latents.dtype
         x = torch.cat([latents, mask.to(dt), masked_video.to(dt)], dim=1)
-        return self._run(x, timestep, text, clip, None, None)
+        return self._wrap(self._run(x, timestep, encoder_hidden_states, encoder_hidden_states_image, None, None,
+                                    attention_kwargs), return_dict)
