@@ -225,13 +225,13 @@ def test_cli_generate_any_frame_count(tiny, tmp_path, capsys):
 
 
 def test_sampler_node_chains_windows(tmp_path):
-    from conftest import load_nodes
+    from conftest import load_nodes, pack_module
     from pipeline_models import write_tiny_models
 
     nodes = load_nodes(tmp_path)
     import folder_paths
 
-    from nodes import models as node_models
+    node_models = pack_module("nodes.models")
 
     folder_paths.models_dir = str(tmp_path / "models")
     folder_paths.folder_names_and_paths.pop("moge4d", None)

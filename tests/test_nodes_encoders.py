@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from conftest import load_nodes
+from conftest import load_nodes, pack_module
 from moge4d_core.errors import MoGe4DInputError
 from moge4d_core.types import Geometry, MotionFeatures
 from test_omnimae import published_state
@@ -19,7 +19,7 @@ def env(tmp_path):
     nodes = load_nodes(tmp_path)
     import folder_paths
 
-    from nodes import models
+    models = pack_module("nodes.models")
 
     folder_paths.models_dir = str(tmp_path / "models")
     folder_paths.folder_names_and_paths.pop("moge4d", None)
@@ -47,7 +47,7 @@ def test_registration_merges_with_an_existing_entry(tmp_path):
     load_nodes(tmp_path)
     import folder_paths
 
-    from nodes import models
+    models = pack_module("nodes.models")
 
     folder_paths.models_dir = str(tmp_path / "models")
     user = str(tmp_path / "elsewhere")

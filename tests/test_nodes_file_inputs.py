@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from conftest import load_nodes
+from conftest import load_nodes, pack_module
 from moge4d_core.demo_scene import make_demo_scene
 from moge4d_core.errors import MoGe4DInputError
 from moge4d_core.io import save_trajectories_npz
@@ -27,7 +27,7 @@ def env(tmp_path):
     nodes = load_nodes(tmp_path)
     import folder_paths
 
-    from nodes import models
+    models = pack_module("nodes.models")
 
     folder_paths.models_dir = str(tmp_path / "models")
     for key in ("moge4d", "loras"):

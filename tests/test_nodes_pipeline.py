@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import load_nodes
+from conftest import load_nodes, pack_module
 from moge4d_core.errors import MoGe4DInputError
 from moge4d_core.geometry.sources import geometry_from_depth
 from pipeline_models import write_tiny_models
@@ -54,7 +54,7 @@ def env(tmp_path_factory):
     nodes = load_nodes(tmp)
     import folder_paths
 
-    from nodes import models
+    models = pack_module("nodes.models")
 
     folder_paths.models_dir = str(tmp / "models")
     folder_paths.folder_names_and_paths.pop("moge4d", None)
@@ -101,7 +101,7 @@ def _sample(env, **kw):
 
 
 def test_loader_choices(env):
-    from nodes.strag_nodes import motion_vae_choices
+    motion_vae_choices = pack_module("nodes.strag_nodes").motion_vae_choices
 
     n = env["n"]
     assert motion_vae_choices()[0] == "VAE/"

@@ -116,3 +116,12 @@ def test_core_never_imports_comfyui():
             assert banned not in text, f"{path} contains '{banned}'"
         assert "torch.cuda" not in "\n".join(l for l in text.splitlines() if not l.startswith((" ", "\t"))), \
             f"{path} touches torch.cuda at import time"
+
+
+def test_tests_import_the_pack_by_its_package_path(tmp_path):
+    """ComfyUI has a top-level ``nodes`` module of its own; the pack's node layer is ``<pack>.nodes``."""
+    pkg = load_nodes(tmp_path)
+    assert pkg.__name__ == "moge4d_pack.nodes" and "nodes" not in sys.modules
+    for path in (ROOT / "tests").glob("*.py"):
+        for line in path.read_text().splitlines():
+            assert not re.match(r"\s*(from nodes\b|import nodes\b)", line), f"{path.name}: {line.strip()}"
