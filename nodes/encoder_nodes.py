@@ -14,14 +14,12 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from moge4d_core.geometry.intrinsics import K_from_fov
 from moge4d_core.geometry.sources import (DEFAULT_HEIGHT, DEFAULT_WIDTH, DEPTH_KINDS, as_rgb, geometry_from_depth,
                                           geometry_from_moge, resize_geometry, with_official_intrinsics)
-from moge4d_core.preview import confidence_mask, depth_preview, token_norm_preview
+from moge4d_core.preview import depth_preview, token_norm_preview
 from moge4d_core.loading.omnimae import load_omnimae
 from moge4d_core.loading.unidepth import load_unidepth
-from moge4d_core.models.omnimae import extract_motion_features
-from moge4d_core.models.unidepth import to_geometry
+from moge4d_core.pipeline.run import estimate_geometry, motion_features_of
 
 import comfy.model_management as mm
 
@@ -140,25 +138,18 @@ class MoGe4DDepth(io.ComfyNode):
     def execute(cls, unidepth, image, resolution_level=-1, fov_override=0.0, width=DEFAULT_WIDTH,
                 height=DEFAULT_HEIGHT, intrinsics="predicted") -> io.NodeOutput:
         model = model_for_inference(unidepth)
-        device = next(model.parameters()).device
         images = image if image.ndim == 4 else image[None]
         n = int(images.shape[0])
         progress = progress_callback(n)
-        level = None if resolution_level < 0 else int(resolution_level)
         first, previews, confs = None, [], []
         for b in range(n):
             progress(b, n)
-            rgb = as_rgb(images[b], "image")
-            h, w = rgb.shape[:2]
-            K = K_from_fov(fov_override, w, h) if fov_override > 0 else None
-            res = model.infer(rgb.permute(2, 0, 1)[None].to(device), camera_K=None if K is None else K.to(device),
-                              resolution_level=level)
-            geom = _working_size(to_geometry(res, rgb, 0), width, height)
-            if intrinsics == "official_pseudo":
-                geom = with_official_intrinsics(geom)
+            est = estimate_geometry(model, as_rgb(images[b], "image"), width, height, fov_deg=fov_override,
+                                    resolution_level=None if resolution_level < 0 else int(resolution_level))
+            geom = with_official_intrinsics(est.geometry) if intrinsics == "official_pseudo" else est.geometry
             first = geom if first is None else first
             previews.append(depth_preview(geom.depth, geom.valid))
-            confs.append(confidence_mask(res.confidence[0].float().cpu()))
+            confs.append(est.confidence)
         progress(n, n)
         out = output_device()
         return io.NodeOutput(first, torch.stack(previews).to(out), torch.stack(confs).to(out))
@@ -281,7 +272,7 @@ class MoGe4DMotionFeatures(io.ComfyNode):
     def execute(cls, omnimae, image) -> io.NodeOutput:
         model = model_for_inference(omnimae)
         rgb = as_rgb(image[:1] if image.ndim == 4 else image, "image")
-        feats = extract_motion_features(model, rgb)
+        feats = motion_features_of(model, rgb)
         heat = token_norm_preview(feats.tokens.cpu(), feats.grid, rgb.shape[0], rgb.shape[1])
         return io.NodeOutput(feats, heat[None].to(output_device()))
 

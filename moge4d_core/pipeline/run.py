@@ -36,7 +36,7 @@ from .settings import NativeSampler, SamplerSettings, compat_settings
 from .denoise_loop import model_device_dtype
 from .trajectory import TrajectoryOptions, denormalize, generate_motion
 
-__all__ = ["StageTimes", "NovelView", "SceneResult", "estimate_geometry", "motion_features_of",
+__all__ = ["StageTimes", "NovelView", "SceneResult", "DepthEstimate", "estimate_geometry", "motion_features_of",
            "render_on_device", "compat_options", "run_pipeline"]
 
 Progress = Callable[[str, int, int], None]
@@ -102,14 +102,39 @@ class SceneResult:
     times: StageTimes
 
 
-def estimate_geometry(unidepth, image: torch.Tensor, width: int, height: int) -> Geometry:
-    """UniDepthV2 on ``image`` (H,W,3) [0,1] (its :class:`~moge4d_core.types.DepthPrediction` for the one image)
-    → :class:`Geometry` at ``width x height`` (multiples of 16)."""
+@dataclass
+class DepthEstimate:
+    """The depth stage's result: ``geometry`` at the working size, ``confidence (H, W)`` in [0, 1] at the input
+    image's size (UniDepth's confidence divided by its maximum, :func:`~moge4d_core.preview.confidence_mask`)."""
+
+    geometry: Geometry
+    confidence: torch.Tensor
+
+
+def estimate_geometry(unidepth, image: torch.Tensor, width: int = 0, height: int = 0, *, fov_deg: float = 0.0,
+                      resolution_level: Optional[int] = None) -> DepthEstimate:
+    """The depth stage: UniDepthV2 on one image → :class:`DepthEstimate`.
+
+    Args:
+        unidepth: a loaded UniDepthV2 / V2old model (on its compute device).
+        image: (H, W, 3) float in [0, 1].
+        width, height: working size (multiples of 16); 0, 0 keeps the image's size.
+        fov_deg: > 0 gives UniDepth the camera (horizontal field of view, degrees) instead of letting it predict one.
+        resolution_level: UniDepth's speed / detail trade-off (None = its default).
+    """
+    from ..geometry.intrinsics import K_from_fov
     from ..models.unidepth import to_geometry
+    from ..preview import confidence_mask
+
     p = next(unidepth.parameters())
+    h, w = image.shape[:2]
+    K = K_from_fov(fov_deg, w, h).to(p.device) if fov_deg > 0 else None
     with torch.no_grad():
-        res = unidepth.infer(image.permute(2, 0, 1)[None].to(p.device))
-    return resize_geometry(to_geometry(res, image), width=width, height=height)
+        res = unidepth.infer(image.permute(2, 0, 1)[None].to(p.device), camera_K=K, resolution_level=resolution_level)
+    geom = to_geometry(res, image)
+    if width or height:
+        geom = resize_geometry(geom, width=width, height=height)
+    return DepthEstimate(geometry=geom, confidence=confidence_mask(res.confidence[0].float().cpu()))
 
 
 def motion_features_of(omnimae, image: torch.Tensor) -> MotionFeatures:
@@ -192,7 +217,7 @@ def run_pipeline(*, image: torch.Tensor, strag, motion_vae, image_vae: ImageVAE,
         require(unidepth is not None, "no geometry: pass a UniDepth model or a Geometry (depth + intrinsics)")
         w, h = size or (image.shape[1] // 16 * 16, image.shape[0] // 16 * 16)
         with times.stage("depth (UniDepthV2)"), _resident(residency, "depth", unidepth=unidepth):
-            geometry = estimate_geometry(unidepth, image, w, h)
+            geometry = estimate_geometry(unidepth, image, w, h).geometry
     elif size is not None:
         geometry = resize_geometry(geometry, width=size[0], height=size[1])
     if compat:
