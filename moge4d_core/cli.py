@@ -21,6 +21,13 @@ Commands
              re-projected into the first camera, with ``--overlap`` frames cross-faded at each seam
              (:mod:`moge4d_core.pipeline.chain`), e.g. ``generate ... --frames 97``.
 
+             Faster (:mod:`moge4d_core.pipeline.speed`): ``--lora FILE:STRENGTH`` (repeatable) stacks more LoRAs on the
+             4D-ViSM DiT after the folder's ViSM LoRA, ``--preset fast`` inpaints in 4 Euler steps at shift 5 and CFG 1
+             (with a step-distilled Wan2.1 I2V / InP LoRA), ``--attention-backend flash|sage|...`` picks diffusers'
+             attention kernel per DiT (native when the package is missing), ``--compile`` compiles the DiT blocks::
+
+                 python -m moge4d_core generate ... --lora distill_i2v_4step.safetensors:1.0 --preset fast
+
 ``demo``     ``generate`` with the nano model shipped in ``moge4d_core/nano_model`` on its synthetic test image
              and depth, on the CPU in a few minutes (it shows the pipeline, not the released model's quality)::
 
@@ -91,6 +98,7 @@ class Checked:
     image: Any = None
     depth: Any = None
     files: Any = None
+    loras: Any = None
 
 
 def render_output_bytes(frames: int, points: int, cameras: int, height: int, width: int) -> int:
@@ -205,6 +213,13 @@ def preflight(args, command: str, *, models_dir=None, image_path=None, depth_pat
     _positive(args.inpaint_steps, "--inpaint-steps", integer=True, zero_ok=True)
     _positive(args.fps, "--fps")
     _positive(args.lora_strength, "--lora-strength", zero_ok=True)
+    from .pipeline.speed import check_attention_backend, check_lora_specs
+
+    checked.loras = check_lora_specs(getattr(args, "lora", None))
+    if getattr(args, "preset", None) and not checked.loras and not args.no_inpaint:
+        raise MoGe4DInputError(f"--preset {args.preset}: few-step inpainting needs a step-distilled Wan2.1 I2V / InP "
+                               f"LoRA; pass it with --lora FILE:STRENGTH (without one, 4 steps at CFG 1 inpaint blurry)")
+    check_attention_backend(getattr(args, "attention_backend", None))
     TrajectoryOptions(frames=window_frames(args.frames, args.window), normalization=args.normalization,
                       reference=not args.no_reference)
     _check_cameras(args.camera, args.frames, args.width, args.height)
@@ -294,14 +309,19 @@ def _generate(args, *, models_dir, image_path, depth_path=None, fov=None, depth_
     options = TrajectoryOptions(frames=window_frames(args.frames, args.window), normalization=args.normalization,
                                 reference=not args.no_reference)
     traj_settings = SamplerSettings(steps=args.steps, cfg=args.cfg, shift=args.shift, seed=args.seed, solver=args.solver)
-    inp_settings = traj_settings.replace(steps=args.inpaint_steps or args.steps, seed=args.seed + 1)
+    from .pipeline.speed import apply_speed_options, preset_settings
+
+    inp_settings = preset_settings(args.preset, traj_settings.replace(seed=args.seed + 1))
+    if args.inpaint_steps:
+        inp_settings = inp_settings.replace(steps=args.inpaint_steps)
     image, files = checked.image, checked.files
     geometry = None
     if checked.depth is not None:
         depth = checked.depth
         geometry = geometry_from_depth(image, depth[..., None].expand(*depth.shape, 3), fov, depth_kind=depth_kind)
     models = load_models(files, device=args.device, dtype=dtype, memory=memory, inpaint=not args.no_inpaint,
-                         depth=geometry is None, lora_strength=args.lora_strength)
+                         depth=geometry is None, lora_strength=args.lora_strength, loras=checked.loras)
+    apply_speed_options(models, attention_backend=args.attention_backend, compile=args.compile)
     positive, negative = encode_prompts(models, args.prompt or "", args.negative_prompt)
     t_load = time.perf_counter() - t0
     bars = {}
@@ -414,6 +434,20 @@ def _add_generate_args(g, demo: bool) -> None:
     g.add_argument("--compat", action="store_true", help="the released inference settings (reference J)")
     g.add_argument("--no-inpaint", action="store_true", help="skip 4D-ViSM (renders and masks only)")
     g.add_argument("--lora-strength", type=float, default=0.55, help="4D-ViSM LoRA strength (release 0.55)")
+    from .pipeline.speed import FEW_STEP_PRESETS
+
+    g.add_argument("--lora", action="append", default=None, metavar="FILE:STRENGTH",
+                   help="another LoRA for the 4D-ViSM DiT (repeatable; strength 1 when omitted), stacked after the "
+                        "model folder's ViSM LoRA, e.g. a step-distilled Wan2.1 I2V / InP LoRA for --preset fast; "
+                        "kohya, lora_A/lora_B and lora_down/lora_up layouts")
+    g.add_argument("--preset", choices=list(FEW_STEP_PRESETS), default=None,
+                   help="few-step inpainting: fast = 4 Euler steps, shift 5, CFG 1 for the 4D-ViSM stage (needs a "
+                        "step-distilled LoRA via --lora; --inpaint-steps still overrides the steps)")
+    g.add_argument("--attention-backend", default=None, metavar="NAME",
+                   help="diffusers attention backend of both DiTs: native (torch SDPA), flash, sage, xformers, "
+                        "_native_cudnn, ...; falls back to native with a message when its package is missing")
+    g.add_argument("--compile", action="store_true",
+                   help="regional torch.compile of the DiTs' transformer blocks (first step compiles)")
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     g.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="compute dtype of the DiTs and text / CLIP encoders; auto = bf16 on CUDA, fp32 on the CPU")

@@ -27,7 +27,7 @@ import torch.nn as nn
 from ..errors import MoGe4DInputError
 
 __all__ = ["FEW_STEP_PRESETS", "parse_lora_spec", "check_lora_specs", "preset_settings", "attention_backends",
-           "check_attention_backend", "set_attention_backend", "compile_blocks"]
+           "check_attention_backend", "set_attention_backend", "compile_blocks", "apply_speed_options"]
 
 FEW_STEP_PRESETS = {"fast": dict(steps=4, shift=5.0, cfg=1.0, solver="euler")}
 
@@ -134,3 +134,16 @@ def compile_blocks(model: nn.Module, **compile_kwargs) -> nn.Module:
     keyword arguments go to ``torch.compile``). Returns ``model``; the first forward pass compiles."""
     model.compile_repeated_blocks(**compile_kwargs)
     return model
+
+
+def apply_speed_options(models, *, attention_backend: Optional[str] = None, compile: bool = False,
+                        report: Callable[[str], None] = print) -> None:
+    """Apply the CLI's ``--attention-backend`` and ``--compile`` to the DiTs of ``models``
+    (:class:`~moge4d_core.pipeline.model_dir.LoadedModels`: ``strag`` and, when loaded, ``vism``)."""
+    for label, model in (("4D-STraG", models.strag), ("4D-ViSM", getattr(models, "vism", None))):
+        if model is None:
+            continue
+        if attention_backend is not None:
+            set_attention_backend(model, attention_backend, label=label, report=report)
+        if compile:
+            compile_blocks(model)
