@@ -18,6 +18,7 @@ import comfy.samplers
 import comfy.model_management as mm
 
 from moge4d_core.errors import MoGe4DInputError
+from moge4d_core.interop.comfy_sampler import scheduled_sigmas
 from moge4d_core.loading.motion_vae import load_motion_vae
 from moge4d_core.loading.wan_dit import load_strag
 from moge4d_core.pipeline.chain import DEFAULT_OVERLAP, chained_frames, generate_chained
@@ -25,36 +26,18 @@ from moge4d_core.pipeline.image_vae import WanImageVAE
 from moge4d_core.pipeline.settings import SamplerSettings
 from moge4d_core.pipeline.trajectory import NORMALIZATIONS, TrajectoryOptions, denormalize, generate_motion
 from moge4d_core.preview import motion_preview
-from moge4d_core.sampling import SOLVERS
 
 from . import comfy_types as T
 from .comfy_runtime import compute_device, output_device, progress_callback
 from .dit_runtime import (dit_for_inference, flow_model_sampling, image_context, load_dit, native_sampler, step_count,
                           text_context)
-from .models import PRECISIONS, model_files, model_for_inference, resolve_dtype, wrap_model
+from .models import model_files, model_for_inference, resolve_dtype, wrap_model
+from .widgets import (NONE, clip_vision_input, fp8_input, native_inputs, offload_input, precision_input,
+                      sampler_inputs)
 from .validation import (MOTION_VAE, STRAG, STRAG_BASE, frames_problem, model_file_problem, resolve_model_file,
                          result, widget_problem)
 
-NONE = "none"
 VAE_PARTS = ("encoder_prompt", "decoder_prompt", "vae")
-
-
-def precision_input():
-    return io.Combo.Input("precision", options=PRECISIONS, default="auto",
-                          tooltip="Compute dtype. auto = what ComfyUI's model management picks for this device "
-                                  "(bf16/fp16 on GPUs, fp32 on the CPU).")
-
-
-def fp8_input():
-    return io.Boolean.Input("fp8_storage", default=False,
-                            tooltip="Store the big Linear weights as scaled fp8 (about half the memory of bf16) and "
-                                    "upcast them layer by layer; no speed-up. For 14B models on 24-48 GB GPUs.")
-
-
-def offload_input():
-    return io.Boolean.Input("block_offload", default=False, advanced=True,
-                            tooltip="Keep the transformer blocks in CPU memory and move one block at a time to the GPU "
-                                    "(slow, but a 14B model then needs only a few GB of VRAM).")
 
 
 def _optional_path(name: str, spec, choices: list[str]):
@@ -166,41 +149,6 @@ class MoGe4DLoadMotionVAE(io.ComfyNode):
 
 
 # ------------------------------------------------------------------------------------------------ sampling
-def sampler_inputs(seed_default: int = 0):
-    """Widgets shared by the trajectory and inpainting samplers (in saved-workflow order)."""
-    return [
-        io.Int.Input("steps", default=50, min=1, max=1000,
-                     tooltip="Denoising steps (the release uses 50). Ignored when SIGMAS are connected."),
-        io.Float.Input("cfg", default=6.0, min=0.0, max=30.0, step=0.1, round=0.01,
-                       tooltip="Classifier-free guidance on the text (release 6.0; 1.0 skips the negative pass)."),
-        io.Float.Input("shift", default=5.0, min=0.01, max=100.0, step=0.1,
-                       tooltip="Flow-matching sigma shift (release 5.0). Also used by SAMPLER inputs."),
-        io.Int.Input("seed", default=seed_default, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                     tooltip="Noise seed; the noise is drawn on the CPU, so a seed gives the same result on any "
-                             "device (the release uses seed for the trajectories and seed + 1 for inpainting)."),
-        io.Combo.Input("solver", options=list(SOLVERS), default="euler",
-                       tooltip="Built-in flow solver (release: euler). With SIGMAS but no SAMPLER, ComfyUI's sampler "
-                               "of the same name is used."),
-    ]
-
-
-def native_inputs():
-    return [
-        io.Sampler.Input("sampler", optional=True,
-                         tooltip="Optional ComfyUI SAMPLER (KSamplerSelect, SamplerEulerAncestral, ...) replacing "
-                                 "the built-in solver."),
-        io.Sigmas.Input("sigmas", optional=True,
-                        tooltip="Optional SIGMAS schedule (MoGe4D Flow Scheduler, OptimalStepsScheduler, ...) "
-                                "replacing steps/shift; first value ~1, last 0."),
-    ]
-
-
-def clip_vision_input(release: str):
-    return io.ClipVisionOutput.Input("clip_vision_output", optional=True,
-                                     tooltip=f"Optional CLIPVisionEncode output (clip_vision_h.safetensors). "
-                                             f"Not connected = zero CLIP context. {release}")
-
-
 class MoGe4DTrajectorySampler(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -351,9 +299,9 @@ class MoGe4DFlowScheduler(io.ComfyNode):
     def execute(cls, scheduler="normal", steps=50, shift=5.0, denoise=1.0) -> io.NodeOutput:
         if denoise <= 0.0:
             return io.NodeOutput(torch.FloatTensor([]))
-        total = int(steps / denoise) if denoise < 1.0 else int(steps)
-        sigmas = comfy.samplers.calculate_sigmas(flow_model_sampling(shift), scheduler, total).cpu()
-        return io.NodeOutput(sigmas[-(int(steps) + 1):])
+        model_sampling = flow_model_sampling(shift)
+        return io.NodeOutput(scheduled_sigmas(
+            lambda n: comfy.samplers.calculate_sigmas(model_sampling, scheduler, n), steps, denoise))
 
 
 STRAG_NODES = [MoGe4DLoadSTraG, MoGe4DLoadMotionVAE, MoGe4DTrajectorySampler, MoGe4DDenormalize, MoGe4DFlowScheduler]

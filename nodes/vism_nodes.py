@@ -15,9 +15,9 @@ ComfyUI's Wan model fed by these nodes equals our ``ViSMDiT`` with the LoRA merg
 CPU in fp32: max relative velocity difference 2e-6). What stays different: the noise (``KSampler`` draws it with
 ComfyUI's own seeding, so one seed gives other samples than ``MoGe4DInpaint``) and, on a GPU, ComfyUI's dtypes and
 attention kernels. ComfyUI's umT5 tokenizer pads prompts to 512 zero tokens, as Wan does. ComfyUI v0.21's own
-``LoraLoaderModelOnly`` also renames ``lora_unet__`` keys, but only when the file holds
-``lora_unet__blocks_0_cross_attn_k``; otherwise it patches nothing and only logs warnings, where
-``MoGe4DApplyViSMLoRA`` renames every key and stops on any module that finds no layer.
+``LoraLoaderModelOnly`` renames the release's ``lora_unet__`` keys only in some files;
+``MoGe4DApplyViSMLoRA`` renames every key and stops on any module that finds no layer
+(:mod:`moge4d_core.interop.comfy_lora`).
 """
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ from moge4d_core.errors import MoGe4DInputError
 from moge4d_core.loading.lora import OFFICIAL_STRENGTH, merge_lora
 from moge4d_core.loading.wan_dit import load_vism_base
 from moge4d_core.models.conditioning import IMAGE_DIM, IMAGE_TOKENS
-from moge4d_core.interop.native_wan import ChannelLastVAE, fun_inp_concat_inputs, raw_zero_latent
+from moge4d_core.interop.comfy_lora import check_lora_fits, comfy_kohya_state
+from moge4d_core.interop.native_wan import ChannelLastVAE, empty_latent, fun_inp_concat_inputs, raw_zero_latent
 from moge4d_core.pipeline.inpaint import inpaint
 from moge4d_core.pipeline.settings import SamplerSettings
 
@@ -45,19 +46,11 @@ from .comfy_runtime import output_device, progress_callback
 from .dit_runtime import dit_for_inference, image_context, load_dit, native_sampler, step_count, text_context
 from .models import MODEL_FOLDER, model_files
 from .validation import VISM_BASE, VISM_LORA, model_file_problem, resolve_model_file, result
-from .strag_nodes import (NONE, clip_vision_input, fp8_input, native_inputs, offload_input, precision_input,
-                          sampler_inputs)
+from .widgets import (NONE, clip_vision_input, fp8_input, native_inputs, offload_input, precision_input,
+                      sampler_inputs, strength_input)
 
 log = logging.getLogger("moge4d")
 LORAS_PREFIX = "loras/"
-KOHYA_DOUBLE = "lora_unet__"
-_LORA_ELEMENTS = (".lora_down.weight", ".lora_up.weight", ".alpha")
-
-
-def _strength_input():
-    return io.Float.Input("strength", default=OFFICIAL_STRENGTH, min=-4.0, max=4.0, step=0.01,
-                          tooltip="LoRA strength (the release infers with 0.55 = --stage2_lora_weight; the file's "
-                                  "alpha/rank = 0.5 is applied on top).")
 
 
 def _frames(image: torch.Tensor, name: str) -> torch.Tensor:
@@ -100,7 +93,7 @@ class MoGe4DLoadViSM(io.ComfyNode):
                 io.Combo.Input("lora", options=[NONE] + model_files("4D-ViSM"), default=NONE,
                                tooltip="The 4D-ViSM LoRA (kohya lora_unet__ keys) in models/moge4d; 'none' runs the "
                                        "plain base model."),
-                _strength_input(),
+                strength_input(),
                 precision_input(),
                 fp8_input(),
                 offload_input(),
@@ -233,7 +226,7 @@ class MoGe4DInpaintConditioning(io.ComfyNode):
             values["clip_vision_output"] = clip
         positive = node_helpers.conditioning_set_values(positive, values)
         negative = node_helpers.conditioning_set_values(negative, values)
-        latent = torch.zeros(1, 16, concat_mask.shape[2], h // 8, w // 8, device=output_device())
+        latent = empty_latent(t, h, w).to(output_device())
         return io.NodeOutput(positive, negative, {"samples": latent})
 
 
@@ -264,17 +257,6 @@ def _lora_path(name: str) -> str:
     return resolve_model_file(name, VISM_LORA, lora_choices(), folder=folder, display=rel)
 
 
-def _lora_stems(state: dict) -> dict[str, str]:
-    """{stem as stored: stem with ComfyUI's single-underscore kohya prefix} for every LoRA module of the file."""
-    stems = {}
-    for key in state:
-        for el in _LORA_ELEMENTS:
-            if key.endswith(el):
-                stem = key[: -len(el)]
-                stems[stem] = ("lora_unet_" + stem[len(KOHYA_DOUBLE):]) if stem.startswith(KOHYA_DOUBLE) else stem
-    return stems
-
-
 class MoGe4DApplyViSMLoRA(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -290,7 +272,7 @@ class MoGe4DApplyViSMLoRA(io.ComfyNode):
                 io.Model.Input("model", tooltip="A Wan2.1-Fun-(V1.1-)14B-InP MODEL from UNETLoader."),
                 io.Combo.Input("lora", options=lora_choices(),
                                tooltip="The LoRA file: models/moge4d (4D-ViSM/ first) or models/loras ('loras/…')."),
-                _strength_input(),
+                strength_input(),
             ],
             outputs=[io.Model.Output(display_name="model")],
         )
@@ -302,39 +284,9 @@ class MoGe4DApplyViSMLoRA(io.ComfyNode):
     @classmethod
     def execute(cls, model, lora, strength=OFFICIAL_STRENGTH) -> io.NodeOutput:
         path = _lora_path(lora)
-        state = comfy.utils.load_torch_file(path, safe_load=True)
-        stems = _lora_stems(state)
-        if not stems:
-            raise MoGe4DInputError(f"lora: {path} holds no kohya LoRA modules (keys '<name>.lora_down.weight' / "
-                                   f"'.lora_up.weight'); first keys: {sorted(state)[:5]}")
-        renamed = {}
-        for key, value in state.items():
-            for stem, new in stems.items():
-                if key.startswith(stem + "."):
-                    key = new + key[len(stem):]
-                    break
-            renamed[key] = value
+        renamed, stems = comfy_kohya_state(comfy.utils.load_torch_file(path, safe_load=True), path)
         key_map = comfy.lora.model_lora_keys_unet(model.model, {})
-        unmatched = sorted(s for s, new in stems.items() if new not in key_map)
-        sd = model.model_state_dict()
-        bad_shape = []
-        for stem, new in stems.items():
-            target = key_map.get(new)
-            down, up = renamed.get(new + ".lora_down.weight"), renamed.get(new + ".lora_up.weight")
-            if target in sd and down is not None and up is not None:
-                w = sd[target]
-                if tuple(w.shape[:2]) != (int(up.shape[0]), int(down.shape[1])):
-                    bad_shape.append(f"{stem}: delta ({int(up.shape[0])},{int(down.shape[1])}) vs weight "
-                                     f"{tuple(w.shape)}")
-        if len(unmatched) == len(stems):
-            raise MoGe4DInputError(f"lora: none of the {len(stems)} LoRA modules of {path} matches a layer of this "
-                                   f"MODEL (first: {unmatched[:3]}); it is not a LoRA for a Wan2.1 DiT")
-        if unmatched or bad_shape:
-            raise MoGe4DInputError(
-                f"lora: {len(unmatched)} of {len(stems)} LoRA modules find no layer in this MODEL"
-                f"{' (first: ' + ', '.join(unmatched[:5]) + ')' if unmatched else ''}"
-                f"{'; shape mismatches: ' + '; '.join(bad_shape[:3]) if bad_shape else ''}. The 4D-ViSM LoRA belongs "
-                f"to Wan2.1-Fun-V1.1-14B-InP (I2V layout with CLIP image projections); load that model in UNETLoader.")
+        check_lora_fits(renamed, stems, key_map, model.model_state_dict(), path)
         loaded = comfy.lora.load_lora(renamed, key_map, log_missing=False)
         patched = model.clone()
         applied = patched.add_patches(loaded, float(strength))

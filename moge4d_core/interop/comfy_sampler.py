@@ -156,3 +156,20 @@ def sample_with_comfy_sampler(sampler: Any, sigmas: torch.Tensor, model_fn: Velo
         def k_cb(i, denoised, x, total):
             callback(int(i) + 1, int(total))
     return sampler.sample(denoiser, sigmas, extra_args, k_cb, noise, latent_image, denoise_mask, disable_pbar)
+
+
+def scheduled_sigmas(calculate: Callable[[int], torch.Tensor], steps: int, denoise: float) -> torch.Tensor:
+    """ComfyUI's ``BasicScheduler`` rule for a partial denoise: a schedule of ``steps / denoise`` steps, of which
+    the last ``steps + 1`` sigmas are kept.
+
+    Args:
+        calculate: ``calculate(n) -> sigmas (n + 1,)`` for ``n`` steps (e.g. ``comfy.samplers.calculate_sigmas``).
+        steps: steps to run.
+        denoise: in (0, 1].
+
+    Returns:
+        ``(steps + 1,)`` sigmas, CPU.
+    """
+    require(0.0 < float(denoise) <= 1.0, f"denoise: expected a value in (0, 1], got {denoise}")
+    total = int(steps / denoise) if denoise < 1.0 else int(steps)
+    return calculate(total).cpu()[-(int(steps) + 1):]

@@ -96,9 +96,13 @@ def masked_pixels(render: torch.Tensor, holes: torch.Tensor) -> torch.Tensor:
 
 def raw_zero_latent(frames: int, height: int, width: int) -> torch.Tensor:
     """The raw Wan latent (1,16,F,H/8,W/8) whose Wan2.1 normalisation is exactly 0 (the per-channel mean)."""
+    return denormalize_latent(empty_latent(frames, height, width), traj_norm=False)
+
+
+def empty_latent(frames: int, height: int, width: int) -> torch.Tensor:
+    """The all-zero LATENT ``(1,16,F,H/8,W/8)`` a native ``KSampler`` starts from at denoise 1 (its noise replaces it)."""
     f = (frames - 1) // C.TEMPORAL_COMPRESSION + 1
-    z = torch.zeros(1, C.LATENT_CHANNELS, f, height // C.SPATIAL_COMPRESSION, width // C.SPATIAL_COMPRESSION)
-    return denormalize_latent(z, traj_norm=False)
+    return torch.zeros(1, C.LATENT_CHANNELS, f, height // C.SPATIAL_COMPRESSION, width // C.SPATIAL_COMPRESSION)
 
 
 def fun_inp_concat_inputs(render: torch.Tensor, holes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:

@@ -1,0 +1,71 @@
+"""Widget and input definitions shared by several MoGe4D nodes (one definition each, so the loaders and samplers
+of both diffusion stages offer the same options with the same tooltips)."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from moge4d_core.loading.lora import OFFICIAL_STRENGTH
+from moge4d_core.sampling import SOLVERS
+
+from .models import PRECISIONS
+
+NONE = "none"
+
+
+def precision_input():
+    return io.Combo.Input("precision", options=PRECISIONS, default="auto",
+                          tooltip="Compute dtype. auto = what ComfyUI's model management picks for this device "
+                                  "(bf16/fp16 on GPUs, fp32 on the CPU).")
+
+
+def fp8_input():
+    return io.Boolean.Input("fp8_storage", default=False,
+                            tooltip="Store the big Linear weights as scaled fp8 (about half the memory of bf16) and "
+                                    "upcast them layer by layer; no speed-up. For 14B models on 24-48 GB GPUs.")
+
+
+def offload_input():
+    return io.Boolean.Input("block_offload", default=False, advanced=True,
+                            tooltip="Keep the transformer blocks in CPU memory and move one block at a time to the GPU "
+                                    "(slow, but a 14B model then needs only a few GB of VRAM).")
+
+
+def sampler_inputs(seed_default: int = 0):
+    """Widgets shared by the trajectory and inpainting samplers (in saved-workflow order)."""
+    return [
+        io.Int.Input("steps", default=50, min=1, max=1000,
+                     tooltip="Denoising steps (the release uses 50). Ignored when SIGMAS are connected."),
+        io.Float.Input("cfg", default=6.0, min=0.0, max=30.0, step=0.1, round=0.01,
+                       tooltip="Classifier-free guidance on the text (release 6.0; 1.0 skips the negative pass)."),
+        io.Float.Input("shift", default=5.0, min=0.01, max=100.0, step=0.1,
+                       tooltip="Flow-matching sigma shift (release 5.0). Also used by SAMPLER inputs."),
+        io.Int.Input("seed", default=seed_default, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                     tooltip="Noise seed; the noise is drawn on the CPU, so a seed gives the same result on any "
+                             "device (the release uses seed for the trajectories and seed + 1 for inpainting)."),
+        io.Combo.Input("solver", options=list(SOLVERS), default="euler",
+                       tooltip="Built-in flow solver (release: euler). With SIGMAS but no SAMPLER, ComfyUI's sampler "
+                               "of the same name is used."),
+    ]
+
+
+def native_inputs():
+    return [
+        io.Sampler.Input("sampler", optional=True,
+                         tooltip="Optional ComfyUI SAMPLER (KSamplerSelect, SamplerEulerAncestral, ...) replacing "
+                                 "the built-in solver."),
+        io.Sigmas.Input("sigmas", optional=True,
+                        tooltip="Optional SIGMAS schedule (MoGe4D Flow Scheduler, OptimalStepsScheduler, ...) "
+                                "replacing steps/shift; first value ~1, last 0."),
+    ]
+
+
+def clip_vision_input(release: str):
+    return io.ClipVisionOutput.Input("clip_vision_output", optional=True,
+                                     tooltip=f"Optional CLIPVisionEncode output (clip_vision_h.safetensors). "
+                                             f"Not connected = zero CLIP context. {release}")
+
+
+def strength_input():
+    return io.Float.Input("strength", default=OFFICIAL_STRENGTH, min=-4.0, max=4.0, step=0.01,
+                          tooltip="LoRA strength (the release infers with 0.55 = --stage2_lora_weight; the file's "
+                                  "alpha/rank = 0.5 is applied on top).")
