@@ -40,6 +40,11 @@ Commands
 
                  python -m moge4d_core plan --gpu-memory 24 [--json]
 
+``quantize``  write a DiT checkpoint as GGUF for 12-16 GB GPUs; the loaders read the .gguf file
+             (:mod:`moge4d_core.loading.gguf`)::
+
+                 python -m moge4d_core quantize --gguf Q4_K_M 4D-STraG/diffusion_pytorch_model.safetensors strag-Q4_K_M.gguf
+
 ``presets``  list the camera presets and their parameters.
 
 ``--export usd|usda|usdz|glb`` (``render``, ``generate``, ``demo``; repeatable) also writes the 4D scene as
@@ -209,7 +214,8 @@ def preflight(args, command: str, *, models_dir=None, image_path=None, depth_pat
     if args.width < 16 or args.height < 16:
         raise MoGe4DInputError(f"--width/--height: {args.width}x{args.height}; both must be at least 16")
     check_size(args.height, args.width, "--width/--height")
-    SamplerSettings(steps=args.steps, cfg=args.cfg, shift=args.shift, seed=args.seed, solver=args.solver)
+    SamplerSettings(steps=args.steps, cfg=args.cfg, shift=args.shift, seed=args.seed, solver=args.solver,
+                    cache=args.cache)
     _positive(args.inpaint_steps, "--inpaint-steps", integer=True, zero_ok=True)
     _positive(args.fps, "--fps")
     _positive(args.lora_strength, "--lora-strength", zero_ok=True)
@@ -308,7 +314,8 @@ def _generate(args, *, models_dir, image_path, depth_path=None, fov=None, depth_
     t0 = time.perf_counter()
     options = TrajectoryOptions(frames=window_frames(args.frames, args.window), normalization=args.normalization,
                                 reference=not args.no_reference)
-    traj_settings = SamplerSettings(steps=args.steps, cfg=args.cfg, shift=args.shift, seed=args.seed, solver=args.solver)
+    traj_settings = SamplerSettings(steps=args.steps, cfg=args.cfg, shift=args.shift, seed=args.seed, solver=args.solver,
+                                    cache=args.cache)
     from .pipeline.speed import apply_speed_options, preset_settings
 
     inp_settings = preset_settings(args.preset, traj_settings.replace(seed=args.seed + 1))
@@ -448,6 +455,10 @@ def _add_generate_args(g, demo: bool) -> None:
                         "_native_cudnn, ...; falls back to native with a message when its package is missing")
     g.add_argument("--compile", action="store_true",
                    help="regional torch.compile of the DiTs' transformer blocks (first step compiles)")
+    g.add_argument("--cache", default=None, metavar="SETTING",
+                   help="step cache of both DiTs (diffusers' cache hooks): first_block[:THRESHOLD] (0.05), "
+                        "mag[:THRESHOLD] (0.06; the first run calibrates), taylorseer[:INTERVAL] (3), pab[:SKIP] (2), "
+                        "faster (batched CFG only); default off; ignored with --compat")
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     g.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="compute dtype of the DiTs and text / CLIP encoders; auto = bf16 on CUDA, fp32 on the CPU")
@@ -526,6 +537,12 @@ def build_parser() -> argparse.ArgumentParser:
                                      "the cheapest memory mode that fits --gpu-memory")
     add_plan_arguments(pl)
     pl.set_defaults(func=cmd_plan)
+
+    from .loading.gguf import add_quantize_arguments, cmd_quantize
+
+    q = sub.add_parser("quantize", help="write a DiT checkpoint as GGUF (Q8_0, Q6_K, Q5_K_M, Q4_K_M) for small GPUs")
+    add_quantize_arguments(q)
+    q.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("presets", help="list camera presets")
     p.set_defaults(func=cmd_presets)

@@ -48,6 +48,7 @@ from typing import Callable, Iterable, Mapping, NamedTuple, Optional, Sequence, 
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..errors import MoGe4DInputError
 from .common import check_finite, load_file_state_dict, save_state_dict
@@ -334,13 +335,12 @@ def _resolve(model: nn.Module, lora: LoraSource, name_map: Optional[NameMap]
             f"{_model_label(model)}, first: {missing[:5]}. The LoRA was made for another model (e.g. more "
             f"blocks or another architecture); use the LoRA that belongs to this base model.")
     for orig, target, mod, w in resolved:
-        weight = mod.weight
+        shape = tuple(getattr(mod.weight, "quant_shape", None) or mod.weight.shape)   # GGUF: unpacked shape
         want = (int(w.up.shape[0]), int(w.down.shape[1]))
-        if tuple(weight.shape[:2]) != want or (weight.ndim == 4 and tuple(weight.shape[2:]) != (1, 1)) \
-                or weight.ndim not in (2, 4):
+        if tuple(shape[:2]) != want or (len(shape) == 4 and tuple(shape[2:]) != (1, 1)) or len(shape) not in (2, 4):
             raise MoGe4DInputError(
                 f"{source}: LoRA module '{orig}' gives a delta of shape (out={want[0]}, in={want[1]}) but "
-                f"{_model_label(model)}.{target} has weight {tuple(weight.shape)}. The LoRA was made for a model "
+                f"{_model_label(model)}.{target} has weight {shape}. The LoRA was made for a model "
                 f"of another size (e.g. Wan 1.3B vs 14B).")
     return resolved, source
 
@@ -367,11 +367,42 @@ def _apply_delta(model, lora, strength, name_map, sign: float) -> nn.Module:
 
 def _add_deltas(resolved, strength: float, sign: float) -> None:
     with torch.no_grad():
-        for _, _, mod, w in resolved:
+        for orig, _, mod, w in resolved:
             weight = mod.weight
+            if hasattr(weight, "quant_type"):          # GGUF-packed weight: cannot be folded, add a branch
+                if sign < 0:
+                    raise MoGe4DInputError(f"LoRA module '{orig}': its weight is GGUF-quantised; a LoRA on it cannot "
+                                           f"be unmerged (reload the model)")
+                _add_lowrank_branch(mod, w, strength)
+                continue
             compute = torch.float64 if weight.dtype == torch.float64 else torch.float32
             delta = lora_delta(w, strength, weight.shape, weight.device, compute)
             weight.copy_((weight.to(compute) + sign * delta).to(weight.dtype))
+
+
+def _lowrank_hook(mod: nn.Module, args, out: torch.Tensor) -> torch.Tensor:
+    x = args[0]
+    for i, s in enumerate(mod._moge4d_lora_scales):
+        down, up = getattr(mod, f"moge4d_lora_down_{i}"), getattr(mod, f"moge4d_lora_up_{i}")
+        out = out + (s * F.linear(F.linear(x.to(down.dtype), down), up)).to(out.dtype)
+    return out
+
+
+def _add_lowrank_branch(mod: nn.Module, w: LoraWeights, strength: float) -> None:
+    """``y += strength * (alpha/rank) * up @ (down @ x)`` on a Linear whose weight is GGUF-packed (diffusers'
+    ``GGUFLinear``): the same output as the merged weight, the factors kept as non-persistent buffers (they move
+    with the module)."""
+    if not isinstance(mod, nn.Linear):
+        raise MoGe4DInputError(f"{type(mod).__name__}: a LoRA on a quantised non-Linear weight is not supported")
+    dtype = getattr(mod, "compute_dtype", None) or torch.float32
+    dev = mod.weight.device
+    scales = mod.__dict__.setdefault("_moge4d_lora_scales", [])
+    i = len(scales)
+    mod.register_buffer(f"moge4d_lora_down_{i}", w.down.flatten(1).to(dev, dtype), persistent=False)
+    mod.register_buffer(f"moge4d_lora_up_{i}", w.up.flatten(1).to(dev, dtype), persistent=False)
+    scales.append(float(strength * w.scale))
+    if i == 0:
+        mod.register_forward_hook(_lowrank_hook)
 
 
 def merge_lora(model: nn.Module, lora: LoraSource, strength: float = OFFICIAL_STRENGTH,
@@ -380,7 +411,8 @@ def merge_lora(model: nn.Module, lora: LoraSource, strength: float = OFFICIAL_ST
 
     ``lora``: a file path, a kohya state dict or a parsed ``{name: LoraWeights}``. Arithmetic in float32
     (float64 for float64 weights), the result cast back to the weight's dtype. On fp8-stored weights the
-    small delta is mostly lost to fp8 rounding: merge before casting to fp8, or use :func:`apply_lora_peft`. Every module and shape is checked before any weight changes;
+    small delta is mostly lost to fp8 rounding: merge before casting to fp8, or use :func:`apply_lora_peft`. On a
+    GGUF-quantised Linear (packed weight) the LoRA becomes a low-rank branch added to its output (same result). Every module and shape is checked before any weight changes;
     a mismatch raises :class:`MoGe4DInputError` naming the first unmatched modules and the model class.
     """
     return _apply_delta(model, lora, strength, name_map, +1.0)

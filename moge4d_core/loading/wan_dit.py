@@ -162,10 +162,18 @@ def _comfy_quant_format(t: torch.Tensor) -> Optional[str]:
 def read_wan_dit_source(path: Union[str, Path], device: str = "cpu") -> WanDiTSource:
     """Read any accepted DiT checkpoint into a :class:`WanDiTSource` (no model is built)."""
     file = resolve_dit_path(path)
-    state = load_file_state_dict(file, device=device)
-    meta = read_metadata(file) if file.suffix in (".safetensors", ".sft") else {}
-    meta_arch, meta_cfg = read_arch_config(file) if meta else (None, None)
     fmt = []
+    if file.suffix == ".gguf":              # diffusers' GGUF reader; quantised tensors stay packed (see loading.gguf)
+        from .gguf import read_gguf_state
+
+        state, gmeta = read_gguf_state(file)
+        meta = {k: v for k, v in gmeta.items() if k.startswith("moge4d.")}
+        meta_arch = gmeta.get("moge4d.arch")
+        meta_cfg = json.loads(gmeta["moge4d.config"]) if "moge4d.config" in gmeta else None
+    else:
+        state = load_file_state_dict(file, device=device)
+        meta = read_metadata(file) if file.suffix in (".safetensors", ".sft") else {}
+        meta_arch, meta_cfg = read_arch_config(file) if meta else (None, None)
 
     prefix = None
     for anchor in ANCHORS:
@@ -239,7 +247,7 @@ def read_wan_dit_source(path: Union[str, Path], device: str = "cpu") -> WanDiTSo
     elif file.suffix in (".pth", ".pt", ".bin", ".ckpt", ".torch"):
         fmt.insert(0, "PyTorch pickle")
     else:
-        fmt.insert(0, "safetensors")
+        fmt.insert(0, f"GGUF {meta.get('moge4d.quantization', '')}".strip() if file.suffix == ".gguf" else "safetensors")
     if meta_arch:
         fmt.append(f"MoGe4D metadata ({meta_arch})")
     fmt.append(f"{layout} names")
@@ -251,7 +259,12 @@ def read_wan_dit_source(path: Union[str, Path], device: str = "cpu") -> WanDiTSo
 # ----------------------------------------------------------------------------------------------- detection
 def _shape(state: Mapping[str, torch.Tensor], key: str) -> Optional[tuple]:
     t = state.get(key)
-    return None if t is None else tuple(t.shape)
+    return None if t is None else _tshape(t)
+
+
+def _tshape(t: torch.Tensor) -> tuple:
+    """The weight's shape; for a packed GGUF tensor its unpacked (quantised) shape."""
+    return tuple(getattr(t, "quant_shape", None) or t.shape)
 
 
 def detect_wan_config(state: Mapping[str, torch.Tensor], file: Union[str, Path] = "<state dict>",
@@ -280,10 +293,10 @@ def detect_wan_config(state: Mapping[str, torch.Tensor], file: Union[str, Path] 
         orig = [wan_keys.diffusers_to_original(k, strict=False) for k in missing] or ["blocks.0.*"]
         raise MoGe4DInputError(f"{file}: incomplete Wan DiT, missing {orig}; the file may be a partial or "
                                f"delta checkpoint")
-    ffn_dim = state["blocks.0.ffn.net.0.proj.weight"].shape[0]
-    text_dim = state["condition_embedder.text_embedder.linear_1.weight"].shape[1]
-    freq_dim = state["condition_embedder.time_embedder.linear_1.weight"].shape[1]
-    out_dim = state["proj_out.weight"].shape[0] // math.prod(patch)
+    ffn_dim = _tshape(state["blocks.0.ffn.net.0.proj.weight"])[0]
+    text_dim = _tshape(state["condition_embedder.text_embedder.linear_1.weight"])[1]
+    freq_dim = _tshape(state["condition_embedder.time_embedder.linear_1.weight"])[1]
+    out_dim = _tshape(state["proj_out.weight"])[0] // math.prod(patch)
     img = _shape(state, "condition_embedder.image_embedder.norm1.weight")
     image_dim = img[0] if img else None
     ref = _shape(state, "ref_conv.weight")
@@ -354,17 +367,33 @@ def _materialise(model_cls: type, cfg: Mapping[str, Any], src: WanDiTSource, *, 
     except MoGe4DInputError as exc:
         raise MoGe4DInputError(f"{exc} Detected architecture: {_describe(cfg)}; format: {src.format}.") from None
     for k, t in src.state.items():
-        if tuple(t.shape) != expected[k]:
+        if _tshape(t) != expected[k]:
             raise MoGe4DInputError(f"{src.file}: tensor '{wan_keys.diffusers_to_original(k, strict=False)}' has shape "
                                    f"{tuple(t.shape)}, {label} ({_describe(cfg)}) expects {expected[k]}")
 
     keep = tuple(model._keep_in_fp32_modules or ()) if cdtype in (torch.float16, torch.bfloat16) else ()
     fp8_linears = set(fp8_storage.fp8_eligible_linear_names(model)) if fp8 else set()
+    from .gguf import is_gguf_tensor
+
+    linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    gguf_state: dict[str, torch.Tensor] = {}
+    if fp8 and any(is_gguf_tensor(t) for t in src.state.values()):
+        raise MoGe4DInputError(f"{src.file}: GGUF weights are already quantised; load them with a float dtype "
+                               f"(bf16 / fp16 / fp32 compute), not fp8 storage")
     fp8_scales: dict[str, torch.Tensor] = {}
     dev = torch.device(device)
     new_state: dict[str, torch.Tensor] = {}
     for k in list(src.state):
         t = src.state.pop(k)  # release the source tensor as soon as it is converted
+        if is_gguf_tensor(t):
+            module_name = k[: -len(".weight")] if k.endswith(".weight") else None
+            if module_name in linears:      # stays packed: diffusers' GGUFLinear dequantises per forward
+                gguf_state[k] = t.to(device)
+                continue
+            from diffusers.quantizers.gguf.utils import dequantize_gguf_tensor
+
+            t = dequantize_gguf_tensor(t).float()       # e.g. a quantised convolution from another tool
+            src.converted.append(k)
         scale = src.scales.get(k)
         module_name = k[: -len(".weight")] if k.endswith(".weight") else None
         if fp8 and module_name in fp8_linears:
@@ -390,7 +419,19 @@ def _materialise(model_cls: type, cfg: Mapping[str, Any], src: WanDiTSource, *, 
             out = out.clone()
         new_state[k] = out
         del t, out
-    model.load_state_dict(new_state, strict=True, assign=True)
+    if gguf_state:
+        from diffusers.quantizers.gguf.utils import _replace_with_gguf_linear
+
+        _replace_with_gguf_linear(model, cdtype, gguf_state)
+        missing, unexpected = model.load_state_dict(new_state, strict=False, assign=True)
+        if set(missing) != set(gguf_state) or unexpected:
+            raise RuntimeError(f"internal: GGUF load left {sorted(set(missing) - set(gguf_state))[:5]} / {unexpected[:5]}")
+        modules = dict(model.named_modules())
+        for k, t in gguf_state.items():
+            modules[k[: -len(".weight")]]._parameters["weight"] = t
+        del gguf_state
+    else:
+        model.load_state_dict(new_state, strict=True, assign=True)
     del new_state
     model.reset_rope(dev)
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.device.type == "meta"]

@@ -5,10 +5,12 @@ Accepted layouts (first match per component wins; ``*`` = any file name the load
 =================  =======================================================================================
 component          where
 =================  =======================================================================================
-4D-STraG           ``4D-STraG/`` (release: ``diffusion_pytorch_model.safetensors``) or ``strag.safetensors``
+4D-STraG           ``strag.gguf`` (``python -m moge4d_core quantize``), ``4D-STraG/`` (release:
+                   ``diffusion_pytorch_model.safetensors``) or ``strag.safetensors``
 STraG base         ``Wan2.1-Fun-V1.1-14B-Control/`` (optional: fills keys the STraG file lacks)
 motion VAE         ``VAE/`` (release: ``encoder_prompt/ decoder_prompt/ vae/``) or ``motion_vae.safetensors``
-4D-ViSM base       ``Wan2.1-Fun-V1.1-14B-InP/`` (transformer files + ``config.json``) or ``vism.safetensors``
+4D-ViSM base       ``vism.gguf``, ``vism.safetensors`` or ``Wan2.1-Fun-V1.1-14B-InP/`` (transformer files +
+                   ``config.json``)
 4D-ViSM LoRA       ``4D-ViSM/lora_diffusion_pytorch_model.safetensors`` (optional for ``vism.safetensors``)
 Wan VAE            ``Wan2.1_VAE.pth`` in the InP / Control folder or at the top, or ``vae.safetensors``
 umT5               ``models_t5_umt5-xxl-enc-bf16.pth`` (InP / Control folder or top) + ``google/umt5-xxl/``
@@ -80,12 +82,12 @@ def find_model_files(root) -> ModelFiles:
     bases = [INP, CONTROL, "."]
     files = ModelFiles(
         root=root,
-        strag=_need(_first(root, "4D-STraG", "strag.safetensors"), "the 4D-STraG checkpoint", "4D-STraG/", root),
+        strag=_need(_first(root, "strag.gguf", "4D-STraG", "strag.safetensors"), "the 4D-STraG checkpoint", "4D-STraG/", root),
         motion_vae=_need(_first(root, "VAE", "motion_vae.safetensors"), "the MoGe4D motion VAE", "VAE/", root),
         wan_vae=_need(_first(root, "vae.safetensors", *[f"{b}/Wan2.1_VAE.pth" for b in bases]),
                       "the Wan2.1 VAE", f"{INP}/Wan2.1_VAE.pth", root),
         strag_base=_first(root, CONTROL),
-        vism_base=_first(root, "vism.safetensors", INP),
+        vism_base=_first(root, "vism.gguf", "vism.safetensors", INP),
         vism_lora=_first(root, "4D-ViSM/lora_diffusion_pytorch_model.safetensors", "4D-ViSM"),
         umt5=_first(root, *[f"{b}/{UMT5}" for b in bases]),
         tokenizer=_first(root, *[f"{b}/google/umt5-xxl" for b in bases]),
@@ -162,6 +164,8 @@ def load_models(files: ModelFiles, *, device="cpu", dtype: torch.dtype = torch.f
         stack = ([(files.vism_lora, lora_strength)] if files.vism_lora is not None else []) + list(loras)
         if stack:
             merge_loras(vism, stack)
+        if mode.fp8 and any(hasattr(p, "quant_type") for p in vism.parameters()):
+            raise MoGe4DInputError(f"{base}: GGUF weights are already quantised; use a memory mode without fp8")
         if mode.fp8:                                   # after the merge: the LoRA delta lands in full precision
             enable_fp8_storage(vism, compute_dtype=dtype)
         out.vism = vism.eval()
