@@ -76,6 +76,9 @@ def test_quantize_command_and_loader_match_gguf_dequantize(strag_file, tmp_path,
     assert main(["quantize", "--gguf", qtype, str(src), str(out)]) == 0
     assert f"wrote {out}" in capsys.readouterr().out and not list(tmp_path.glob("*.partial"))
     ref, types = reference_from_file(out, original)
+    from moge4d_core.loading.gguf import gguf_sizes
+
+    assert 0 <= out.stat().st_size - gguf_sizes(original)[qtype] < 32 * 1024     # plan's size = the file's tensors
 
     base = {"Q5_K_M": "Q5_K", "Q4_K_M": "Q4_K"}.get(qtype, qtype)
     assert types["blocks.0.attn1.to_q.weight"] == base

@@ -39,7 +39,7 @@ import torch
 
 from ..errors import MoGe4DInputError
 
-__all__ = ["GGUF_TYPES", "BITS_PER_WEIGHT", "quantize_k", "quantize_tensor", "plan_types", "write_gguf_dit",
+__all__ = ["GGUF_TYPES", "BITS_PER_WEIGHT", "quantize_k", "quantize_tensor", "plan_types", "gguf_sizes", "write_gguf_dit",
            "quantize_file", "read_gguf_state", "is_gguf_tensor", "gguf_linear_names", "add_quantize_arguments",
            "cmd_quantize"]
 
@@ -201,6 +201,22 @@ def gguf_file_bytes(shapes: Mapping[str, tuple], types: Mapping[str, str]) -> in
     return int(total)
 
 
+def _keep_fp32_rule(model: torch.nn.Module) -> Callable[[str], bool]:
+    keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+    return lambda k: any(p in k.split(".") for p in keep)
+
+
+def gguf_sizes(model: torch.nn.Module, types: tuple = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M")) -> dict[str, int]:
+    """Tensor bytes of the GGUF file :func:`quantize_file` writes for ``model`` (a DiT, the meta device is fine),
+    per type: the planner's table."""
+    from ..models import fp8 as fp8_storage
+
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    quantisable = set(fp8_storage.fp8_eligible_linear_names(model))
+    return {t: gguf_file_bytes(shapes, plan_types(shapes, quantisable, t, len(model.blocks), _keep_fp32_rule(model)))
+            for t in types}
+
+
 # ------------------------------------------------------------------------------------------------ writing
 def _torch_dtype_name(qtype: str):
     return {"F32": np.float32, "F16": np.float16}.get(qtype, np.uint8)
@@ -286,9 +302,8 @@ def quantize_file(src: Union[str, Path], out: Union[str, Path], qtype: str,
             t = t.float() * (s if s is not None else 1.0)
         state[k] = t
     quantisable = set(fp8_storage.fp8_eligible_linear_names(model))
-    keep = tuple(model._keep_in_fp32_modules or ())
     types = plan_types({k: tuple(v.shape) for k, v in state.items()}, quantisable, qtype, cfg.num_layers,
-                       lambda k: any(p in k.split(".") for p in keep))
+                       _keep_fp32_rule(model))
     path = write_gguf_dit(state, types, out, arch=cfg.arch, config_json=json.dumps(config_to_json(cfg)), qtype=qtype,
                           name_map=lambda k: wan_keys.diffusers_to_original(k, strict=False))
     counts: dict[str, int] = {}

@@ -12,6 +12,9 @@ Accepted inputs (reference §E, DESIGN §6):
   ``diffusion_model.``, in fp16 / bf16 / fp8_e4m3fn, and fp8-scaled in both ComfyUI layouts: the
   legacy one (``<layer>.scale_weight`` + a ``scaled_fp8`` marker tensor) and the newer one
   (``<layer>.weight_scale``, ``<layer>.comfy_quant`` JSON, ``<layer>.input_scale``);
+* GGUF files (``Q8_0``, ``Q6_K``, ``Q5_K_M``, ``Q4_K_M``, ...; ours from ``python -m moge4d_core quantize`` and
+  other tools' Wan files): read through diffusers' GGUF support, quantised Linears kept packed as diffusers'
+  ``GGUFLinear`` (see :mod:`moge4d_core.loading.gguf`);
 * our own training outputs: safetensors whose metadata names the architecture and config
   (:func:`save_wan_dit`, via :func:`moge4d_core.loading.common.save_state_dict`).
 

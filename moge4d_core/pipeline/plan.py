@@ -224,6 +224,7 @@ class ModelWeights:
         block_bytes: bytes of one transformer block (0 for non-DiTs). num_blocks: blocks (0 for non-DiTs).
         elem_size: bytes per weight element (the compute dtype's). fp8_numel: elements of the fp8-eligible Linear
         weights, all blocks included; fp8_block_numel: those inside one block; fp8_max_numel: the largest one.
+        gguf_bytes: DiTs: ``((type, bytes), ...)`` of the GGUF files ``python -m moge4d_core quantize`` writes.
     """
 
     name: str
@@ -235,6 +236,7 @@ class ModelWeights:
     fp8_numel: int = 0
     fp8_block_numel: int = 0
     fp8_max_numel: int = 0
+    gguf_bytes: tuple = ()
 
     @property
     def is_dit(self) -> bool:
@@ -274,6 +276,8 @@ def _weights_of(name: str, model: torch.nn.Module, dit: bool) -> ModelWeights:
         kw["fp8_numel"] = sum(sizes.values())
         kw["fp8_block_numel"] = sum(v for n, v in sizes.items() if n.startswith("blocks.0."))
         kw["fp8_max_numel"] = max(sizes.values(), default=0)
+        from ..loading.gguf import gguf_sizes
+        kw["gguf_bytes"] = tuple(gguf_sizes(model).items())
     return ModelWeights(name=name, params=params, bytes=nbytes, elem_size=elem, **kw)
 
 
@@ -763,6 +767,9 @@ def format_plan(plan: Plan, modes: Sequence[str], choice: Optional[tuple[str, fl
              f"(DiT batch {s.cfg_batch}); DiTs {str(s.dit_dtype).replace('torch.', '')}"]
     lines.append("weights: " + ", ".join(f"{m.name} {m.params / 1e9:.2f} B params {m.bytes / GiB:.2f} GiB"
                                          for m in plan.profile.all_models))
+    lines += [f"GGUF file of the {m.name} (python -m moge4d_core quantize --gguf TYPE): "
+              + ", ".join(f"{t} {b / GiB:.2f} GiB" for t, b in m.gguf_bytes) for m in plan.profile.all_models
+              if m.gguf_bytes]
     for mode in modes:
         rows = plan.stages(mode)
         lines.append("")
@@ -833,7 +840,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                "choice": {"mode": choice[0] if choice else None, "peak_gib": choice[1] if choice else None},
                "gpu_bf16_peak_tflops": dict(GPU_BF16_PEAK_TFLOPS),
                "models": [{"name": m.name, "params": m.params, "gib": m.bytes / GiB,
-                           "dtype_bytes": m.elem_size}
+                           "dtype_bytes": m.elem_size, "gguf_gib": {t: b / GiB for t, b in m.gguf_bytes}}
                           for m in plan.profile.all_models],
                "modes": [{"mode": m, "peak_gib": plan.peak_bytes(m) / GiB} for m in modes],
                "stages": [e.to_dict() for m in modes for e in plan.stages(m)]}
