@@ -29,13 +29,16 @@ from .errors import MoGe4DInputError, require
 
 
 def _check_shape(name: str, tensor: torch.Tensor, shape: tuple, what: str) -> None:
-    """Check ``tensor`` against ``shape`` (ints or None for "any"), raising a readable error."""
+    """Check ``tensor`` against ``shape`` (ints, or None for "any") with kornia's ``KORNIA_CHECK_SHAPE``, raising a
+    :class:`MoGe4DInputError` that names the field (kornia's own error names neither the field nor what it holds).
+    """
+    from kornia.core.check import KORNIA_CHECK_SHAPE
+
     if not isinstance(tensor, torch.Tensor):
         raise MoGe4DInputError(f"{name}: expected a torch.Tensor {what}, got {type(tensor).__name__}")
-    ok = tensor.ndim == len(shape) and all(s is None or s == d for s, d in zip(shape, tensor.shape))
-    if not ok:
-        want = "(" + ",".join("*" if s is None else str(s) for s in shape) + ")"
-        raise MoGe4DInputError(f"{name}: expected shape {want} {what}, got {tuple(tensor.shape)}")
+    dims = ["*" if s is None else str(s) for s in shape]
+    if not KORNIA_CHECK_SHAPE(tensor, [f"D{i}" if d == "*" else d for i, d in enumerate(dims)], raises=False):
+        raise MoGe4DInputError(f"{name}: expected shape ({','.join(dims)}) {what}, got {tuple(tensor.shape)}")
 
 
 @dataclass
