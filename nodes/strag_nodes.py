@@ -32,8 +32,8 @@ from .comfy_runtime import compute_device, output_device, progress_callback
 from .dit_runtime import (dit_for_inference, flow_model_sampling, image_context, load_dit, native_sampler, step_count,
                           text_context)
 from .models import model_files, model_for_inference, resolve_dtype, wrap_model
-from .widgets import (NONE, clip_vision_input, fp8_input, native_inputs, offload_input, precision_input,
-                      sampler_inputs)
+from .widgets import (NONE, cache_input, clip_vision_input, fp8_input, native_inputs, offload_input,
+                      precision_input, sampler_inputs)
 from .validation import (MOTION_VAE, STRAG, STRAG_BASE, frames_problem, model_file_problem, resolve_model_file,
                          result, widget_problem)
 
@@ -196,6 +196,7 @@ class MoGe4DTrajectorySampler(io.ComfyNode):
                 io.Int.Input("overlap", default=DEFAULT_OVERLAP, min=0, max=200, optional=True,
                              tooltip="Chained generation: frames after each seam in which the two windows' motions "
                                      "are cross-faded (0 .. (frames-1)/2). Ignored for one window."),
+                cache_input(),
             ],
             outputs=[
                 T.Motion.Output(display_name="motion"),
@@ -212,7 +213,7 @@ class MoGe4DTrajectorySampler(io.ComfyNode):
     def execute(cls, strag_model, motion_vae, geometry, positive, negative, frames=49, steps=50, cfg=6.0, shift=5.0,
                 seed=0, solver="euler", normalization="official", reference=True, image=None, motion_features=None,
                 clip_vision_output=None, sampler=None, sigmas=None, windows=1,
-                overlap=DEFAULT_OVERLAP) -> io.NodeOutput:
+                overlap=DEFAULT_OVERLAP, cache="off") -> io.NodeOutput:
         if image is not None:
             img = image[0] if image.ndim == 4 else image
             if tuple(img.shape[:2]) != (geometry.height, geometry.width):
@@ -223,7 +224,8 @@ class MoGe4DTrajectorySampler(io.ComfyNode):
             geometry = dataclasses.replace(geometry, image=img[..., :3].float().cpu())
         options = TrajectoryOptions(frames=int(frames), normalization=normalization, reference=bool(reference),
                                     mpm=True)
-        settings = SamplerSettings(steps=int(steps), cfg=float(cfg), shift=float(shift), seed=int(seed), solver=solver)
+        settings = SamplerSettings(steps=int(steps), cfg=float(cfg), shift=float(shift), seed=int(seed), solver=solver,
+                                   cache=cache)
         native = native_sampler(sampler, sigmas, solver, shift)
         mm.throw_exception_if_processing_interrupted()
         model = dit_for_inference(strag_model)

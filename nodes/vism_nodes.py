@@ -46,8 +46,8 @@ from .comfy_runtime import output_device, progress_callback
 from .dit_runtime import dit_for_inference, image_context, load_dit, native_sampler, step_count, text_context
 from .models import MODEL_FOLDER, model_files
 from .validation import VISM_BASE, VISM_LORA, model_file_problem, resolve_model_file, result
-from .widgets import (NONE, clip_vision_input, fp8_input, native_inputs, offload_input, precision_input,
-                      sampler_inputs, strength_input)
+from .widgets import (NONE, cache_input, clip_vision_input, fp8_input, native_inputs, offload_input,
+                      precision_input, sampler_inputs, strength_input)
 
 log = logging.getLogger("moge4d")
 LORAS_PREFIX = "loras/"
@@ -140,16 +140,18 @@ class MoGe4DInpaint(io.ComfyNode):
                 *sampler_inputs(seed_default=1),
                 clip_vision_input("The release uses zero CLIP context for 4D-ViSM, i.e. leave it unconnected."),
                 *native_inputs(),
+                cache_input(),
             ],
             outputs=[io.Image.Output(display_name="frames", tooltip="Inpainted frames (T,H,W,3) in [0,1].")],
         )
 
     @classmethod
     def execute(cls, vism_model, vae, render, holes, positive, negative, steps=50, cfg=6.0, shift=5.0, seed=1,
-                solver="euler", clip_vision_output=None, sampler=None, sigmas=None) -> io.NodeOutput:
+                solver="euler", clip_vision_output=None, sampler=None, sigmas=None, cache="off") -> io.NodeOutput:
         frames = _frames(render, "render")
         mask = _holes(holes, frames)
-        settings = SamplerSettings(steps=int(steps), cfg=float(cfg), shift=float(shift), seed=int(seed), solver=solver)
+        settings = SamplerSettings(steps=int(steps), cfg=float(cfg), shift=float(shift), seed=int(seed), solver=solver,
+                                   cache=cache)
         native = native_sampler(sampler, sigmas, solver, shift)
         mm.throw_exception_if_processing_interrupted()
         model = dit_for_inference(vism_model)

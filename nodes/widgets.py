@@ -6,6 +6,7 @@ from comfy_api.latest import io
 
 from moge4d_core.loading.lora import OFFICIAL_STRENGTH
 from moge4d_core.sampling import SOLVERS
+from moge4d_core.sampling.step_cache import CACHE_PRESETS
 
 from .models import PRECISIONS
 
@@ -69,3 +70,14 @@ def strength_input():
     return io.Float.Input("strength", default=OFFICIAL_STRENGTH, min=-4.0, max=4.0, step=0.01,
                           tooltip="LoRA strength (the release infers with 0.55 = --stage2_lora_weight; the file's "
                                   "alpha/rank = 0.5 is applied on top).")
+
+
+def cache_input():
+    """The step-cache widget of the two samplers (appended last: widget order is part of saved workflows)."""
+    return io.Combo.Input("cache", options=list(CACHE_PRESETS), default="off", optional=True, advanced=True,
+                          tooltip="Step cache (diffusers' cache hooks): skip DiT work that barely changes between "
+                                  "steps. first_block:T = skip the other blocks while the first block's change stays "
+                                  "under T; mag = MagCache (the first run with a model calibrates it and skips "
+                                  "nothing); taylorseer:N = full blocks every N-th step, extrapolated in between; "
+                                  "pab:K = reuse self-attention K steps; faster = FasterCache (batched CFG only). "
+                                  "off = the release's sampling.")

@@ -242,7 +242,7 @@ def test_sampler_node_chains_windows(tmp_path):
         sampler = node["MoGe4DTrajectorySampler"]
         widgets = [i.id for i in sampler.define_schema().inputs if i.io_type in ("INT", "FLOAT", "BOOLEAN", "COMBO")]
         assert widgets == ["frames", "steps", "cfg", "shift", "seed", "solver", "normalization", "reference",
-                           "windows", "overlap"]                                   # appended, old order kept
+                           "windows", "overlap", "cache"]                          # appended, old order kept
         strag = node["MoGe4DLoadSTraG"].execute(file="4D-STraG/diffusion_pytorch_model.safetensors",
                                                 precision="fp32").args[0]
         mvae = node["MoGe4DLoadMotionVAE"].execute(vae="VAE/", precision="fp32").args[0]

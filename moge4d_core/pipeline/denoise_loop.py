@@ -14,6 +14,7 @@ import torch
 
 from ..interop.comfy_sampler import sample_with_comfy_sampler
 from ..sampling import dit_velocity, make_noise, sample_flow
+from ..sampling.step_cache import step_cache
 from ..types import DiTConditioning
 from .settings import NativeSampler, SamplerSettings
 
@@ -34,18 +35,23 @@ def run_dit_sampling(model: torch.nn.Module, shape: tuple, cond: DiTConditioning
         model: the DiT; the noise is put on its device.
         shape: the latent shape.
         cond: the conditional inputs; uncond: the unconditional ones (CFG when given and ``settings.cfg != 1``).
-        settings: seed, schedule, solver, CFG scale and batching.
+        settings: seed, schedule, solver, CFG scale and batching, step cache (``settings.cache``: enabled on the
+            model for this run only, removed after it).
         native: a ComfyUI ``SAMPLER`` (and optional sigmas) to drive the model instead of our solver.
         callback: ``callback(done, total)`` per step; an exception it raises propagates (Cancel).
     """
     device, _ = model_device_dtype(model)
     noise = make_noise(shape, settings.seed, device=device)
     use_cfg = uncond is not None and float(settings.cfg) != 1.0
-    velocity = dit_velocity(model, cond, uncond if use_cfg else None, settings.cfg, batched=settings.batched_cfg)
-    with torch.no_grad():
+    sigmas = settings.sigmas()
+    if native is not None and native.sigmas is not None:
+        sigmas = torch.as_tensor(native.sigmas, dtype=torch.float32)
+    with step_cache(model, settings.cache, calls=int(sigmas.shape[0]) - 1,
+                    batched_cfg=settings.batched_cfg if use_cfg else None) as cache, torch.no_grad():
+        velocity = dit_velocity(model, cond, uncond if use_cfg else None, settings.cfg, batched=settings.batched_cfg,
+                                cache=cache)
         if native is None:
-            return sample_flow(velocity, noise, settings.sigmas(), solver=settings.solver, callback=callback).float()
-        sigmas = settings.sigmas() if native.sigmas is None else torch.as_tensor(native.sigmas, dtype=torch.float32)
+            return sample_flow(velocity, noise, sigmas, solver=settings.solver, callback=callback).float()
         out = sample_with_comfy_sampler(native.sampler, sigmas, velocity, noise, callback=callback,
                                         seed=settings.seed, shift=settings.shift,
                                         model_sampling=native.model_sampling)

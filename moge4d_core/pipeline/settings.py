@@ -14,6 +14,7 @@ import torch
 
 from ..errors import require
 from ..sampling import SOLVERS, denoise_sigmas, truncate_sigmas
+from ..sampling.step_cache import parse_step_cache
 
 __all__ = ["SamplerSettings", "NativeSampler", "COMPAT_TRAJECTORY", "COMPAT_INPAINT", "compat_settings"]
 
@@ -23,7 +24,9 @@ class SamplerSettings:
     """steps ≥ 1; cfg (1 = no guidance, the negative branch is skipped); shift of the σ grid; seed (noise is
     drawn on the CPU, so a seed gives the same result on every device); solver in ``SOLVERS``;
     denoise ∈ (0,1] (partial schedule, KSampler style); start_step/end_step cut the schedule;
-    batched_cfg: one 2B forward pass (official) instead of two B passes (less memory)."""
+    batched_cfg: one 2B forward pass (official) instead of two B passes (less memory); cache: a step-cache setting
+    (``"first_block:0.1"``, ``"mag"``, ``"taylorseer"``, ``"pab"``, ``"faster"``; None / ``"off"`` = off, the
+    default and the release's), see :mod:`moge4d_core.sampling.step_cache`."""
 
     steps: int = 50
     cfg: float = 6.0
@@ -34,11 +37,14 @@ class SamplerSettings:
     start_step: int = 0
     end_step: Optional[int] = None
     batched_cfg: bool = True
+    cache: Optional[str] = None
 
     def __post_init__(self) -> None:
         require(isinstance(self.steps, int) and self.steps >= 1, f"steps: expected an integer >= 1, got {self.steps!r}")
         require(self.cfg >= 0, f"cfg: expected a value >= 0, got {self.cfg!r} (the release uses 6.0)")
         require(self.solver in SOLVERS, f"solver: expected one of {SOLVERS}, got {self.solver!r}")
+        cache = parse_step_cache(self.cache)                      # refuses unknown settings, listing the valid ones
+        object.__setattr__(self, "cache", None if cache is None else str(cache))
 
     def sigmas(self) -> torch.Tensor:
         """σ schedule (float32, decreasing) after denoise and start/end steps."""

@@ -16,6 +16,7 @@ import torch
 from ..types import DiTConditioning
 from .guidance import batched_guided_velocity, guided_velocity
 from .schedules import sigma_to_timestep
+from .step_cache import CacheRun
 
 __all__ = ["dit_velocity"]
 
@@ -28,17 +29,24 @@ def _timestep(sigma: torch.Tensor, batch: int, device, num_train_timesteps: int)
     return t.expand(batch) if t.numel() == 1 else t
 
 
-def _plain(model: Callable[..., torch.Tensor], conds: DiTConditioning, T: int) -> VelocityFn:
+def _plain(model: Callable[..., torch.Tensor], conds: DiTConditioning, T: int, branch: str,
+           cache: Optional[CacheRun]) -> VelocityFn:
     kwargs = conds.forward_kwargs()
+    if cache is None and getattr(model, "is_cache_enabled", False):
+        cache = CacheRun(model)                      # a cache the caller enabled: still one context per branch
 
     def fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        return model(hidden_states=x, timestep=_timestep(sigma, x.shape[0], x.device, T), **kwargs)
+        t = _timestep(sigma, x.shape[0], x.device, T)
+        if cache is None:
+            return model(hidden_states=x, timestep=t, **kwargs)
+        with cache.context(branch, t):
+            return model(hidden_states=x, timestep=t, **kwargs)
     return fn
 
 
 def dit_velocity(model: Callable[..., torch.Tensor], cond: DiTConditioning,
                  uncond: Optional[DiTConditioning] = None, cfg: float = 1.0, *, batched: bool = True,
-                 num_train_timesteps: int = 1000) -> VelocityFn:
+                 num_train_timesteps: int = 1000, cache: Optional[CacheRun] = None) -> VelocityFn:
     """Velocity ``fn(x (B,16,F,h,w), sigma) -> model(hidden_states=x, timestep=1000σ (B,), **cond.forward_kwargs())``.
 
     Every input goes by keyword (diffusers' names), so diffusers' hooks that read inputs by name (FasterCache's
@@ -52,14 +60,17 @@ def dit_velocity(model: Callable[..., torch.Tensor], cond: DiTConditioning,
         cfg: guidance scale; with ``uncond`` and ``cfg != 1``: ``v = v_uncond + cfg·(v_cond − v_uncond)``.
         batched: evaluate both branches in one 2B pass (else two B passes).
         num_train_timesteps: the DiT's timestep scale (Wan: 1000).
+        cache: the step cache of this run (:func:`~.step_cache.step_cache`): every model call runs in its
+            ``cache_context`` (``"cfg"`` for the batched pass, ``"cond"`` / ``"uncond"`` otherwise). Without it, a
+            cache enabled on the model by the caller still gets those contexts.
 
     Returns:
         ``fn(x, sigma) -> v`` with ``v`` shaped like ``x``.
     """
     T = int(num_train_timesteps)
-    cond_fn = _plain(model, cond, T)
     if uncond is None or float(cfg) == 1.0:
-        return cond_fn
+        return _plain(model, cond, T, "cond", cache)
     if not batched:
-        return guided_velocity(cond_fn, _plain(model, uncond, T), cfg)
-    return batched_guided_velocity(_plain(model, DiTConditioning.cfg_batch(uncond, cond), T), cfg, uncond_first=True)
+        return guided_velocity(_plain(model, cond, T, "cond", cache), _plain(model, uncond, T, "uncond", cache), cfg)
+    return batched_guided_velocity(_plain(model, DiTConditioning.cfg_batch(uncond, cond), T, "cfg", cache), cfg,
+                                   uncond_first=True)

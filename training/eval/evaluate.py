@@ -44,6 +44,9 @@ class EvalReport:
     baseline_error: list = field(default_factory=list)
     psnr: list = field(default_factory=list)
     axis_terms: list = field(default_factory=list)     # per sample: (model (3,), baseline (3,), count), see add()
+    cache: Optional[str] = None                        # the step-cache setting sampled with (None = off)
+    strag_blocks: int = 0                              # DiT block evaluations (per batch item) in the STraG stage
+    vism_blocks: int = 0                               # ... and in the ViSM stage
 
     def add(self, sample_id: str, pred, gt, vis) -> None:
         """Score one sample's predicted trajectories ``pred`` (T,N,3) against ``gt`` (T,N,3) and the zero-motion
@@ -72,6 +75,8 @@ class EvalReport:
                          f"zero-motion baseline: {' / '.join(f'{v:.3f}' for v in b_rms)}")
         if self.psnr:
             lines.append(f"ViSM masked PSNR on known pixels: {statistics.mean(self.psnr):.2f} dB")
+        lines.append(f"DiT block evaluations (cache {self.cache or 'off'}): STraG {self.strag_blocks}, "
+                     f"ViSM {self.vism_blocks}")
         return "\n".join(lines)
 
 
@@ -100,12 +105,15 @@ def grid_from_meta(data_dir: Path) -> Optional[tuple[int, int]]:
 
 def evaluate(models_dir, data_dir, *, count: int = 16, steps: int = 20, cfg: float = 1.0, seed: int = 0,
              frames: Optional[int] = None, inpaint: bool = True, device: str = "cpu",
-             grid: Optional[tuple[int, int]] = None) -> EvalReport:
+             grid: Optional[tuple[int, int]] = None, cache: Optional[str] = None) -> EvalReport:
+    """Sample every held-out scene (trajectories, then inpainting) and score it; ``cache`` is the step-cache
+    setting of both DiTs (:mod:`moge4d_core.sampling.step_cache`), the block evaluations are counted."""
     from moge4d_core.pipeline import WanImageVAE
     from moge4d_core.pipeline.inpaint import inpaint as run_inpaint
     from moge4d_core.pipeline.model_dir import encode_prompts, find_model_files, load_models
     from moge4d_core.pipeline.settings import SamplerSettings
     from moge4d_core.pipeline.trajectory import TrajectoryOptions, denormalize, generate_motion
+    from moge4d_core.sampling.step_cache import BlockCounter, parse_step_cache
 
     files = find_model_files(models_dir)
     models = load_models(files, device=device, inpaint=inpaint and files.vism_base is not None, depth=False)
@@ -113,14 +121,18 @@ def evaluate(models_dir, data_dir, *, count: int = 16, steps: int = 20, cfg: flo
     ds = TrajSceneDataset(data_dir, frames=frames or 17, crop=None, load_video=True, load_render=True,
                           grid=grid or grid_from_meta(data_dir))
     positive, negative = encode_prompts(models, "")
-    report = EvalReport()
+    setting = parse_step_cache(cache)
+    report = EvalReport(cache=None if setting is None else str(setting))
     for i in range(min(count, len(ds))):
         s = ds[i]
         h, w = s.colors.shape[:2]
         geom = _geometry(s, _intrinsics(data_dir, s.id, h, w))
-        settings = SamplerSettings(steps=steps, cfg=cfg, seed=seed + i)
-        motion = generate_motion(models.strag, models.motion_vae, WanImageVAE.from_motion_vae(models.motion_vae), geom, positive, negative,
-                                 settings=settings, options=TrajectoryOptions(frames=s.points.shape[0]))
+        settings = SamplerSettings(steps=steps, cfg=cfg, seed=seed + i, cache=report.cache)
+        with BlockCounter(models.strag) as counter:
+            motion = generate_motion(models.strag, models.motion_vae, WanImageVAE.from_motion_vae(models.motion_vae),
+                                     geom, positive, negative, settings=settings,
+                                     options=TrajectoryOptions(frames=s.points.shape[0]))
+        report.strag_blocks += counter.blocks
         pred = denormalize(motion).points
         gt = s.points.reshape(s.points.shape[0], -1, 3)
         vis = None if s.visibility is None else s.visibility.reshape(gt.shape[0], -1)
@@ -128,8 +140,10 @@ def evaluate(models_dir, data_dir, *, count: int = 16, steps: int = 20, cfg: flo
         if models.vism is not None and s.render is not None and s.video is not None:
             render = s.render.float() / 255
             holes = s.mask.float()
-            out = run_inpaint(models.vism, models.image_vae, render, holes, positive, negative,
-                              settings=settings.replace(seed=seed + i + 1))
+            with BlockCounter(models.vism) as counter:
+                out = run_inpaint(models.vism, models.image_vae, render, holes, positive, negative,
+                                  settings=settings.replace(seed=seed + i + 1))
+            report.vism_blocks += counter.blocks
             target = s.video.float() / 255
             if target.shape == out.shape:
                 report.psnr.append(masked_psnr(out, target, holes < 0.5))
@@ -149,10 +163,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--frames", type=int, default=17)
     ap.add_argument("--no-inpaint", action="store_true")
+    ap.add_argument("--cache", default=None,
+                    help="step cache of both DiTs, e.g. first_block:0.1, mag, taylorseer:3, pab, faster (default off)")
     a = ap.parse_args(argv)
     try:
         rep = evaluate(a.models, a.data, count=a.count, steps=a.steps, cfg=a.cfg, seed=a.seed, frames=a.frames,
-                       inpaint=not a.no_inpaint)
+                       inpaint=not a.no_inpaint, cache=a.cache)
     except MoGe4DInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
