@@ -33,7 +33,7 @@ import folder_paths
 import node_helpers
 
 from moge4d_core.errors import MoGe4DInputError
-from moge4d_core.loading.lora import OFFICIAL_STRENGTH, merge_lora
+from moge4d_core.loading.lora import OFFICIAL_STRENGTH, merge_loras
 from moge4d_core.loading.wan_dit import load_vism_base
 from moge4d_core.models.conditioning import IMAGE_DIM, IMAGE_TOKENS
 from moge4d_core.interop.comfy_lora import check_lora_fits, comfy_kohya_state
@@ -45,12 +45,14 @@ from . import comfy_types as T
 from .comfy_runtime import output_device, progress_callback
 from .dit_runtime import dit_for_inference, image_context, load_dit, native_sampler, step_count, text_context
 from .models import MODEL_FOLDER, model_files
-from .validation import VISM_BASE, VISM_LORA, model_file_problem, resolve_model_file, result
+from .validation import VISM_BASE, VISM_LORA, ModelFile, model_file_problem, resolve_model_file, result
 from .widgets import (NONE, cache_input, clip_vision_input, fp8_input, native_inputs, offload_input,
                       precision_input, sampler_inputs, strength_input)
 
 log = logging.getLogger("moge4d")
 LORAS_PREFIX = "loras/"
+EXTRA_LORA = ModelFile("extra_lora", "second LoRA (e.g. a step-distilled Wan2.1 I2V / InP LoRA)",
+                       "loras/<file>.safetensors (ComfyUI's loras folder)", "the LoRA's own page")
 
 
 def _frames(image: torch.Tensor, name: str) -> torch.Tensor:
@@ -97,6 +99,12 @@ class MoGe4DLoadViSM(io.ComfyNode):
                 precision_input(),
                 fp8_input(),
                 offload_input(),
+                io.Combo.Input("extra_lora", options=[NONE] + lora_choices(), default=NONE, optional=True,
+                               tooltip="A second LoRA merged after the ViSM LoRA, e.g. a step-distilled Wan2.1 I2V / "
+                                       "InP LoRA for few-step inpainting (then 4 steps, shift 5, CFG 1 on the "
+                                       "Inpaint node); kohya, lora_A/lora_B and lora_down/lora_up layouts."),
+                io.Float.Input("extra_strength", default=1.0, min=-4.0, max=4.0, step=0.01, optional=True,
+                               tooltip="Strength of extra_lora."),
             ],
             outputs=[T.ViSMModel.Output(display_name="vism_model")],
         )
@@ -108,7 +116,7 @@ class MoGe4DLoadViSM(io.ComfyNode):
 
     @classmethod
     def execute(cls, file, lora=NONE, strength=OFFICIAL_STRENGTH, precision="auto", fp8_storage=False,
-                block_offload=False) -> io.NodeOutput:
+                block_offload=False, extra_lora=NONE, extra_strength=1.0) -> io.NodeOutput:
         files = model_files()
         path = resolve_model_file(file, VISM_BASE, files)
         lora_path = None if lora in (None, "", NONE) else resolve_model_file(lora, VISM_LORA, files)
@@ -116,7 +124,12 @@ class MoGe4DLoadViSM(io.ComfyNode):
         def load(dtype, compute_dtype):
             return load_vism_base(path, dtype=dtype, compute_dtype=compute_dtype)
 
-        merge = (lambda m: merge_lora(m, lora_path, float(strength))) if lora_path else None
+        stack = [(lora_path, float(strength))] if lora_path else []
+        if extra_lora not in (None, "", NONE):
+            folder, rel = _lora_target(extra_lora)
+            stack.append((resolve_model_file(extra_lora, EXTRA_LORA, lora_choices(), folder=folder, display=rel),
+                          float(extra_strength)))
+        merge = (lambda m: merge_loras(m, stack)) if stack else None
         return io.NodeOutput(load_dit(load, precision=precision, fp8=fp8_storage, offload=block_offload, merge=merge))
 
 

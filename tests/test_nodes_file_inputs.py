@@ -93,6 +93,7 @@ MODEL_INPUTS = [
     ("MoGe4DLoadSTraG", "base_control", CONTROL, {"file": STRAG}),
     ("MoGe4DLoadViSM", "file", INP, {}),
     ("MoGe4DLoadViSM", "lora", LORA, {"file": INP}),
+    ("MoGe4DLoadViSM", "extra_lora", LORA, {"file": INP}),
     ("MoGe4DApplyViSMLoRA", "lora", LORA, {"model": None}),
 ]
 NAMED = {("MoGe4DLoadUniDepth", "file"), ("MoGe4DLoadOmniMAE", "file"), ("MoGe4DLoadSTraG", "file"),
