@@ -1,6 +1,7 @@
 """Gaussian splatting renderer (``mode="gaussians"``), as the official MoGe4D renders its points.
 
-Every point is an isotropic 3D Gaussian (scale ``s`` in world units, official default ``1e-4``) with
+Every point is an isotropic 3D Gaussian (scale ``s`` in world units, official default ``1e-4``; or one
+scale per point, e.g. sized to the point spacing by :func:`~moge4d_core.render.api.spacing_scale`) with
 opacity ``o`` and a constant colour. Per frame (3DGS / EWA splatting, reference section D):
 
 * camera-space mean ``p_c = R p + t`` (``R, t`` from the world-to-camera matrix), dropped when
@@ -59,11 +60,13 @@ _GSPLAT_STATE: dict = {"failed": False}
 # projection
 # ----------------------------------------------------------------------------------------------
 def project_gaussians(pc: torch.Tensor, R: torch.Tensor, K: torch.Tensor, width: int, height: int,
-                      scale: float, opacity: float) -> dict:
+                      scale, opacity: float, dilation: float = EPS2D) -> dict:
     """EWA projection of isotropic Gaussians given in camera space.
 
     pc (M,3) camera-space means with z > 0; R (3,3) world-to-camera rotation block (for the world
-    covariance ``s^2 R R^T``; identity-like for rigid poses); K (3,3) pixel intrinsics.
+    covariance ``s^2 R R^T``; identity-like for rigid poses); K (3,3) pixel intrinsics; ``scale`` one
+    standard deviation (float, world units) for all, or an (M,) tensor, one per Gaussian; ``dilation`` the
+    screen-space variance added to every footprint, px^2 (3DGS: 0.3).
     Returns a dict of (M,) tensors: ``u, v`` projected means (pixels), ``ca, cb, cc`` the conic
     ``Sigma2^-1 = [[ca, cb], [cb, cc]]``, ``r_box`` (3-sigma radius in pixels, float), ``reach`` (int64,
     ``min(r_box, floor(rho + 0.5))``: how many pixels around ``floor(u), floor(v)`` can pass both
@@ -83,11 +86,15 @@ def project_gaussians(pc: torch.Tensor, R: torch.Tensor, K: torch.Tensor, width:
     zero = torch.zeros_like(z)
     J = torch.stack([torch.stack([fx * inv_z, sk * inv_z, -(fx * txn + sk * tyn) * inv_z], -1),
                      torch.stack([zero, fy * inv_z, -fy * tyn * inv_z], -1)], dim=1)  # (M,2,3)
-    G = (R.to(f32) @ R.to(f32).T) * (float(scale) ** 2)  # world covariance seen in the camera
-    cov = torch.einsum("mij,jk,mlk->mil", J, G, J)
-    a = cov[:, 0, 0] + EPS2D
+    if isinstance(scale, torch.Tensor):
+        G = R.to(f32) @ R.to(f32).T  # world covariance seen in the camera, per Gaussian times s^2
+        cov = torch.einsum("mij,jk,mlk->mil", J, G, J) * (scale.to(f32) ** 2)[:, None, None]
+    else:
+        G = (R.to(f32) @ R.to(f32).T) * (float(scale) ** 2)  # world covariance seen in the camera
+        cov = torch.einsum("mij,jk,mlk->mil", J, G, J)
+    a = cov[:, 0, 0] + dilation
     b = 0.5 * (cov[:, 0, 1] + cov[:, 1, 0])
-    c = cov[:, 1, 1] + EPS2D
+    c = cov[:, 1, 1] + dilation
     det = a * c - b * b
     mid = 0.5 * (a + c)
     disc = mid * mid - det
@@ -117,10 +124,11 @@ def _ring_offsets(m: int, device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def rasterize_frame_torch(points: torch.Tensor, colors: torch.Tensor, w2c: torch.Tensor, K: torch.Tensor,
-                          height: int, width: int, *, scale: float, opacity: float, near: float,
+                          height: int, width: int, *, scale, opacity: float, near: float,
                           background, point_mask: Optional[torch.Tensor] = None,
-                          pairs_per_batch: int = PAIRS_PER_BATCH):
-    """Render one frame. points (N,3) world; colors (N,3); w2c (4,4); K (3,3); point_mask (N,) bool.
+                          pairs_per_batch: int = PAIRS_PER_BATCH, dilation: float = EPS2D):
+    """Render one frame. points (N,3) world; colors (N,3); w2c (4,4); K (3,3); point_mask (N,) bool;
+    scale: standard deviation in world units, a float or an (N,) tensor (one per point).
 
     Returns ``rgb (H,W,3)``, ``depth (H,W)`` (normalised expected z, 0 where alpha < 0.5) and
     ``alpha (H,W)`` (accumulated opacity), all float32.
@@ -144,7 +152,8 @@ def rasterize_frame_torch(points: torch.Tensor, colors: torch.Tensor, w2c: torch
         ids = torch.zeros(0, dtype=torch.int64, device=dev)
     fields, gid, pad = None, None, 0
     if ids.numel() > 0:
-        g = project_gaussians(pc[ids], R, K, W, H, scale, opacity)
+        g = project_gaussians(pc[ids], R, K, W, H, scale[ids] if isinstance(scale, torch.Tensor) else scale,
+                              opacity, dilation)
         c0, r0 = torch.floor(g["u"]), torch.floor(g["v"])
         reach = g["reach"]
         inside = (c0 + reach >= 0) & (c0 - reach < W) & (r0 + reach >= 0) & (r0 - reach < H)
@@ -320,8 +329,8 @@ def _mark_gsplat_failed(why: str) -> None:
 
 
 def rasterize_frame_gsplat(gsplat, points: torch.Tensor, colors: torch.Tensor, w2c: torch.Tensor, K: torch.Tensor,
-                           height: int, width: int, *, scale: float, opacity: float, near: float, background,
-                           point_mask: Optional[torch.Tensor] = None):
+                           height: int, width: int, *, scale, opacity: float, near: float, background,
+                           point_mask: Optional[torch.Tensor] = None, dilation: float = EPS2D):
     """Render one frame with ``gsplat.rasterization`` (documented API of gsplat >= 1.0).
 
     Identity rotations are quaternions in gsplat's ``(w, x, y, z)`` order; ``viewmats`` are
@@ -333,17 +342,21 @@ def rasterize_frame_gsplat(gsplat, points: torch.Tensor, colors: torch.Tensor, w
     f32 = torch.float32
     means = points.to(f32)
     cols = colors.to(f32)
+    per_point = isinstance(scale, torch.Tensor)
+    sizes = scale.to(f32) if per_point else None
     if point_mask is not None:
         means, cols = means[point_mask], cols[point_mask]
+        sizes = sizes[point_mask] if per_point else None
     n = means.shape[0]
     quats = torch.zeros((n, 4), dtype=f32, device=dev)
     quats[:, 0] = 1.0
-    scales = torch.full((n, 3), float(scale), dtype=f32, device=dev)
+    scales = (sizes[:, None].expand(n, 3).contiguous() if per_point
+              else torch.full((n, 3), float(scale), dtype=f32, device=dev))
     opac = torch.full((n,), float(opacity), dtype=f32, device=dev)
     out, alphas, _meta = gsplat.rasterization(
         means=means.contiguous(), quats=quats, scales=scales, opacities=opac, colors=cols.contiguous(),
         viewmats=w2c.to(f32)[None].contiguous(), Ks=K.to(f32)[None].contiguous(), width=int(width),
-        height=int(height), near_plane=float(near), eps2d=EPS2D, render_mode="RGB+ED")
+        height=int(height), near_plane=float(near), eps2d=float(dilation), render_mode="RGB+ED")
     out = out[0]
     alpha = alphas[0, ..., 0].to(f32)
     bg = torch.tensor(list(background), dtype=f32, device=dev)
@@ -355,16 +368,19 @@ def rasterize_frame_gsplat(gsplat, points: torch.Tensor, colors: torch.Tensor, w
 # ----------------------------------------------------------------------------------------------
 # driver
 # ----------------------------------------------------------------------------------------------
-def render_gaussians(setup: FrameSetup, *, backend: str, scale: float, opacity: float, near: float,
-                     background, progress: Optional[Callable[[int, int], None]] = None) -> RenderResult:
+def render_gaussians(setup: FrameSetup, *, backend: str, scale, opacity: float, near: float,
+                     background, progress: Optional[Callable[[int, int], None]] = None,
+                     dilation: float = EPS2D) -> RenderResult:
     """Render all frames of ``setup`` as alpha-composited Gaussians (see the module docstring).
 
     Args:
         setup: the frames to render (points, colours, cameras, optional point mask), see :mod:`.projection`.
         backend: "auto" (gsplat on CUDA when usable, else PyTorch), "torch" or "gsplat".
-        scale: isotropic standard deviation of every Gaussian, world units.
+        scale: isotropic standard deviation, world units: one float for every Gaussian, or an (N,) float tensor
+            on the points' device, one per point (e.g. :func:`~moge4d_core.render.api.spacing_scale`).
         opacity: opacity of every Gaussian, in (0, 1].
         near: Gaussians with camera z <= near are dropped.
+        dilation: screen-space variance added to every footprint, px^2 (3DGS's 0.3; Mip-Splatting's 2D filter 0.1).
         background: RGB in [0,1] behind the Gaussians.
         progress: ``progress(i, T)`` is called after frame ``i`` (1-based) is finished.
 
@@ -380,7 +396,7 @@ def render_gaussians(setup: FrameSetup, *, backend: str, scale: float, opacity: 
     rgb = torch.empty((T, H, W, 3), dtype=torch.float32, device=dev)
     depth = torch.empty((T, H, W), dtype=torch.float32, device=dev)
     alpha = torch.empty((T, H, W), dtype=torch.float32, device=dev)
-    kw = dict(scale=scale, opacity=opacity, near=near, background=background)
+    kw = dict(scale=scale, opacity=opacity, near=near, background=background, dilation=dilation)
     for t in range(T):
         w2c, K = setup.cameras_at(t, t + 1)
         pts = setup.points_at(t, t + 1)[0]
