@@ -8,8 +8,11 @@ z-buffer, or gsplat for Gaussians; :func:`render_on_device`); its result comes b
 ``compat=True`` reproduces the released inference (reference §J): the official pseudo-intrinsics for the
 first-frame back-projection, the release's motion-normalisation constants at any working size, the official
 render intrinsics for preset cameras (``fx·W``, where the back-projection uses ``fx·(W−1)``), reference tokens
-from the image, MPM off, Euler / shift 5 / 50 steps / CFG 6, inpainting seed = seed + 1 — with the
-de-normalisation applied.
+from the image, MPM off, Euler / shift 5 / 50 steps / CFG 6, inpainting seed = seed + 1, every pixel regenerated
+(``keep_rendered`` off) — with the de-normalisation applied.
+
+Splats sized to the point spacing (the nano demo's first look): ``render_kwargs={"mode": "gaussians",
+"gaussian_scale": "spacing"}`` (:data:`SPLAT_RENDER`, :func:`moge4d_core.render.api.spacing_scale`).
 """
 from __future__ import annotations
 
@@ -37,7 +40,12 @@ from .denoise_loop import model_device_dtype
 from .trajectory import TrajectoryOptions, denormalize, generate_motion
 
 __all__ = ["StageTimes", "NovelView", "SceneResult", "DepthEstimate", "estimate_geometry", "motion_features_of",
-           "render_on_device", "compat_options", "run_pipeline"]
+           "render_on_device", "compat_options", "run_pipeline", "SPLAT_RENDER", "RENDER_STYLES"]
+
+SPLAT_RENDER = {"mode": "gaussians", "gaussian_scale": "spacing"}
+"""``render_kwargs`` for Gaussians sized to the point spacing: neighbouring splats touch, holes are disocclusions."""
+RENDER_STYLES = {"points": {}, "splats": SPLAT_RENDER}
+"""The CLI's ``--render`` names -> ``render_kwargs``: ``points`` one pixel per point (default), ``splats``."""
 
 Progress = Callable[[str, int, int], None]
 
@@ -198,7 +206,7 @@ def run_pipeline(*, image: torch.Tensor, strag, motion_vae, image_vae: ImageVAE,
                  compat: bool = False, size: Optional[tuple[int, int]] = None, fps: float = 8.0,
                  render_kwargs: Optional[dict] = None, native: Optional[NativeSampler] = None,
                  progress: Optional[Progress] = None, frames: Optional[int] = None,
-                 overlap: int = 0, residency: Optional[Residency] = None) -> SceneResult:
+                 overlap: int = 0, residency: Optional[Residency] = None, keep_rendered: int = 0) -> SceneResult:
     """Run every stage; see the module docstring. ``size`` = (width, height) of the working grid (default: the
     geometry's, or the image's rounded down to multiples of 16). ``progress(stage, done, total)``.
 
@@ -208,9 +216,13 @@ def run_pipeline(*, image: torch.Tensor, strag, motion_vae, image_vae: ImageVAE,
 
     ``residency``: when given (:func:`~.model_dir.load_models` makes one), each stage's models come to its device for
     that stage only, as its memory mode says (:mod:`.residency`), and the render runs on that device; without it the
-    models stay where they are and the render runs on the STraG's device."""
+    models stay where they are and the render runs on the STraG's device.
+
+    ``keep_rendered``: feather width in pixels for compositing each render back over its inpainted frames where points
+    landed (:func:`~.inpaint.keep_weight`); 0 = off. ``compat`` turns it off (the release regenerates every pixel)."""
     times = StageTimes()
     if compat:
+        keep_rendered = 0
         trajectory_settings, inpaint_settings = compat_settings(trajectory_settings.seed)
         options = compat_options(options.frames)
     if geometry is None:
@@ -266,7 +278,7 @@ def run_pipeline(*, image: torch.Tensor, strag, motion_vae, image_vae: ImageVAE,
                 from .chain import pad_frames
                 rgb, count = pad_frames(rend.rgb)
                 inpainted = inpaint(vism, image_vae, rgb, pad_frames(rend.holes)[0], vism_positive or positive,
-                                    negative, settings=inpaint_settings,
+                                    negative, settings=inpaint_settings, keep_rendered=keep_rendered,
                                     callback=_step_progress(progress, f"inpaint {path.name}"))[:count]
         views.append(NovelView(camera=path, render=rend, frames=inpainted))
     return SceneResult(geometry=geometry, motion=motion, trajectories=traj, views=views, times=times)
