@@ -28,6 +28,15 @@ Commands
 
                  python -m moge4d_core generate ... --lora distill_i2v_4step.safetensors:1.0 --preset fast
 
+             Defaults: a model folder with a ``demo.json`` ``settings`` object (the nano model) sets ``--width/--height/
+             --frames/--window/--steps/--cfg/--shift/--render/--keep-rendered`` for its model (said on stderr); without
+             one the release's apply (512x368, 49 frames, 50 steps, CFG 6). A photo of another aspect is centre-cropped
+             (``--fit crop``) or padded (``--fit pad``), never stretched; ``--depth`` follows the same cut and ``--fov``
+             is converted. ``--render splats`` draws Gaussians sized to the point spacing; ``--keep-rendered PX``
+             composites the render back over the inpainted frames where points landed, feathered over PX pixels::
+
+                 python -m moge4d_core generate --models moge4d_core/nano_model --image photo.jpg --depth d.npy --fov 60 --out out/
+
 ``demo``     ``generate`` with the nano model shipped in ``moge4d_core/nano_model`` on its synthetic test image
              and depth, on the CPU in a few minutes (it shows the pipeline, not the released model's quality)::
 
@@ -202,6 +211,7 @@ def preflight(args, command: str, *, models_dir=None, image_path=None, depth_pat
         check_output_folder(args.out)
         return checked
 
+    fill_generate_defaults(args, models_dir)
     from .io.images import read_depth, read_image
     from .pipeline.chain import check_chain, window_frames
     from .pipeline.conditioning import check_size
@@ -217,6 +227,7 @@ def preflight(args, command: str, *, models_dir=None, image_path=None, depth_pat
     SamplerSettings(steps=args.steps, cfg=args.cfg, shift=args.shift, seed=args.seed, solver=args.solver,
                     cache=args.cache)
     _positive(args.inpaint_steps, "--inpaint-steps", integer=True, zero_ok=True)
+    _positive(args.keep_rendered, "--keep-rendered", integer=True, zero_ok=True)
     _positive(args.fps, "--fps")
     _positive(args.lora_strength, "--lora-strength", zero_ok=True)
     from .pipeline.speed import check_attention_backend, check_lora_specs
@@ -296,6 +307,34 @@ def cmd_render(args) -> int:
     return 0
 
 
+RELEASE_DEFAULTS = dict(frames=49, width=512, height=368, steps=50, cfg=6.0, shift=5.0, render="points",
+                        keep_rendered=0)
+"""``generate``'s defaults for a model folder without its own (:func:`~.pipeline.model_dir.folder_defaults`)."""
+
+
+def fill_generate_defaults(args, models_dir) -> None:
+    """Fill the options left unset (None) on the command line: from the model folder's ``demo.json`` settings when it
+    has them (the nano model; said on stderr), else :data:`RELEASE_DEFAULTS`; ``--window`` = the model's frames."""
+    from .pipeline.model_dir import folder_defaults
+
+    own = folder_defaults(models_dir) if models_dir is not None and Path(models_dir).is_dir() else {}
+    used = []
+    for key, value in RELEASE_DEFAULTS.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, own.get(key, value))
+            if key in own:
+                used.append(f"--{key.replace('_', '-')} {own[key]}")
+    if getattr(args, "window", None) is None:
+        args.window = own.get("frames", RELEASE_DEFAULTS["frames"])
+        if "frames" in own:
+            used.append(f"--window {own['frames']}")
+    if getattr(args, "fit", None) is None:
+        args.fit = "crop"
+    if used and getattr(args, "command", None) == "generate":
+        print(f"generate: this model's own defaults from {Path(models_dir) / 'demo.json'}: {' '.join(used)} "
+              f"(the release's do not apply; options on the command line win)", file=sys.stderr)
+
+
 def _generate(args, *, models_dir, image_path, depth_path=None, fov=None, depth_kind="metric",
               command: str = "generate") -> int:
     import torch
@@ -321,10 +360,16 @@ def _generate(args, *, models_dir, image_path, depth_path=None, fov=None, depth_
     inp_settings = preset_settings(args.preset, traj_settings.replace(seed=args.seed + 1))
     if args.inpaint_steps:
         inp_settings = inp_settings.replace(steps=args.inpaint_steps)
-    image, files = checked.image, checked.files
+    from .pipeline.fit import fit_to_aspect
+    from .pipeline.run import RENDER_STYLES
+
+    fitted = fit_to_aspect(checked.image, checked.depth, fov, args.width, args.height, args.fit)
+    if fitted.note:
+        print(fitted.note, file=sys.stderr)
+    image, files, fov = fitted.image, checked.files, fitted.fov
     geometry = None
-    if checked.depth is not None:
-        depth = checked.depth
+    if fitted.depth is not None:
+        depth = fitted.depth
         geometry = geometry_from_depth(image, depth[..., None].expand(*depth.shape, 3), fov, depth_kind=depth_kind)
     models = load_models(files, device=args.device, dtype=dtype, memory=memory, inpaint=not args.no_inpaint,
                          depth=geometry is None, lora_strength=args.lora_strength, loras=checked.loras)
@@ -342,7 +387,8 @@ def _generate(args, *, models_dir, image_path, depth_path=None, fov=None, depth_
                           trajectory_settings=traj_settings, inpaint_settings=inp_settings, options=options,
                           clip=strag_clip_context(models, args.height, args.width), compat=args.compat,
                           size=(args.width, args.height), fps=args.fps, progress=progress, frames=args.frames,
-                          overlap=args.overlap, residency=models.residency)
+                          overlap=args.overlap, residency=models.residency, keep_rendered=args.keep_rendered,
+                          render_kwargs=dict(RENDER_STYLES[args.render]))
     written = write_outputs(result, args.out, fps=args.fps, command=checked.command, exports=args.export)
     print(f"models loaded in {t_load:.1f} s from {files.root} ({dtype}, memory {memory})")
     print(result.times.summary())
@@ -380,8 +426,14 @@ def cmd_generate(args) -> int:
     if not args.image:
         raise MoGe4DInputError("generate: pass --image IMG")
     if not args.models:
-        raise MoGe4DInputError("generate: pass --models DIR (the folder with 4D-STraG/, 4D-ViSM/, VAE/, ...)")
-    return _generate(args, models_dir=args.models, image_path=args.image, depth_path=args.depth, fov=args.fov,
+        raise MoGe4DInputError("generate: pass --models DIR (the folder with 4D-STraG/, 4D-ViSM/, VAE/, ...) or "
+                               "--models nano (the built-in nano model)")
+    models_dir = args.models
+    if models_dir == "nano" and not Path("nano").is_dir():
+        from .pipeline.nano import NANO_DIR
+
+        models_dir = NANO_DIR
+    return _generate(args, models_dir=models_dir, image_path=args.image, depth_path=args.depth, fov=args.fov,
                      depth_kind=args.depth_kind)
 
 
@@ -411,24 +463,30 @@ def _add_generate_args(g, demo: bool) -> None:
                    help="camera preset (repeatable); see `python -m moge4d_core presets`")
     g.add_argument("--prompt", default="" if demo else None, help="caption of the image (umT5)")
     g.add_argument("--negative-prompt", default="", help="negative prompt (release: empty)")
-    def d(value):
-        return None if demo else value     # the demo takes its defaults from nano_model/demo.json
-
-    g.add_argument("--frames", type=int, default=d(49),
-                   help="frames of the scene, any count (release window 49); more than --window chains windows")
-    g.add_argument("--window", type=int, default=d(49),
+    # Unset (None) here: filled from the model folder's demo.json settings (the nano model, the demo) or the
+    # release's defaults (fill_generate_defaults).
+    g.add_argument("--frames", type=int, default=None,
+                   help="frames of the scene, any count (default: the model folder's demo.json settings, else the "
+                        "release's 49); more than --window chains windows")
+    g.add_argument("--window", type=int, default=None,
                    help="frames the trajectory model generates at once, 4k+1 (the model's own: release 49; the demo "
                         "reads the nano model's, 17); a longer --frames runs window after window, each started from "
                         "the previous one's points re-projected into the first camera")
     g.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP,
                    help=f"chained windows: frames shared by consecutive windows beyond the seam frame and cross-faded "
                         f"(0 .. (window-1)/2; default {DEFAULT_OVERLAP})")
-    g.add_argument("--width", type=int, default=d(512), help="working width, multiple of 16 (release 512)")
-    g.add_argument("--height", type=int, default=d(368), help="working height, multiple of 16 (release 368)")
-    g.add_argument("--steps", type=int, default=d(50), help="trajectory sampling steps (release 50)")
+    g.add_argument("--width", type=int, default=None,
+                   help="working width, multiple of 16 (default: the model folder's demo.json settings, e.g. the nano "
+                        "model's 96, else the release's 512)")
+    g.add_argument("--height", type=int, default=None,
+                   help="working height, multiple of 16 (default: the model folder's, e.g. 64, else the release's 368)")
+    g.add_argument("--fit", choices=["crop", "pad"], default=None,
+                   help="an image (and --depth) of another aspect than --width:--height: crop = keep the centre "
+                        "(default), pad = keep everything, black bars; never stretched; said on stderr")
+    g.add_argument("--steps", type=int, default=None, help="trajectory sampling steps (release 50; nano 20)")
     g.add_argument("--inpaint-steps", type=int, default=0, help="inpainting steps (0: same as --steps)")
-    g.add_argument("--cfg", type=float, default=d(6.0), help="classifier-free guidance (release 6)")
-    g.add_argument("--shift", type=float, default=d(5.0), help="flow schedule shift (release 5)")
+    g.add_argument("--cfg", type=float, default=None, help="classifier-free guidance (release 6; nano 1)")
+    g.add_argument("--shift", type=float, default=None, help="flow schedule shift (release 5)")
     g.add_argument("--seed", type=int, default=0, help="seed (inpainting uses seed + 1)")
     g.add_argument("--solver", choices=["euler", "unipc", "dpmpp_2m"], default="euler")
     g.add_argument("--fps", type=float, default=8.0)
@@ -440,6 +498,13 @@ def _add_generate_args(g, demo: bool) -> None:
     g.add_argument("--mpm", action="store_true", help="use the Motion Perception Module (needs its weights)")
     g.add_argument("--compat", action="store_true", help="the released inference settings (reference J)")
     g.add_argument("--no-inpaint", action="store_true", help="skip 4D-ViSM (renders and masks only)")
+    g.add_argument("--render", choices=["points", "splats"], default=None,
+                   help="points = one pixel per point (release default); splats = Gaussians sized to the point "
+                        "spacing, so neighbours touch and holes are real disocclusions (the nano model's default)")
+    g.add_argument("--keep-rendered", type=int, default=None, metavar="PX",
+                   help="composite the render back over the inpainted frames wherever a point landed, feathered "
+                        "across PX pixels at hole edges; 0 = off (release: every pixel regenerated; the nano model: "
+                        "2); ignored with --compat")
     g.add_argument("--lora-strength", type=float, default=0.55, help="4D-ViSM LoRA strength (release 0.55)")
     from .pipeline.speed import FEW_STEP_PRESETS
 
@@ -516,7 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="image -> 4D scene -> novel-view videos (the whole pipeline)")
     g.add_argument("--image", help="input image")
-    g.add_argument("--models", help="model folder (4D-STraG/, 4D-ViSM/, VAE/, Wan2.1-Fun-V1.1-14B-InP/, ...)")
+    g.add_argument("--models", help="model folder (4D-STraG/, 4D-ViSM/, VAE/, Wan2.1-Fun-V1.1-14B-InP/, ...), or nano: "
+                                    "the built-in nano model (moge4d_core/nano_model, with its own defaults)")
     g.add_argument("--depth", help="depth map instead of UniDepthV2 (.npy float metres, or an image; integer "
                                    "depth needs --depth-scale); needs --fov")
     g.add_argument("--fov", type=float, default=None, help="horizontal field of view of --depth, degrees")

@@ -50,3 +50,16 @@ def test_axis_error_names_the_wrong_axis():
     want = torch.sqrt((still[vis[1:]].square().sum(0) + still.reshape(-1, 3).square().sum(0)) / (n + 18))
     torch.testing.assert_close(torch.from_numpy(base), want)
     assert "RMS error per axis x / y / z (model): " + f"{model[0]:.3f} / 0.000 / 0.000" in rep.summary()
+
+
+def test_eval_keep_rendered_reports_masked_unmasked_and_hole_psnr(tmp_path):
+    write_tiny_models(tmp_path / "models")
+    write_nano_dataset(tmp_path / "data", 2, height=16, width=16, frames=5, seed=9, motion_scale=1.0,
+                       objects=ColourCodedObjects())
+    off = evaluate(tmp_path / "models", tmp_path / "data", count=2, steps=1, frames=5)
+    on = evaluate(tmp_path / "models", tmp_path / "data", count=2, steps=1, frames=5, keep_rendered=2)
+    assert len(on.psnr_all) == 2 and len(off.psnr_all) == 2 and on.psnr_holes
+    assert sum(on.psnr) > sum(off.psnr) + 2 * 3.0          # the render's known pixels are kept
+    assert on.psnr_holes == off.psnr_holes                 # the holes are generated the same way
+    text = on.summary()
+    assert "unmasked PSNR on every pixel" in text and "keep_rendered 2" in text and "on the holes" in text

@@ -15,8 +15,11 @@ motion VAE         ``VAE/`` (release: ``encoder_prompt/ decoder_prompt/ vae/``) 
 Wan VAE            ``Wan2.1_VAE.pth`` in the InP / Control folder or at the top, or ``vae.safetensors``
 umT5               ``models_t5_umt5-xxl-enc-bf16.pth`` (InP / Control folder or top) + ``google/umt5-xxl/``
 CLIP ViT-H/14      ``models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth`` (InP / Control folder or top)
-UniDepthV2         ``unidepth-v2-vitl14/`` (``model.safetensors`` + ``config.json``) or ``unidepth/``
+UniDepthV2         ``unidepth-v2-vitl14/``, ``unidepth-v2-vitb14/``, ``unidepth-v2-vits14/`` (``model.safetensors`` +
+                   ``config.json``; ViT-S runs on a CPU) or ``unidepth/``
 OmniMAE            ``omnimae/vitb_pretrain.torch`` (optional; the STraG file's own extractor is preferred)
+defaults           ``demo.json`` with a ``settings`` object (optional; the nano model has one): ``generate``'s
+                   defaults for this model (:func:`folder_defaults`); without it the release's apply
 =================  =======================================================================================
 
 The nano model shipped in ``moge4d_core/nano_model/`` uses the short names (our safetensors with metadata).
@@ -36,12 +39,40 @@ from .image_vae import WanImageVAE
 from .memory import MemoryMode, parse_memory_mode
 from .residency import Residency
 
-__all__ = ["ModelFiles", "LoadedModels", "find_model_files", "load_models", "encode_prompts", "strag_clip_context"]
+__all__ = ["ModelFiles", "LoadedModels", "find_model_files", "load_models", "encode_prompts", "strag_clip_context",
+           "folder_defaults", "DEFAULTS_FILE", "DEFAULT_KEYS"]
 
 INP = "Wan2.1-Fun-V1.1-14B-InP"
 CONTROL = "Wan2.1-Fun-V1.1-14B-Control"
 UMT5 = "models_t5_umt5-xxl-enc-bf16.pth"
 CLIP = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
+DEFAULTS_FILE = "demo.json"
+DEFAULT_KEYS = ("frames", "width", "height", "steps", "cfg", "shift", "keep_rendered", "render")
+"""The ``settings`` keys a model folder may set as ``generate``'s defaults (its window is its ``frames``)."""
+
+
+def folder_defaults(root) -> dict:
+    """``generate``'s defaults that a model folder carries: the :data:`DEFAULT_KEYS` of the ``settings`` object in
+    ``<root>/demo.json`` (the nano model: 96x64, 17 frames, 20 steps, CFG 1, splats, keep_rendered 2); ``{}`` when the
+    folder has no such file (release folders: the release's defaults apply).
+
+    Raises:
+        MoGe4DInputError: the file is not JSON or its ``settings`` is not an object.
+    """
+    import json
+
+    path = Path(root) / DEFAULTS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        spec = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise MoGe4DInputError(f"{path}: not readable JSON ({exc}); fix or remove it (it only holds defaults)") from None
+    settings = spec.get("settings", {}) if isinstance(spec, dict) else None
+    if not isinstance(settings, dict):
+        raise MoGe4DInputError(f"{path}: 'settings' must be an object of default options, e.g. "
+                               f'{{"width": 96, "height": 64}}; fix or remove it')
+    return {k: settings[k] for k in DEFAULT_KEYS if k in settings}
 
 
 @dataclass
@@ -92,7 +123,7 @@ def find_model_files(root) -> ModelFiles:
         umt5=_first(root, *[f"{b}/{UMT5}" for b in bases]),
         tokenizer=_first(root, *[f"{b}/google/umt5-xxl" for b in bases]),
         clip=_first(root, *[f"{b}/{CLIP}" for b in bases]),
-        unidepth=_first(root, "unidepth-v2-vitl14", "unidepth"),
+        unidepth=_first(root, "unidepth-v2-vitl14", "unidepth-v2-vitb14", "unidepth-v2-vits14", "unidepth"),
         omnimae=_first(root, "omnimae/vitb_pretrain.torch"),
     )
     if files.vism_base is not None and files.vism_base.is_dir() and files.vism_lora is None:

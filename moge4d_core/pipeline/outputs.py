@@ -2,7 +2,8 @@
 
 Files: ``scene.npz`` (trajectories), ``ply/frame_XXXX.ply`` (points per frame), per camera ``render_<cam>.mp4``,
 ``holes_<cam>.mp4`` (white = hole) and ``inpainted_<cam>.mp4`` (when inpainted), ``motion_preview.mp4``,
-``contact_sheet.png`` (rows: per camera the render, the holes and the inpainted frames; columns: 4 frames)
+``contact_sheet.png`` (rows: per camera the render, the holes and the inpainted frames, each labelled on the left with
+the camera's name and what the row shows; columns: 4 frames)
 and ``timings.txt``, plus the manifest ``moge4d_run.json``.  Everything is written into a temporary folder next to
 ``out`` that then replaces ``out`` whole (:func:`moge4d_core.io.output_folder.output_folder`): a failure leaves ``out``
 as it was, a rerun never leaves files of an earlier run (other cameras, more frames) beside the new ones, and a
@@ -27,19 +28,40 @@ if TYPE_CHECKING:
 __all__ = ["contact_sheet", "estimate_output_bytes", "write_outputs"]
 
 
+def _label_column(labels: list[tuple[str, str]], row_height: int) -> np.ndarray:
+    """(len(labels)·row_height, width, 3) uint8: each row's two label lines in white on dark gray, PIL's default
+    font; the width fits the longest line."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    two_lines = row_height >= 28                      # else "camera what" on one line
+    lines = [pair if two_lines else (" ".join(pair),) for pair in labels]
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    width = 8 + max(int(probe.textlength(line, font=font)) for pair in lines for line in pair)
+    col = Image.new("RGB", (width, row_height * len(labels)), (32, 32, 32))
+    draw = ImageDraw.Draw(col)
+    for i, pair in enumerate(lines):
+        for j, line in enumerate(pair):
+            draw.text((4, i * row_height + 2 + 13 * j), line, fill=(255, 255, 255) if j == 0 else (255, 220, 120),
+                      font=font)
+    return np.asarray(col)
+
+
 def contact_sheet(result: "SceneResult", columns: int = 4) -> np.ndarray:
-    """(rows·H, columns·W, 3) uint8: per camera a row of render frames, of hole masks and of inpainted frames."""
-    rows = []
+    """(rows·H, L + columns·W, 3) uint8: per camera a row of render frames, of hole masks (white = hole) and of
+    inpainted frames, labelled in a left column of width L (the camera's name, then render / holes / inpainted)."""
+    rows, labels = [], []
     for view in result.views:
         t = view.render.rgb.shape[0]
         idx = torch.linspace(0, t - 1, columns).round().long()
-        strips = [view.render.rgb[idx], view.render.holes[idx][..., None].expand(-1, -1, -1, 3)]
+        strips = [("render", view.render.rgb[idx]), ("holes", view.render.holes[idx][..., None].expand(-1, -1, -1, 3))]
         if view.frames is not None:
-            strips.append(view.frames[idx])
-        for s in strips:
+            strips.append(("inpainted", view.frames[idx]))
+        for what, s in strips:
             rows.append(torch.cat(list(s.float().clamp(0, 1)), dim=1))
-    sheet = torch.cat(rows, dim=0)
-    return (sheet.numpy() * 255 + 0.5).astype(np.uint8)
+            labels.append((view.camera.name, what))
+    sheet = (torch.cat(rows, dim=0).numpy() * 255 + 0.5).astype(np.uint8)
+    return np.concatenate([_label_column(labels, int(rows[0].shape[0])), sheet], axis=1)
 
 
 def estimate_output_bytes(frames: int, height: int, width: int, cameras: int, *, inpaint: bool = True) -> int:

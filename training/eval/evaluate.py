@@ -5,9 +5,11 @@ synthetic generator wrote it, else DELTA's ``[[W,0,W/2],[0,W,H/2]]``) → 4D-STr
 trajectories, scored with the average trajectory error (:func:`~.metrics.trajectory_error`, visible points,
 frames ≥ 1) against the ground truth, next to the zero-motion baseline, and the RMS error per axis (x / y / z,
 model and baseline, pooled over the samples: which motion direction the model gets wrong).  With a ViSM model in the folder also
-the masked PSNR of the inpainted ``_dt3d_render`` against the source video on the render's known pixels.
+the PSNR of the inpainted ``_dt3d_render`` against the source video: masked (on the render's known pixels), unmasked
+(every pixel) and on the holes alone; ``--keep-rendered PX`` composites the render back where points landed
+(:func:`moge4d_core.pipeline.inpaint.keep_weight`), as the nano demo does.
 
-    python -m training.eval --models moge4d_core/nano_model --data DIR [--count 16] [--steps 20] [--seed 0]
+    python -m training.eval --models moge4d_core/nano_model --data DIR [--count 16] [--steps 20] [--seed 0] [--keep-rendered 2]
 
 The motion VAE alone (its round trip) and the best an 8×-strided motion latent can do on a data set are scored by
 the nano recipe's diagnostics, :mod:`training.nano.diagnose`.
@@ -42,7 +44,10 @@ class EvalReport:
     ids: list = field(default_factory=list)
     model_error: list = field(default_factory=list)
     baseline_error: list = field(default_factory=list)
-    psnr: list = field(default_factory=list)
+    psnr: list = field(default_factory=list)          # masked: the render's known pixels
+    psnr_all: list = field(default_factory=list)      # unmasked: every pixel
+    psnr_holes: list = field(default_factory=list)    # the holes alone (samples that have holes)
+    keep_rendered: int = 0                             # the feather width the inpainting ran with (0 = off)
     axis_terms: list = field(default_factory=list)     # per sample: (model (3,), baseline (3,), count), see add()
     cache: Optional[str] = None                        # the step-cache setting sampled with (None = off)
     strag_blocks: int = 0                              # DiT block evaluations (per batch item) in the STraG stage
@@ -74,7 +79,12 @@ class EvalReport:
             lines.append(f"RMS error per axis x / y / z ({self.label}): {' / '.join(f'{v:.3f}' for v in m_rms)}; "
                          f"zero-motion baseline: {' / '.join(f'{v:.3f}' for v in b_rms)}")
         if self.psnr:
-            lines.append(f"ViSM masked PSNR on known pixels: {statistics.mean(self.psnr):.2f} dB")
+            keep = f"keep_rendered {self.keep_rendered}" if self.keep_rendered else "keep_rendered off"
+            lines.append(f"ViSM masked PSNR on known pixels: {statistics.mean(self.psnr):.2f} dB ({keep})")
+        if self.psnr_all:
+            lines.append(f"ViSM unmasked PSNR on every pixel: {statistics.mean(self.psnr_all):.2f} dB")
+        if self.psnr_holes:
+            lines.append(f"ViSM PSNR on the holes: {statistics.mean(self.psnr_holes):.2f} dB")
         lines.append(f"DiT block evaluations (cache {self.cache or 'off'}): STraG {self.strag_blocks}, "
                      f"ViSM {self.vism_blocks}")
         return "\n".join(lines)
@@ -105,9 +115,11 @@ def grid_from_meta(data_dir: Path) -> Optional[tuple[int, int]]:
 
 def evaluate(models_dir, data_dir, *, count: int = 16, steps: int = 20, cfg: float = 1.0, seed: int = 0,
              frames: Optional[int] = None, inpaint: bool = True, device: str = "cpu",
-             grid: Optional[tuple[int, int]] = None, cache: Optional[str] = None) -> EvalReport:
+             grid: Optional[tuple[int, int]] = None, cache: Optional[str] = None,
+             keep_rendered: int = 0) -> EvalReport:
     """Sample every held-out scene (trajectories, then inpainting) and score it; ``cache`` is the step-cache
-    setting of both DiTs (:mod:`moge4d_core.sampling.step_cache`), the block evaluations are counted."""
+    setting of both DiTs (:mod:`moge4d_core.sampling.step_cache`), the block evaluations are counted;
+    ``keep_rendered`` the inpainting's feather width (0 = off)."""
     from moge4d_core.pipeline import WanImageVAE
     from moge4d_core.pipeline.inpaint import inpaint as run_inpaint
     from moge4d_core.pipeline.model_dir import encode_prompts, find_model_files, load_models
@@ -122,7 +134,7 @@ def evaluate(models_dir, data_dir, *, count: int = 16, steps: int = 20, cfg: flo
                           grid=grid or grid_from_meta(data_dir))
     positive, negative = encode_prompts(models, "")
     setting = parse_step_cache(cache)
-    report = EvalReport(cache=None if setting is None else str(setting))
+    report = EvalReport(cache=None if setting is None else str(setting), keep_rendered=int(keep_rendered))
     for i in range(min(count, len(ds))):
         s = ds[i]
         h, w = s.colors.shape[:2]
@@ -142,11 +154,14 @@ def evaluate(models_dir, data_dir, *, count: int = 16, steps: int = 20, cfg: flo
             holes = s.mask.float()
             with BlockCounter(models.vism) as counter:
                 out = run_inpaint(models.vism, models.image_vae, render, holes, positive, negative,
-                                  settings=settings.replace(seed=seed + i + 1))
+                                  settings=settings.replace(seed=seed + i + 1), keep_rendered=int(keep_rendered))
             report.vism_blocks += counter.blocks
             target = s.video.float() / 255
             if target.shape == out.shape:
                 report.psnr.append(masked_psnr(out, target, holes < 0.5))
+                report.psnr_all.append(masked_psnr(out, target, torch.ones_like(holes, dtype=torch.bool)))
+                if bool((holes >= 0.5).any()):
+                    report.psnr_holes.append(masked_psnr(out, target, holes >= 0.5))
     if not report.ids:
         raise MoGe4DInputError(f"{data_dir}: no samples evaluated")
     return report
@@ -165,10 +180,13 @@ def main(argv=None) -> int:
     ap.add_argument("--no-inpaint", action="store_true")
     ap.add_argument("--cache", default=None,
                     help="step cache of both DiTs, e.g. first_block:0.1, mag, taylorseer:3, pab, faster (default off)")
+    ap.add_argument("--keep-rendered", type=int, default=0, metavar="PX",
+                    help="inpainting: composite the render back where points landed, feathered across PX pixels "
+                         "(0 = off, the release; the nano demo uses 2)")
     a = ap.parse_args(argv)
     try:
         rep = evaluate(a.models, a.data, count=a.count, steps=a.steps, cfg=a.cfg, seed=a.seed, frames=a.frames,
-                       inpaint=not a.no_inpaint, cache=a.cache)
+                       inpaint=not a.no_inpaint, cache=a.cache, keep_rendered=a.keep_rendered)
     except MoGe4DInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
