@@ -154,13 +154,19 @@ class MoGe4DInpaint(io.ComfyNode):
                 clip_vision_input("The release uses zero CLIP context for 4D-ViSM, i.e. leave it unconnected."),
                 *native_inputs(),
                 cache_input(),
+                io.Int.Input("keep_rendered", default=0, min=0, max=64, optional=True,
+                             tooltip="Keep what the render knows: composite the render back over the inpainted "
+                                     "frames wherever a point landed, feathered across this many pixels at hole "
+                                     "edges, so only the holes are generated. 0 = off (the release regenerates "
+                                     "every pixel); the nano model's demo uses 2."),
             ],
             outputs=[io.Image.Output(display_name="frames", tooltip="Inpainted frames (T,H,W,3) in [0,1].")],
         )
 
     @classmethod
     def execute(cls, vism_model, vae, render, holes, positive, negative, steps=50, cfg=6.0, shift=5.0, seed=1,
-                solver="euler", clip_vision_output=None, sampler=None, sigmas=None, cache="off") -> io.NodeOutput:
+                solver="euler", clip_vision_output=None, sampler=None, sigmas=None, cache="off",
+                keep_rendered=0) -> io.NodeOutput:
         frames = _frames(render, "render")
         mask = _holes(holes, frames)
         settings = SamplerSettings(steps=int(steps), cfg=float(cfg), shift=float(shift), seed=int(seed), solver=solver,
@@ -171,7 +177,7 @@ class MoGe4DInpaint(io.ComfyNode):
         out = inpaint(model, ChannelLastVAE(vae), frames, mask, text_context(positive, model, "positive"),
                       text_context(negative, model, "negative"), settings=settings,
                       clip=image_context(clip_vision_output, model), native=native,
-                      callback=progress_callback(step_count(settings, native)))
+                      callback=progress_callback(step_count(settings, native)), keep_rendered=int(keep_rendered))
         return io.NodeOutput(out.to(output_device()))
 
 

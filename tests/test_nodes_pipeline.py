@@ -171,6 +171,22 @@ def test_sampler_denormalize_render_inpaint_chain(env):
     assert torch.allclose(px[~h], frames[~h], atol=1e-6)
 
 
+def test_inpaint_node_keep_rendered_keeps_the_render_where_points_landed(env):
+    from moge4d_core.pipeline.inpaint import keep_weight
+
+    n = env["n"]
+    frames = torch.rand(5, 16, 16, 3, generator=torch.Generator().manual_seed(7))
+    holes = torch.zeros(5, 16, 16)
+    holes[:, 4:9, 6:12] = 1
+    args = dict(vism_model=env["vism"], vae=env["vae"], render=frames, holes=holes, positive=_cond(2),
+                negative=_cond(3), steps=1, cfg=2.0, seed=4)
+    (off,) = n("MoGe4DInpaint").execute(**args).args
+    (on,) = n("MoGe4DInpaint").execute(**args, keep_rendered=2).args
+    kept, hole = keep_weight(holes, 2) == 1, holes > 0.5
+    assert torch.equal(on[kept], frames[kept]) and not torch.equal(off[kept], frames[kept])
+    assert torch.equal(on[hole], off[hole])
+
+
 def test_channel_last_vae_matches_comfy_wan_normalisation(env):
     from moge4d_core.interop.native_wan import ChannelLastVAE
 

@@ -44,7 +44,7 @@ WIDGET_PREFIX = {
     "MoGe4DFlowScheduler": ["scheduler", "steps", "shift", "denoise"],
     "MoGe4DLoadViSM": ["file", "lora", "strength", "precision", "fp8_storage", "block_offload", "extra_lora",
                        "extra_strength"],
-    "MoGe4DInpaint": ["steps", "cfg", "shift", "seed", "solver"],
+    "MoGe4DInpaint": ["steps", "cfg", "shift", "seed", "solver", "cache", "keep_rendered"],
     "MoGe4DInpaintConditioning": ["zero_clip_vision"],
     "MoGe4DApplyViSMLoRA": ["lora", "strength"],
     "MoGe4DSaveUSD": ["filename_prefix", "format", "max_points"],
