@@ -110,3 +110,12 @@ def test_generate_with_models_nano_uses_the_nano_settings(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--width 96 --height 64" in err and "--fit" not in err                  # 96x64 photo: nothing cut
     assert load_trajectories(tmp_path / "o" / "scene.npz").points.shape == (17, 96 * 64, 3)
+
+
+def test_the_small_unidepth_folder_is_found(folder, tmp_path):
+    from moge4d_core.pipeline.model_dir import find_model_files
+
+    models = tmp_path / "m"
+    shutil.copytree(folder / "models", models)
+    shutil.move(str(models / "unidepth"), str(models / "unidepth-v2-vits14"))
+    assert find_model_files(models).unidepth == models / "unidepth-v2-vits14"
