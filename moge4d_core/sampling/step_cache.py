@@ -47,8 +47,10 @@ CACHE_KINDS = {
 }
 _OFF = ("", "off", "none")
 #: the settings a node's ``cache`` widget offers (any :func:`parse_step_cache` string works in the CLI / settings)
-CACHE_PRESETS = ("off", "first_block:0.05", "first_block:0.1", "first_block:0.2", "mag", "mag:0.2", "taylorseer:3",
-                 "taylorseer:4", "pab:2", "faster")
+#: (nano held-out set, 20 steps: taylorseer:3 and first_block:0.15 skip about half the block evaluations for
+#: at most ~1 % trajectory-error change; see RESULTS.md)
+CACHE_PRESETS = ("off", "first_block:0.05", "first_block:0.1", "first_block:0.15", "first_block:0.2", "mag",
+                 "taylorseer:2", "taylorseer:3", "taylorseer:4", "pab:2", "faster")
 
 # FasterCache splits these inputs of a batched CFG pass (diffusers' names plus our conditioning inputs).
 _CFG_SPLIT_INPUTS = ("hidden_states", "encoder_hidden_states", "encoder_hidden_states_image", "timestep",
