@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 from comfy_api.latest import io, ui
@@ -15,6 +16,31 @@ from .comfy_runtime import input_files, output_folder, output_device
 from .validation import input_file_problem, output_prefix_problem, resolve_input_file, result
 
 TRAJECTORY_EXTENSIONS = (".pkl", ".npz")
+# The pack's own example scenes, offered after the input folder's files under this prefix and read from the pack
+# folder (no copy into input/ needed). Only these exact names map there, and only .npz (never unpickled).
+EXAMPLE_DIR = Path(__file__).resolve().parents[1] / "example_assets"
+EXAMPLE_PREFIX = "[MoGe4D example] "
+
+
+def example_scenes() -> dict[str, str]:
+    """{listed name: absolute path} of the ``.npz`` scenes shipped in the pack's ``example_assets/``."""
+    return {EXAMPLE_PREFIX + p.name: str(p) for p in sorted(EXAMPLE_DIR.glob("*.npz")) if p.is_file()}
+
+
+def scene_file_problem(file) -> str | None:
+    """None when :func:`scene_file_path` accepts ``file`` (a listed example or an input-folder file)."""
+    if isinstance(file, str) and file in example_scenes():
+        return None
+    return input_file_problem(file, TRAJECTORY_EXTENSIONS)
+
+
+def scene_file_path(file) -> str:
+    """Path of a Load Trajectories choice: a pack example by its exact listed name, else an input-folder file
+    (:func:`resolve_input_file`, which refuses names that leave the folder)."""
+    examples = example_scenes()
+    if isinstance(file, str) and file in examples:
+        return examples[file]
+    return resolve_input_file(file, TRAJECTORY_EXTENSIONS)
 
 
 def first_frame_image(traj) -> torch.Tensor:
@@ -32,8 +58,10 @@ class MoGe4DLoadTrajectories(io.ComfyNode):
             description="Load a 4D scene: a TrajScene-60K / DELTA *_dt3d_pred.pkl or a MoGe4D .npz from the input folder.",
             search_aliases=["trajscene", "delta", "dt3d", "4d point cloud", "load 4d"],
             inputs=[
-                io.Combo.Input("file", options=input_files(TRAJECTORY_EXTENSIONS),
-                               tooltip="A .pkl (TrajScene / DELTA) or .npz (MoGe4D) file under ComfyUI's input folder."),
+                io.Combo.Input("file", options=input_files(TRAJECTORY_EXTENSIONS) + list(example_scenes()),
+                               tooltip="A .pkl (TrajScene / DELTA) or .npz (MoGe4D) file under ComfyUI's input folder; "
+                                       "'[MoGe4D example] ...' entries are the pack's own example scenes "
+                                       "(example_assets/), read from the pack folder."),
                 io.Boolean.Input("allow_unsafe_pickle", default=False, advanced=True,
                                  tooltip="Allow arbitrary Python objects in .pkl files. Only for files you trust: "
                                          "unpickling can run code."),
@@ -47,17 +75,17 @@ class MoGe4DLoadTrajectories(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, file):
-        return result(input_file_problem(file, TRAJECTORY_EXTENSIONS))
+        return result(scene_file_problem(file))
 
     @classmethod
     def fingerprint_inputs(cls, file, **kwargs):
-        if input_file_problem(file, TRAJECTORY_EXTENSIONS) is not None:
+        if scene_file_problem(file) is not None:
             return float("nan")
-        return os.path.getmtime(resolve_input_file(file, TRAJECTORY_EXTENSIONS))
+        return os.path.getmtime(scene_file_path(file))
 
     @classmethod
     def execute(cls, file, allow_unsafe_pickle=False) -> io.NodeOutput:
-        traj = load_trajectories(resolve_input_file(file, TRAJECTORY_EXTENSIONS), allow_unsafe=allow_unsafe_pickle)
+        traj = load_trajectories(scene_file_path(file), allow_unsafe=allow_unsafe_pickle)
         return io.NodeOutput(traj, first_frame_image(traj), traj.num_frames)
 
 

@@ -115,7 +115,8 @@ def test_every_file_input_is_covered(env):
 def test_trajectory_file_names_stay_inside_input(env):
     nodes, tmp_path = env
     node = _by_id(nodes, "MoGe4DLoadTrajectories")
-    assert node.define_schema().inputs[0].options == ["scene.npz"]       # the link out of input/ is not listed
+    # the link out of input/ is not listed; the pack's example scene is, after the input folder's files
+    assert node.define_schema().inputs[0].options == ["scene.npz", "[MoGe4D example] moge4d_example_scene.npz"]
     assert _validate(node, file="scene.npz") == []
     assert node.execute(file="scene.npz").args[2] == 2
     secret = tmp_path / "secret" / "secret.npz"
@@ -128,6 +129,24 @@ def test_trajectory_file_names_stay_inside_input(env):
             node.execute(file=name)
         assert node.fingerprint_inputs(file=name) != node.fingerprint_inputs(file=name)   # NaN: nothing was stat'ed
     assert "outside ComfyUI's folder" in _validate(node, file="link.npz")[0]["details"]
+
+
+def test_pack_example_scene_needs_no_copy(env):
+    """The pack's example scene loads from the pack folder by its listed name only; look-alikes are refused."""
+    nodes, tmp_path = env
+    node = _by_id(nodes, "MoGe4DLoadTrajectories")
+    name = "[MoGe4D example] moge4d_example_scene.npz"
+    assert not (tmp_path / "input" / "moge4d_example_scene.npz").exists()
+    assert _validate(node, file=name) == []
+    traj = node.execute(file=name).args[0]
+    assert traj.num_frames > 1 and traj.points.shape[1] == traj.height * traj.width
+    assert node.fingerprint_inputs(file=name) == node.fingerprint_inputs(file=name)
+    for crafted in ("moge4d_example_scene.npz", "[MoGe4D example] ../example_assets/moge4d_example_scene.npz",
+                    "[MoGe4D example] secret.npz", "[MoGe4D example] " + str(tmp_path / "secret" / "secret.npz")):
+        errors = _validate(node, file=crafted)
+        assert [e["extra_info"]["input_name"] for e in errors] == ["file"], crafted
+        with pytest.raises(MoGe4DInputError, match="file: "):
+            node.execute(file=crafted)
 
 
 def test_annotated_names_stay_in_their_folder(env):

@@ -1,4 +1,5 @@
-"""Opt-in: the shipped API workflows that need no downloads run in a real ComfyUI, through its HTTP API.
+"""Opt-in: the shipped API workflows (``workflows/api/``) that need no downloads run in a real ComfyUI, through its
+HTTP API, and its template browser lists exactly the UI workflows, each with its thumbnail.
 
 Skipped unless ``MOGE4D_COMFYUI_DIR`` names a ComfyUI checkout (v0.21 or later). ``MOGE4D_COMFYUI_PYTHON`` is the
 interpreter to start it with (default: this one); it needs ComfyUI's requirements and this pack's. The test builds
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.skipif(not COMFY, reason="set MOGE4D_COMFYUI_DIR to a C
 NO_DOWNLOAD = {
     "moge4d_4d_preview_api.json": [],
     "moge4d_render_demo_scene_api.json": [],
-    "moge4d_render_trajectories_api.json": ["moge4d_example_scene.npz"],
+    "moge4d_render_trajectories_api.json": [],     # its scene is the Load Trajectories node's pack example
 }
 STARTUP_S, RUN_S = 240, 600
 
@@ -97,7 +98,7 @@ def server(tmp_path_factory):
 @pytest.mark.parametrize("name", sorted(NO_DOWNLOAD))
 def test_workflow_runs_and_writes_its_files(server, name):
     url, base = server
-    prompt = json.loads((ROOT / "workflows" / name).read_text())
+    prompt = json.loads((ROOT / "workflows" / "api" / name).read_text())
     t0 = time.perf_counter()
     answer = _post(f"{url}/prompt", {"prompt": prompt, "client_id": "moge4d-test"})
     assert "prompt_id" in answer, f"{name} was refused: {json.dumps(answer)[:3000]}"
@@ -119,3 +120,15 @@ def test_workflow_runs_and_writes_its_files(server, name):
         if isinstance(prefix, str) and node["class_type"].startswith(("Save", "MoGe4DSave")):
             assert any(w.startswith(prefix) for w in written), f"{name}: nothing written under {prefix}: {written}"
     print(f"\n{name}: {seconds:.1f} s, {len(written)} files in output/")
+
+
+def test_template_browser_lists_ui_workflows_with_thumbnails(server):
+    """ComfyUI lists ``workflows/*.json`` (top level only) as the pack's templates: the UI workflows, not their API
+    twins in ``workflows/api/``, and serves the ``.jpg`` beside each as its thumbnail."""
+    url, _ = server
+    listed = _get(f"{url}/workflow_templates").get("ComfyUI-MoGe4D")
+    ui = sorted(p.stem for p in (ROOT / "workflows").glob("*.json"))
+    assert listed is not None and sorted(listed) == ui, listed
+    for name in ui:
+        with urllib.request.urlopen(f"{url}/api/workflow_templates/ComfyUI-MoGe4D/{name}.jpg", timeout=10) as r:
+            assert r.headers.get_content_type() == "image/jpeg" and r.read(3) == b"\xff\xd8\xff", name

@@ -11,6 +11,7 @@ import pytest
 from conftest import ROOT, load_nodes
 
 WORKFLOWS = ROOT / "workflows"
+API = WORKFLOWS / "api"   # API-format twins, kept out of the template browser (ComfyUI lists workflows/*.json only)
 ANY_3D = {"STRING", "FILE_3D", "FILE_3D_GLB", "FILE_3D_GLTF", "FILE_3D_FBX", "FILE_3D_OBJ", "FILE_3D_STL", "FILE_3D_USDZ"}
 
 # class_type -> (inputs {name: set of accepted types}, widget names in order, output types)
@@ -66,13 +67,14 @@ def specs(tmp_path_factory):
 
 
 def _api_files():
-    return sorted(WORKFLOWS.glob("*_api.json"))
+    return sorted(API.glob("*_api.json"))
 
 
 def test_every_workflow_has_both_formats():
     api = {p.name[:-len("_api.json")] for p in _api_files()}
-    ui = {p.stem for p in WORKFLOWS.glob("*.json") if not p.name.endswith("_api.json")}
+    ui = {p.stem for p in WORKFLOWS.glob("*.json")}
     assert api and api == ui
+    assert not list(WORKFLOWS.glob("*_api.json")), "API twins belong in workflows/api/, not in the template browser"
 
 
 @pytest.mark.parametrize("path", _api_files(), ids=lambda p: p.name)
@@ -135,3 +137,30 @@ def test_ui_twin_matches_api(path, specs):
                 assert value == "fixed", f"{node['type']}: shipped seeds are fixed (reproducible), got {value!r}"
             elif not name.startswith("<"):
                 assert api_node["inputs"][name] == value, f"{node['type']}.{name}: UI {value!r} vs API"
+
+
+TITLE_H = 30           # LiteGraph draws a node's title bar this far above its pos
+SIDEBAR_PX = 350       # the frontend's sidebar (node library / queue / templates) open at its default width
+
+
+@pytest.mark.parametrize("path", sorted(WORKFLOWS.glob("*.json")), ids=lambda p: p.name)
+def test_template_opens_legible_with_a_thumbnail(path):
+    """Each template opens at a zoom where titles are drawn (LiteGraph: screen = (pos + offset) * scale), its
+    leftmost node right of the sidebar and its top row below the menu; a JPEG thumbnail of the same name sits beside
+    it (ComfyUI serves workflows/<name>.jpg as the template's picture)."""
+    from PIL import Image
+
+    ui = json.loads(path.read_text())
+    ds = ui["extra"]["ds"]
+    scale, (ox, oy) = ds["scale"], ds["offset"]
+    assert 0.8 <= scale <= 1.0, f"{path.name}: zoom {scale}"
+    left = (min(n["pos"][0] for n in ui["nodes"]) + ox) * scale
+    top = (min(n["pos"][1] for n in ui["nodes"]) - TITLE_H + oy) * scale
+    assert SIDEBAR_PX <= left <= 2 * SIDEBAR_PX, f"{path.name}: leftmost node at {left:.0f} px"
+    assert 40 <= top <= 250, f"{path.name}: top row at {top:.0f} px"
+    thumb = path.with_suffix(".jpg")
+    assert thumb.is_file(), f"{path.name}: no thumbnail {thumb.name}"
+    with Image.open(thumb) as im:
+        assert im.format == "JPEG" and im.width >= 128 and im.height >= 64
+        low, high = im.convert("L").getextrema()
+        assert high - low > 20, f"{thumb.name} is blank"
