@@ -23,6 +23,7 @@ import comfy.samplers
 
 from moge4d_core.errors import MoGe4DInputError
 from moge4d_core.interop.conditioning import from_comfy_clip_vision_output, from_comfy_conditioning
+from moge4d_core.models.conditioning import TextContext
 from moge4d_core.models.device_view import ComputeDeviceView
 from moge4d_core.models.fp8 import enable_fp8_storage
 from moge4d_core.pipeline.memory import enable_block_offload
@@ -102,9 +103,24 @@ def step_count(settings, native: Optional[NativeSampler]) -> int:
     return int(settings.sigmas().numel()) - 1
 
 
+UMT5_WIDTH = 4096   # a model whose text width is umT5-XXL's reads text (the release); narrower ones were trained without
+
+
 def text_context(cond: Any, model: torch.nn.Module, name: str):
-    """ComfyUI CONDITIONING -> core TextContext of the model's text width."""
-    return from_comfy_conditioning(cond, dim=int(model.config.text_dim), name=name)
+    """ComfyUI CONDITIONING (or None: not connected) -> core TextContext of the model's text width.
+
+    Not connected is allowed only for a model without a text path (text width other than umT5's 4096, e.g. the
+    nano model, trained with empty text): it gets the all-zero context it was trained with, as
+    :func:`moge4d_core.pipeline.model_dir.encode_prompts` gives it without a text encoder.
+    """
+    width = int(model.config.text_dim)
+    if cond is None:
+        if width == UMT5_WIDTH:
+            raise MoGe4DInputError(f"{name}: not connected, but this model reads umT5 text ({width} wide): connect "
+                                   f"CLIPTextEncode with CLIPLoader(type=wan, umt5_xxl) (the release's negative "
+                                   f"prompt is an empty text)")
+        return TextContext.from_embeddings(torch.zeros(1, 1, width), name=name)
+    return from_comfy_conditioning(cond, dim=width, name=name)
 
 
 def image_context(clip_vision_output: Any, model: torch.nn.Module):

@@ -32,6 +32,7 @@ from .comfy_runtime import compute_device, output_device, progress_callback
 from .dit_runtime import (dit_for_inference, flow_model_sampling, image_context, load_dit, native_sampler, step_count,
                           text_context)
 from .models import model_files, model_for_inference, resolve_dtype, wrap_model
+from .nano import NANO_CHOICE, is_nano, nano_or, nano_path
 from .widgets import (NONE, cache_input, clip_vision_input, fp8_input, native_inputs, offload_input,
                       precision_input, sampler_inputs)
 from .validation import (MOTION_VAE, STRAG, STRAG_BASE, frames_problem, model_file_problem, resolve_model_file,
@@ -57,9 +58,10 @@ class MoGe4DLoadSTraG(io.ComfyNode):
                         "release, a ComfyUI repackage incl. fp8, or a MoGe4D training output) from models/moge4d.",
             search_aliases=["strag", "trajectory model", "moge4d model", "4d-strag"],
             inputs=[
-                io.Combo.Input("file", options=model_files("4D-STraG"),
+                io.Combo.Input("file", options=[NANO_CHOICE] + model_files("4D-STraG"),
                                tooltip="The 4D-STraG checkpoint in ComfyUI's models/moge4d folder (files under "
-                                       "4D-STraG/ first)."),
+                                       "4D-STraG/ first). 'nano (built-in)': the pack's nano model (96x64, 17 "
+                                       "frames, no text path), runs on a CPU with no download."),
                 io.Combo.Input("base_control", options=[NONE] + model_files("Wan2.1-Fun-V1.1-14B-Control"),
                                default=NONE, advanced=True,
                                tooltip="Optional Wan2.1-Fun-V1.1-14B-Control weights: tensors missing from the STraG "
@@ -77,13 +79,13 @@ class MoGe4DLoadSTraG(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, file):
         # base_control is left to ComfyUI's own list check (a name here would report every problem twice)
-        return result(model_file_problem(file, STRAG, model_files()))
+        return result(nano_or(file, model_file_problem(file, STRAG, model_files())))
 
     @classmethod
     def execute(cls, file, base_control=NONE, precision="auto", fp8_storage=False, block_offload=False,
                 mpm=True) -> io.NodeOutput:
         files = model_files()
-        path = resolve_model_file(file, STRAG, files)
+        path = nano_path("strag") if is_nano(file) else resolve_model_file(file, STRAG, files)
         base = _optional_path(base_control, STRAG_BASE, files)
 
         def load(dtype, compute_dtype):
@@ -127,9 +129,10 @@ class MoGe4DLoadMotionVAE(io.ComfyNode):
                         "the trajectory sampler's image and depth conditions.",
             search_aliases=["motion vae", "trajectory vae", "moge4d vae"],
             inputs=[
-                io.Combo.Input("vae", options=motion_vae_choices(),
+                io.Combo.Input("vae", options=[NANO_CHOICE] + motion_vae_choices(),
                                tooltip="A folder in models/moge4d holding encoder_prompt/, decoder_prompt/ and vae/ "
-                                       "(listed as 'VAE/'), or a motion-VAE safetensors of ours."),
+                                       "(listed as 'VAE/'), or a motion-VAE safetensors of ours. 'nano (built-in)': "
+                                       "the pack's nano motion VAE (goes with the nano 4D-STraG)."),
                 precision_input(),
             ],
             outputs=[T.MotionVAE.Output(display_name="motion_vae")],
@@ -137,11 +140,11 @@ class MoGe4DLoadMotionVAE(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, vae):
-        return result(model_file_problem(vae, MOTION_VAE, motion_vae_choices()))
+        return result(nano_or(vae, model_file_problem(vae, MOTION_VAE, motion_vae_choices())))
 
     @classmethod
     def execute(cls, vae, precision="auto") -> io.NodeOutput:
-        path = _motion_vae_path(vae)
+        path = nano_path("motion_vae") if is_nano(vae) else _motion_vae_path(vae)
         device, offload = compute_device(), mm.unet_offload_device()
         dtype = resolve_dtype(precision, device)
         model = load_motion_vae(path, dtype=dtype, device=offload)
@@ -165,9 +168,13 @@ class MoGe4DTrajectorySampler(io.ComfyNode):
                 T.MotionVAE.Input("motion_vae", tooltip="From MoGe4D Load Motion VAE."),
                 T.Geometry.Input("geometry", tooltip="First-frame image + depth + camera (MoGe4D Depth, Geometry "
                                                      "from MoGe / Depth); size a multiple of 16 (release 512x368)."),
-                io.Conditioning.Input("positive", tooltip="Caption of the scene and its motion: CLIPTextEncode with "
-                                                          "CLIPLoader(type=wan, umt5_xxl)."),
-                io.Conditioning.Input("negative", tooltip="Negative prompt (the release uses an empty one)."),
+                io.Conditioning.Input("positive", optional=True,
+                                      tooltip="Caption of the scene and its motion: CLIPTextEncode with "
+                                              "CLIPLoader(type=wan, umt5_xxl). Required by the released model; leave "
+                                              "it unconnected for a model without a text path (the nano model)."),
+                io.Conditioning.Input("negative", optional=True,
+                                      tooltip="Negative prompt (the release uses an empty one). Required by the "
+                                              "released model; unconnected for the nano model."),
                 io.Int.Input("frames", default=49, min=5, max=401, step=4,
                              tooltip="Number of frames T = 4k+1 (release 49); with windows > 1, the frames of each "
                                      "window."),
@@ -210,7 +217,7 @@ class MoGe4DTrajectorySampler(io.ComfyNode):
         return result(widget_problem(cls, frames=frames) or frames_problem(frames))
 
     @classmethod
-    def execute(cls, strag_model, motion_vae, geometry, positive, negative, frames=49, steps=50, cfg=6.0, shift=5.0,
+    def execute(cls, strag_model, motion_vae, geometry, positive=None, negative=None, frames=49, steps=50, cfg=6.0, shift=5.0,
                 seed=0, solver="euler", normalization="official", reference=True, image=None, motion_features=None,
                 clip_vision_output=None, sampler=None, sigmas=None, windows=1,
                 overlap=DEFAULT_OVERLAP, cache="off") -> io.NodeOutput:

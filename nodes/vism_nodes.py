@@ -45,6 +45,7 @@ from . import comfy_types as T
 from .comfy_runtime import output_device, progress_callback
 from .dit_runtime import dit_for_inference, image_context, load_dit, native_sampler, step_count, text_context
 from .models import MODEL_FOLDER, model_files
+from .nano import NANO_CHOICE, is_nano, nano_or, nano_path
 from .validation import VISM_BASE, VISM_LORA, ModelFile, model_file_problem, resolve_model_file, result
 from .widgets import (NONE, cache_input, clip_vision_input, fp8_input, native_inputs, offload_input,
                       precision_input, sampler_inputs, strength_input)
@@ -89,9 +90,10 @@ class MoGe4DLoadViSM(io.ComfyNode):
                         "merged into the weights.",
             search_aliases=["vism", "inpaint model", "fun inp", "4d-vism"],
             inputs=[
-                io.Combo.Input("file", options=model_files("Wan2.1-Fun-V1.1-14B-InP"),
+                io.Combo.Input("file", options=[NANO_CHOICE] + model_files("Wan2.1-Fun-V1.1-14B-InP"),
                                tooltip="The Wan2.1-Fun-InP base weights in models/moge4d (files under "
-                                       "Wan2.1-Fun-V1.1-14B-InP/ first)."),
+                                       "Wan2.1-Fun-V1.1-14B-InP/ first). 'nano (built-in)': the pack's nano 4D-ViSM "
+                                       "(trained in full: set lora to 'none'; no text path), runs on a CPU."),
                 io.Combo.Input("lora", options=[NONE] + model_files("4D-ViSM"), default=NONE,
                                tooltip="The 4D-ViSM LoRA (kohya lora_unet__ keys) in models/moge4d; 'none' runs the "
                                        "plain base model."),
@@ -112,13 +114,13 @@ class MoGe4DLoadViSM(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, file):
         # lora is left to ComfyUI's own list check (a name here would report every problem twice)
-        return result(model_file_problem(file, VISM_BASE, model_files()))
+        return result(nano_or(file, model_file_problem(file, VISM_BASE, model_files())))
 
     @classmethod
     def execute(cls, file, lora=NONE, strength=OFFICIAL_STRENGTH, precision="auto", fp8_storage=False,
                 block_offload=False, extra_lora=NONE, extra_strength=1.0) -> io.NodeOutput:
         files = model_files()
-        path = resolve_model_file(file, VISM_BASE, files)
+        path = nano_path("vism") if is_nano(file) else resolve_model_file(file, VISM_BASE, files)
         lora_path = None if lora in (None, "", NONE) else resolve_model_file(lora, VISM_LORA, files)
 
         def load(dtype, compute_dtype):
@@ -148,8 +150,13 @@ class MoGe4DInpaint(io.ComfyNode):
                 io.Vae.Input("vae", tooltip="The Wan2.1 VAE from VAELoader (wan_2.1_vae.safetensors)."),
                 io.Image.Input("render", tooltip="Rendered frames (T,H,W,3) from MoGe4D Render."),
                 io.Mask.Input("holes", tooltip="Hole mask (T,H,W), 1 = no point landed (MoGe4D Render 'holes')."),
-                io.Conditioning.Input("positive", tooltip="Caption: CLIPTextEncode with CLIPLoader(type=wan)."),
-                io.Conditioning.Input("negative", tooltip="Negative prompt (the release uses an empty one)."),
+                io.Conditioning.Input("positive", optional=True,
+                                      tooltip="Caption: CLIPTextEncode with CLIPLoader(type=wan). Required by the "
+                                              "released model; leave it unconnected for a model without a text path "
+                                              "(the nano model)."),
+                io.Conditioning.Input("negative", optional=True,
+                                      tooltip="Negative prompt (the release uses an empty one). Required by the "
+                                              "released model; unconnected for the nano model."),
                 *sampler_inputs(seed_default=1),
                 clip_vision_input("The release uses zero CLIP context for 4D-ViSM, i.e. leave it unconnected."),
                 *native_inputs(),
@@ -164,7 +171,7 @@ class MoGe4DInpaint(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, vism_model, vae, render, holes, positive, negative, steps=50, cfg=6.0, shift=5.0, seed=1,
+    def execute(cls, vism_model, vae, render, holes, positive=None, negative=None, steps=50, cfg=6.0, shift=5.0, seed=1,
                 solver="euler", clip_vision_output=None, sampler=None, sigmas=None, cache="off",
                 keep_rendered=0) -> io.NodeOutput:
         frames = _frames(render, "render")

@@ -107,7 +107,7 @@ def test_loader_choices(env):
     assert motion_vae_choices()[0] == "VAE/"
     assert not any(c.startswith("VAE/") and c != "VAE/" for c in motion_vae_choices())
     opts = {i.id: i for i in n("MoGe4DLoadSTraG").define_schema().inputs}
-    assert opts["file"].options[0] == STRAG and opts["base_control"].options[0] == "none"
+    assert opts["file"].options[:2] == ["nano (built-in)", STRAG] and opts["base_control"].options[0] == "none"
     vopts = {i.id: i for i in n("MoGe4DLoadViSM").define_schema().inputs}
     assert vopts["lora"].options[:2] == ["none", LORA] and vopts["strength"].default == 0.55
     assert n("MoGe4DLoadMotionVAE").validate_inputs(vae="VAE/") is True
