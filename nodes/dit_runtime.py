@@ -26,7 +26,8 @@ from moge4d_core.interop.conditioning import from_comfy_clip_vision_output, from
 from moge4d_core.models.conditioning import TextContext
 from moge4d_core.models.device_view import ComputeDeviceView
 from moge4d_core.models.fp8 import enable_fp8_storage
-from moge4d_core.pipeline.memory import enable_block_offload
+from moge4d_core.pipeline.memory import enable_block_offload, parse_memory_mode
+from moge4d_core.pipeline.residency import Residency
 from moge4d_core.pipeline.settings import NativeSampler
 
 from .comfy_runtime import compute_device
@@ -38,12 +39,22 @@ FP8 = torch.float8_e4m3fn
 
 
 def load_dit(load: Callable[[torch.dtype, torch.dtype], torch.nn.Module], *, precision: str, fp8: bool,
-             offload: bool, merge: Optional[Callable[[torch.nn.Module], Any]] = None):
+             offload: bool, merge: Optional[Callable[[torch.nn.Module], Any]] = None, memory: str = "auto"):
     """``load(dtype, compute_dtype) -> model`` on the CPU; returns a ``ModelPatcher``.
 
     ``merge(model)`` (e.g. a LoRA merge) runs on the full-precision weights before fp8 storage is enabled, so
-    the small LoRA delta is not lost to fp8 rounding.
+    the small LoRA delta is not lost to fp8 rounding. ``memory``: a memory mode named as the CLI's ``--memory``
+    (:func:`moge4d_core.pipeline.memory.parse_memory_mode`); ``auto`` keeps the ``fp8`` / ``offload`` switches,
+    ``full`` / ``model_offload`` leave residency to ComfyUI's model management, ``block_swap:N`` keeps N blocks on
+    the device and streams the rest (:class:`moge4d_core.pipeline.residency.Residency`), ``fp8`` stores the weights
+    as float8.
     """
+    mode = parse_memory_mode(memory or "auto")
+    swap = None
+    if not mode.is_auto:
+        fp8 = mode.fp8
+        swap = mode.blocks if mode.residency == "block_swap" else None
+        offload = False
     device = compute_device()
     offload_device = mm.unet_offload_device()
     dtype = resolve_dtype(precision, device)
@@ -55,9 +66,13 @@ def load_dit(load: Callable[[torch.dtype, torch.dtype], torch.nn.Module], *, pre
         model = load(FP8 if fp8 else dtype, dtype)
         if merge is not None:
             merge(model)
-    if offload:
+    if offload or swap is not None:
         model = model.to(offload_device)
-        enable_block_offload(model, onload_device=device, offload_device=offload_device)
+        if swap is None:
+            enable_block_offload(model, onload_device=device, offload_device=offload_device)
+        else:
+            residency = Residency(device, f"block_swap:{swap}", offload_device=offload_device)
+            residency.keep_on_device(residency.prepare(model, name="dit"))
         patcher = wrap_model(model, offload_device, offload_device)
         patcher.model.onload_device = device
         patcher.model.compute_dtype = dtype

@@ -81,3 +81,12 @@ def cache_input():
                                   "nothing); taylorseer:N = full blocks every N-th step, extrapolated in between; "
                                   "pab:K = reuse self-attention K steps; faster = FasterCache (batched CFG only). "
                                   "off = the release's sampling.")
+
+
+def memory_input():
+    return io.String.Input("memory", default="auto", optional=True, advanced=True,
+                           tooltip="Memory mode, named as the CLI's --memory: auto = ComfyUI's model management plus "
+                                   "the fp8_storage / block_offload switches above; fp8 = weights stored as float8; "
+                                   "block_swap:N = N transformer blocks stay on the GPU, the rest stream in one at a "
+                                   "time; combinable as fp8+block_swap:N; full / model_offload = ComfyUI's own model "
+                                   "management (it keeps or unloads models as memory demands).")

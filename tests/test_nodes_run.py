@@ -28,7 +28,7 @@ def test_load_trajectories_lists_and_loads_input_files(nodes, scene, tmp_path):
     save_trajectories_npz(scene, tmp_path / "input" / "sub" / "scene.npz")
     node = _by_id(nodes, "MoGe4DLoadTrajectories")
     combo = node.define_schema().inputs[0]
-    assert combo.options == ["sub/scene.npz"]
+    assert combo.options == ["sub/scene.npz", "[MoGe4D example] moge4d_example_scene.npz"]   # input/ first
     assert node.validate_inputs(file="sub/scene.npz") is True
     assert "not found" in node.validate_inputs(file="missing.npz")
     traj, image, frames = node.execute(file="sub/scene.npz").args

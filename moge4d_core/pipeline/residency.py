@@ -166,6 +166,12 @@ class Residency:
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
 
+    def keep_on_device(self, model: nn.Module, *, name: Optional[str] = None) -> nn.Module:
+        """Bring ``model`` to the device for good (no stage): under ``block_swap:N`` its N resident blocks and
+        non-block weights; the other blocks keep streaming. For hosts that manage stages themselves (ComfyUI)."""
+        self._bring("keep", name or type(model).__name__, model)
+        return model
+
     def location(self, model: nn.Module) -> str:
         """``"device"`` or ``"offload"`` (``"unknown"`` for a model this residency never saw)."""
         return self._where.get(id(model), "unknown")
