@@ -26,7 +26,8 @@ class SamplerSettings:
     denoise ∈ (0,1] (partial schedule, KSampler style); start_step/end_step cut the schedule;
     batched_cfg: one 2B forward pass (official) instead of two B passes (less memory); cache: a step-cache setting
     (``"first_block:0.1"``, ``"mag"``, ``"taylorseer"``, ``"pab"``, ``"faster"``; None / ``"off"`` = off, the
-    default and the release's), see :mod:`moge4d_core.sampling.step_cache`."""
+    default and the release's), see :mod:`moge4d_core.sampling.step_cache`; parallel: None (one process) or ``"cfg"``
+    (the two guidance branches on two ``torch.distributed`` ranks, :mod:`moge4d_core.sampling.parallel`)."""
 
     steps: int = 50
     cfg: float = 6.0
@@ -38,6 +39,7 @@ class SamplerSettings:
     end_step: Optional[int] = None
     batched_cfg: bool = True
     cache: Optional[str] = None
+    parallel: Optional[str] = None
 
     def __post_init__(self) -> None:
         require(isinstance(self.steps, int) and self.steps >= 1, f"steps: expected an integer >= 1, got {self.steps!r}")
@@ -45,6 +47,9 @@ class SamplerSettings:
         require(self.solver in SOLVERS, f"solver: expected one of {SOLVERS}, got {self.solver!r}")
         cache = parse_step_cache(self.cache)                      # refuses unknown settings, listing the valid ones
         object.__setattr__(self, "cache", None if cache is None else str(cache))
+        from ..sampling.parallel import PARALLEL_MODES
+        require(self.parallel is None or self.parallel in PARALLEL_MODES,
+                f"parallel: expected None or one of {PARALLEL_MODES}, got {self.parallel!r}")
 
     def sigmas(self) -> torch.Tensor:
         """σ schedule (float32, decreasing) after denoise and start/end steps."""

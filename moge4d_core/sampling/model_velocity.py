@@ -46,7 +46,8 @@ def _plain(model: Callable[..., torch.Tensor], conds: DiTConditioning, T: int, b
 
 def dit_velocity(model: Callable[..., torch.Tensor], cond: DiTConditioning,
                  uncond: Optional[DiTConditioning] = None, cfg: float = 1.0, *, batched: bool = True,
-                 num_train_timesteps: int = 1000, cache: Optional[CacheRun] = None) -> VelocityFn:
+                 num_train_timesteps: int = 1000, cache: Optional[CacheRun] = None,
+                 parallel: Optional[str] = None) -> VelocityFn:
     """Velocity ``fn(x (B,16,F,h,w), sigma) -> model(hidden_states=x, timestep=1000σ (B,), **cond.forward_kwargs())``.
 
     Every input goes by keyword (diffusers' names), so diffusers' hooks that read inputs by name (FasterCache's
@@ -63,11 +64,20 @@ def dit_velocity(model: Callable[..., torch.Tensor], cond: DiTConditioning,
         cache: the step cache of this run (:func:`~.step_cache.step_cache`): every model call runs in its
             ``cache_context`` (``"cfg"`` for the batched pass, ``"cond"`` / ``"uncond"`` otherwise). Without it, a
             cache enabled on the model by the caller still gets those contexts.
+        parallel: None, or ``"cfg"``: the two guidance branches on two ``torch.distributed`` ranks
+            (:func:`~.parallel.cfg_parallel_velocity`; ``batched`` is then ignored).
 
     Returns:
         ``fn(x, sigma) -> v`` with ``v`` shaped like ``x``.
     """
     T = int(num_train_timesteps)
+    if parallel == "cfg":
+        from .parallel import cfg_parallel_velocity
+        return cfg_parallel_velocity(lambda c: _plain(model, c, T, "cond" if c is cond else "uncond", cache),
+                                     cond, uncond, cfg)
+    if parallel is not None:
+        from ..errors import MoGe4DInputError
+        raise MoGe4DInputError(f"parallel: expected None or 'cfg' here, got {parallel!r}")
     if uncond is None or float(cfg) == 1.0:
         return _plain(model, cond, T, "cond", cache)
     if not batched:
