@@ -2,26 +2,11 @@
 names leaving the output folder refused before anything is written."""
 import pytest
 
-from conftest import load_nodes
-from moge4d_core.demo_scene import make_demo_scene
 from moge4d_core.errors import MoGe4DInputError
+from test_nodes_run import _by_id, nodes, scene  # noqa: F401  (the node-run fixtures: stand-in nodes, demo scene)
 
 pxr = pytest.importorskip("pxr")
 pygltflib = pytest.importorskip("pygltflib")
-
-
-@pytest.fixture()
-def nodes(tmp_path):
-    return load_nodes(tmp_path)
-
-
-@pytest.fixture()
-def scene():
-    return make_demo_scene(height=24, width=32, num_frames=5)
-
-
-def _by_id(nodes, node_id):
-    return next(n for n in nodes.NODE_LIST if n.define_schema().node_id == node_id)
 
 
 def test_export_nodes_are_registered_with_file_3d_output(nodes):
