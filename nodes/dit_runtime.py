@@ -13,6 +13,7 @@ ComfyUI conditioning to the core contexts.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Optional
 
 import torch
@@ -28,6 +29,7 @@ from moge4d_core.models.device_view import ComputeDeviceView
 from moge4d_core.models.fp8 import enable_fp8_storage
 from moge4d_core.pipeline.memory import enable_block_offload, parse_memory_mode
 from moge4d_core.pipeline.residency import Residency
+from moge4d_core.pipeline.speed import check_attention_backend, compile_blocks, set_attention_backend
 from moge4d_core.pipeline.settings import NativeSampler
 
 from .comfy_runtime import compute_device
@@ -36,10 +38,12 @@ from .models import model_for_inference, resolve_dtype, wrap_model
 # our solver names -> ComfyUI sampler names (for SIGMAS without a SAMPLER)
 SOLVER_TO_COMFY = {"euler": "euler", "unipc": "uni_pc", "dpmpp_2m": "dpmpp_2m"}
 FP8 = torch.float8_e4m3fn
+log = logging.getLogger("moge4d")
 
 
 def load_dit(load: Callable[[torch.dtype, torch.dtype], torch.nn.Module], *, precision: str, fp8: bool,
-             offload: bool, merge: Optional[Callable[[torch.nn.Module], Any]] = None, memory: str = "auto"):
+             offload: bool, merge: Optional[Callable[[torch.nn.Module], Any]] = None, memory: str = "auto",
+             attention_backend: str = "native", compile: bool = False):
     """``load(dtype, compute_dtype) -> model`` on the CPU; returns a ``ModelPatcher``.
 
     ``merge(model)`` (e.g. a LoRA merge) runs on the full-precision weights before fp8 storage is enabled, so
@@ -47,9 +51,10 @@ def load_dit(load: Callable[[torch.dtype, torch.dtype], torch.nn.Module], *, pre
     (:func:`moge4d_core.pipeline.memory.parse_memory_mode`); ``auto`` keeps the ``fp8`` / ``offload`` switches,
     ``full`` / ``model_offload`` leave residency to ComfyUI's model management, ``block_swap:N`` keeps N blocks on
     the device and streams the rest (:class:`moge4d_core.pipeline.residency.Residency`), ``fp8`` stores the weights
-    as float8.
+    as float8. ``attention_backend`` / ``compile``: as the CLI's (:mod:`moge4d_core.pipeline.speed`).
     """
     mode = parse_memory_mode(memory or "auto")
+    check_attention_backend(attention_backend or "native", option="attention_backend:")
     swap = None
     if not mode.is_auto:
         fp8 = mode.fp8
@@ -66,6 +71,10 @@ def load_dit(load: Callable[[torch.dtype, torch.dtype], torch.nn.Module], *, pre
         model = load(FP8 if fp8 else dtype, dtype)
         if merge is not None:
             merge(model)
+    if (attention_backend or "native") != "native":
+        set_attention_backend(model, attention_backend, label=type(model).__name__, report=log.warning)
+    if compile:
+        compile_blocks(model)
     if offload or swap is not None:
         model = model.to(offload_device)
         if swap is None:

@@ -34,7 +34,7 @@ from .dit_runtime import (dit_for_inference, flow_model_sampling, image_context,
 from .models import model_files, model_for_inference, resolve_dtype, wrap_model
 from .nano import NANO_CHOICE, is_nano, nano_or, nano_path
 from .widgets import (NONE, cache_input, clip_vision_input, fp8_input, memory_input, native_inputs, offload_input,
-                      precision_input, sampler_inputs)
+                      precision_input, sampler_inputs, speed_inputs)
 from .validation import (MOTION_VAE, STRAG, STRAG_BASE, frames_problem, model_file_problem, resolve_model_file,
                          result, widget_problem)
 
@@ -73,6 +73,7 @@ class MoGe4DLoadSTraG(io.ComfyNode):
                                  tooltip="Keep the Motion Perception Module when the file has its weights (needs "
                                          "MoGe4D Motion Features). Off drops it (the official inference runs without)."),
                 memory_input(),
+                *speed_inputs(),
             ],
             outputs=[T.StragModel.Output(display_name="strag_model")],
         )
@@ -84,7 +85,8 @@ class MoGe4DLoadSTraG(io.ComfyNode):
 
     @classmethod
     def execute(cls, file, base_control=NONE, precision="auto", fp8_storage=False, block_offload=False,
-                mpm=True, memory="auto") -> io.NodeOutput:
+                mpm=True, memory="auto", attention_backend="native",
+                compile=False) -> io.NodeOutput:
         files = model_files()
         path = nano_path("strag") if is_nano(file) else resolve_model_file(file, STRAG, files)
         base = _optional_path(base_control, STRAG_BASE, files)
@@ -95,7 +97,7 @@ class MoGe4DLoadSTraG(io.ComfyNode):
                               keep_omnimae=False)
 
         return io.NodeOutput(load_dit(load, precision=precision, fp8=fp8_storage, offload=block_offload,
-                                      memory=memory))
+                                      memory=memory, attention_backend=attention_backend, compile=compile))
 
 
 def motion_vae_choices() -> list[str]:

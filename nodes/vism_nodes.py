@@ -48,7 +48,7 @@ from .models import MODEL_FOLDER, model_files
 from .nano import NANO_CHOICE, is_nano, nano_or, nano_path
 from .validation import VISM_BASE, VISM_LORA, ModelFile, model_file_problem, resolve_model_file, result
 from .widgets import (NONE, cache_input, clip_vision_input, fp8_input, memory_input, native_inputs, offload_input,
-                      precision_input, sampler_inputs, strength_input)
+                      precision_input, sampler_inputs, speed_inputs, strength_input)
 
 log = logging.getLogger("moge4d")
 LORAS_PREFIX = "loras/"
@@ -108,6 +108,7 @@ class MoGe4DLoadViSM(io.ComfyNode):
                 io.Float.Input("extra_strength", default=1.0, min=-4.0, max=4.0, step=0.01, optional=True,
                                tooltip="Strength of extra_lora."),
                 memory_input(),
+                *speed_inputs(),
             ],
             outputs=[T.ViSMModel.Output(display_name="vism_model")],
         )
@@ -119,7 +120,8 @@ class MoGe4DLoadViSM(io.ComfyNode):
 
     @classmethod
     def execute(cls, file, lora=NONE, strength=OFFICIAL_STRENGTH, precision="auto", fp8_storage=False,
-                block_offload=False, extra_lora=NONE, extra_strength=1.0, memory="auto") -> io.NodeOutput:
+                block_offload=False, extra_lora=NONE, extra_strength=1.0, memory="auto", attention_backend="native",
+                compile=False) -> io.NodeOutput:
         files = model_files()
         path = nano_path("vism") if is_nano(file) else resolve_model_file(file, VISM_BASE, files)
         lora_path = None if lora in (None, "", NONE) else resolve_model_file(lora, VISM_LORA, files)
@@ -134,7 +136,7 @@ class MoGe4DLoadViSM(io.ComfyNode):
                           float(extra_strength)))
         merge = (lambda m: merge_loras(m, stack)) if stack else None
         return io.NodeOutput(load_dit(load, precision=precision, fp8=fp8_storage, offload=block_offload, merge=merge,
-                                      memory=memory))
+                                      memory=memory, attention_backend=attention_backend, compile=compile))
 
 
 class MoGe4DInpaint(io.ComfyNode):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from moge4d_core.loading.lora import OFFICIAL_STRENGTH
+from moge4d_core.pipeline.speed import attention_backends
 from moge4d_core.sampling import SOLVERS
 from moge4d_core.sampling.step_cache import CACHE_PRESETS
 
@@ -90,3 +91,16 @@ def memory_input():
                                    "block_swap:N = N transformer blocks stay on the GPU, the rest stream in one at a "
                                    "time; combinable as fp8+block_swap:N; full / model_offload = ComfyUI's own model "
                                    "management (it keeps or unloads models as memory demands).")
+
+
+def speed_inputs():
+    """The CLI's ``--attention-backend`` and ``--compile`` for a DiT loader (:mod:`moge4d_core.pipeline.speed`)."""
+    return [
+        io.Combo.Input("attention_backend", options=attention_backends(), default="native", optional=True,
+                       advanced=True,
+                       tooltip="diffusers' attention kernel for this DiT only: native = PyTorch SDPA; flash, sage, "
+                               "xformers ... need their package (a missing one falls back to native with a message)."),
+        io.Boolean.Input("compile", default=False, optional=True, advanced=True,
+                         tooltip="torch.compile the repeated transformer blocks (one graph for all 40; the first run "
+                                 "compiles, later ones are faster). Needs a working compiler toolchain."),
+    ]

@@ -41,3 +41,16 @@ def test_fp8_mode_stores_float8_and_auto_keeps_the_switches(nodes):
 def test_a_bad_mode_is_refused(nodes):
     with pytest.raises(MoGe4DInputError, match="Valid forms"):
         _node(nodes, "MoGe4DLoadSTraG").execute(file="nano (built-in)", memory="block_swap")
+
+
+def test_attention_backend_widget_falls_back_with_a_message_and_refuses_typos(nodes, caplog):
+    import logging
+
+    from moge4d_core.pipeline.speed import attention_backends
+    missing = "sage" if "sage" in attention_backends() else "flash"
+    with caplog.at_level(logging.WARNING, logger="moge4d"):
+        (patcher,) = _node(nodes, "MoGe4DLoadSTraG").execute(file="nano (built-in)", precision="fp32",
+                                                              attention_backend=missing).args
+    assert any(f"attention backend '{missing}' is not available" in r.getMessage() for r in caplog.records)
+    with pytest.raises(MoGe4DInputError, match="unknown attention backend"):
+        _node(nodes, "MoGe4DLoadViSM").execute(file="nano (built-in)", attention_backend="flsh")

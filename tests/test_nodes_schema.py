@@ -25,6 +25,7 @@ STABLE_IDS = {
     "MoGe4DLoadSTraG", "MoGe4DLoadMotionVAE", "MoGe4DTrajectorySampler", "MoGe4DDenormalize", "MoGe4DFlowScheduler",
     "MoGe4DLoadViSM", "MoGe4DInpaint", "MoGe4DInpaintConditioning", "MoGe4DApplyViSMLoRA",
     "MoGe4DSaveUSD", "MoGe4DSaveAnimatedGLB",
+    "MoGe4DNanoDemoInput", "MoGe4DLoadWanVAE",
 }
 WIDGET_PREFIX = {
     "MoGe4DCameraPath": ["preset", "frames", "width", "height", "fov", "magnitude", "easing", "params"],
@@ -37,18 +38,21 @@ WIDGET_PREFIX = {
     "MoGe4DGeometryFromMoGe": ["index", "metric", "width", "height"],
     "MoGe4DGeometryFromDepth": ["fov", "depth_kind", "near", "far", "width", "height"],
     "MoGe4DLoadOmniMAE": ["file", "precision"],
-    "MoGe4DLoadSTraG": ["file", "base_control", "precision", "fp8_storage", "block_offload", "mpm", "memory"],
+    "MoGe4DLoadSTraG": ["file", "base_control", "precision", "fp8_storage", "block_offload", "mpm", "memory",
+                        "attention_backend", "compile"],
     "MoGe4DLoadMotionVAE": ["vae", "precision"],
     "MoGe4DTrajectorySampler": ["frames", "steps", "cfg", "shift", "seed", "solver", "normalization", "reference"],
     "MoGe4DDenormalize": ["fps"],
     "MoGe4DFlowScheduler": ["scheduler", "steps", "shift", "denoise"],
     "MoGe4DLoadViSM": ["file", "lora", "strength", "precision", "fp8_storage", "block_offload", "extra_lora",
-                       "extra_strength", "memory"],
+                       "extra_strength", "memory", "attention_backend", "compile"],
     "MoGe4DInpaint": ["steps", "cfg", "shift", "seed", "solver", "cache", "keep_rendered"],
     "MoGe4DInpaintConditioning": ["zero_clip_vision"],
     "MoGe4DApplyViSMLoRA": ["lora", "strength"],
     "MoGe4DSaveUSD": ["filename_prefix", "format", "max_points"],
     "MoGe4DSaveAnimatedGLB": ["filename_prefix", "max_points"],
+    "MoGe4DNanoDemoInput": [],
+    "MoGe4DLoadWanVAE": ["file"],
 }
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
