@@ -18,13 +18,14 @@ from comfy_api.latest import ComfyExtension, io  # noqa: E402
 from .camera_nodes import CAMERA_NODES  # noqa: E402
 from .encoder_nodes import ENCODER_NODES  # noqa: E402
 from .export_nodes import EXPORT_NODES  # noqa: E402
+from .nano_nodes import NANO_NODES  # noqa: E402
 from .render_nodes import RENDER_NODES  # noqa: E402
 from .scene_nodes import SCENE_NODES  # noqa: E402
 from .strag_nodes import STRAG_NODES  # noqa: E402
 from .vism_nodes import VISM_NODES  # noqa: E402
 
 NODE_LIST: list[type[io.ComfyNode]] = [*SCENE_NODES, *CAMERA_NODES, *RENDER_NODES, *ENCODER_NODES, *STRAG_NODES,
-                                       *VISM_NODES, *EXPORT_NODES]
+                                       *VISM_NODES, *EXPORT_NODES, *NANO_NODES]
 
 
 class MoGe4DExtension(ComfyExtension):

@@ -30,6 +30,7 @@ pytestmark = pytest.mark.skipif(not COMFY, reason="set MOGE4D_COMFYUI_DIR to a C
 
 # API workflows that run on a CPU with no model files, and the input files each needs from example_assets/.
 NO_DOWNLOAD = {
+    "moge4d_nano_cpu_api.json": [],                # the built-in nano model and its demo input, no files
     "moge4d_4d_preview_api.json": [],
     "moge4d_render_demo_scene_api.json": [],
     "moge4d_render_trajectories_api.json": [],     # its scene is the Load Trajectories node's pack example
