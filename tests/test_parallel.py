@@ -1,7 +1,8 @@
-"""One video on two CPU processes (gloo): CFG-parallel sampling of the tiny STraG and ViSM gives the
-single-process result."""
+"""One video on two CPU processes (gloo): CFG-parallel and context-parallel (Ulysses) sampling of the tiny
+STraG and ViSM give the single-process result."""
 import os
 import socket
+from dataclasses import replace
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from moge4d_core.types import DiTConditioning
 
 SHAPE = (1, 16, 3, 4, 4)        # 3 latent frames of 2x2 tokens: 12 video tokens (+4 reference tokens for STraG)
 STEPS, CFG, SEED = 3, 5.0, 7
+KINDS = ("strag", "vism")
 
 
 def _model_and_conds(kind: str):
@@ -40,12 +42,13 @@ def _sample(kind: str, parallel=None, batched: bool = True) -> torch.Tensor:
         return sample_flow(fn, make_noise(SHAPE, SEED), flow_sigmas(STEPS, 5.0))
 
 
-def _worker(rank: int, port: int, kind: str, mode: str, out_dir: str) -> None:
+def _worker(rank: int, port: int, mode: str, out_dir: str) -> None:
     import torch.distributed as dist
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
-        torch.save(_sample(kind, parallel=mode), os.path.join(out_dir, f"rank{rank}.pt"))
+        for kind in KINDS:
+            torch.save(_sample(kind, parallel=mode), os.path.join(out_dir, f"{kind}-rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -56,23 +59,34 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_processes(kind: str, mode: str, tmp_path) -> list:
+def _two_processes(mode: str, tmp_path) -> dict:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    mp.spawn(_worker, args=(_free_port(), kind, mode, str(tmp_path)), nprocs=2, join=True)
-    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    mp.spawn(_worker, args=(_free_port(), mode, str(tmp_path)), nprocs=2, join=True)
+    return {k: [torch.load(tmp_path / f"{k}-rank{r}.pt", weights_only=True) for r in (0, 1)] for k in KINDS}
 
 
-@pytest.mark.parametrize("kind", ["strag", "vism"])
-def test_cfg_parallel_on_two_processes_matches_one_process(kind, tmp_path):
-    single = _sample(kind)
-    r0, r1 = _two_processes(kind, "cfg", tmp_path)
-    assert torch.equal(r0, r1)                                  # both ranks hold the same latent
-    assert (r0 - single).abs().max().item() < 1e-5
-    # the uncond branch is really used: guidance 1 (cond only) gives a different result
-    model, cond, _ = _model_and_conds(kind)
-    with torch.no_grad():
-        no_cfg = sample_flow(dit_velocity(model, cond), make_noise(SHAPE, SEED), flow_sigmas(STEPS, 5.0))
-    assert (r0 - no_cfg).abs().max().item() > 1e-2
+@pytest.mark.parametrize("mode", ["cfg", "ulysses"])
+def test_two_processes_match_one_process(mode, tmp_path):
+    """CFG-parallel (rank 0 cond, rank 1 uncond) and context parallel (each rank half of the tokens: reference
+    tokens + video for STraG, with the MPM on) give the single-process latent after 3 Euler steps."""
+    out = _two_processes(mode, tmp_path)
+    for kind in KINDS:
+        single = _sample(kind)
+        r0, r1 = out[kind]
+        assert torch.equal(r0, r1), kind                        # both ranks hold the same latent
+        assert (r0 - single).abs().max().item() < 1e-5, kind
+        # the comparison can tell: guidance 1 (cond only) and, for STraG, the MPM off move the result by far more
+        model, cond, _ = _model_and_conds(kind)
+        with torch.no_grad():
+            no_cfg = sample_flow(dit_velocity(model, cond), make_noise(SHAPE, SEED), flow_sigmas(STEPS, 5.0))
+        assert (r0 - no_cfg).abs().max().item() > 1e-2, kind
+        if kind == "strag":
+            _, c, u = _model_and_conds(kind)
+            with torch.no_grad():
+                no_mpm = sample_flow(dit_velocity(model, replace(c, motion_features=None),
+                                                  replace(u, motion_features=None), CFG),
+                                     make_noise(SHAPE, SEED), flow_sigmas(STEPS, 5.0))
+            assert (r0 - no_mpm).abs().max().item() > 1e-2
 
 
 def test_cfg_parallel_without_process_group_is_refused():
@@ -81,3 +95,24 @@ def test_cfg_parallel_without_process_group_is_refused():
         dit_velocity(model, cond, uncond, CFG, parallel="cfg")
     with pytest.raises(MoGe4DInputError, match="parallel"):
         dit_velocity(model, cond, uncond, CFG, parallel="pipeline")
+
+
+def test_ring_with_native_attention_is_refused(tmp_path):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    mp.spawn(_ring_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    assert "ulysses" in (tmp_path / "ring-0.txt").read_text()
+
+
+def _ring_worker(rank: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        model, cond, uncond = _model_and_conds("vism")
+        with pytest.raises(MoGe4DInputError, match="log-sum-exp") as e:
+            dit_velocity(model, cond, uncond, CFG, parallel="ring")
+        assert getattr(model, "_parallel_config", None) is None          # refused before anything was changed
+        with open(os.path.join(out_dir, f"ring-{rank}.txt"), "w") as f:
+            f.write(str(e.value))
+    finally:
+        dist.destroy_process_group()

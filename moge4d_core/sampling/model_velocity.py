@@ -64,8 +64,10 @@ def dit_velocity(model: Callable[..., torch.Tensor], cond: DiTConditioning,
         cache: the step cache of this run (:func:`~.step_cache.step_cache`): every model call runs in its
             ``cache_context`` (``"cfg"`` for the batched pass, ``"cond"`` / ``"uncond"`` otherwise). Without it, a
             cache enabled on the model by the caller still gets those contexts.
-        parallel: None, or ``"cfg"``: the two guidance branches on two ``torch.distributed`` ranks
-            (:func:`~.parallel.cfg_parallel_velocity`; ``batched`` is then ignored).
+        parallel: None, ``"cfg"``: the two guidance branches on two ``torch.distributed`` ranks
+            (:func:`~.parallel.cfg_parallel_velocity`; ``batched`` is then ignored), or ``"ulysses"`` / ``"ring"``:
+            the token sequence split over all ranks (:func:`~.parallel.enable_context_parallel`, done on ``model``
+            once, kept).
 
     Returns:
         ``fn(x, sigma) -> v`` with ``v`` shaped like ``x``.
@@ -76,8 +78,9 @@ def dit_velocity(model: Callable[..., torch.Tensor], cond: DiTConditioning,
         return cfg_parallel_velocity(lambda c: _plain(model, c, T, "cond" if c is cond else "uncond", cache),
                                      cond, uncond, cfg)
     if parallel is not None:
-        from ..errors import MoGe4DInputError
-        raise MoGe4DInputError(f"parallel: expected None or 'cfg' here, got {parallel!r}")
+        from .parallel import context_parallel_velocity
+        return context_parallel_velocity(dit_velocity(model, cond, uncond, cfg, batched=batched,
+                                                      num_train_timesteps=T, cache=cache), model, parallel)
     if uncond is None or float(cfg) == 1.0:
         return _plain(model, cond, T, "cond", cache)
     if not batched:

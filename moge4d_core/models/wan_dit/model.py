@@ -57,6 +57,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.configuration_utils import register_to_config
+from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
 from diffusers.models.transformers.transformer_wan import (WanRotaryPosEmbed, WanTransformer3DModel,
                                                            WanTransformerBlock)
 
@@ -83,17 +84,27 @@ class MAdaNorm(nn.Module):
             nn.init.xavier_uniform_(self.spatial_guide[1].weight)
             nn.init.zeros_(self.spatial_guide[1].bias)
 
-    def forward(self, x: torch.Tensor, features: torch.Tensor, start: int, frames: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, features: torch.Tensor, start: int, frames: int,
+                positions: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Modulate ``x (B, L, dim)`` at positions ``[start, start + frames*S)``; others pass unchanged.
 
         ``features (B, S, feature_dim)``: one feature per spatial token (``S = h'*w'``), the same for
-        every frame. Computed in float32 (``x`` is the float32 output of Wan's AdaLN).
+        every frame. Computed in float32 (``x`` is the float32 output of Wan's AdaLN). ``positions (1, L)``
+        (context parallel: ``x`` is one rank's part of the sequence): the index of each of ``x``'s tokens in the
+        whole sequence; None = ``x`` is the whole sequence.
         """
         # gate dtype = compute dtype (the Linear may be held in fp8 storage, see models.fp8)
         params = self.spatial_guide(features.to(self.gate.dtype)).float()
         scale, shift = params.chunk(2, dim=-1)  # (B, S, dim) each
         gate = self.gate.float()
         s = features.shape[1]
+        if positions is not None:                    # a part of the sequence: pick each token's spatial feature
+            rel = positions.reshape(1, -1, 1).to(x.device) - start
+            inside = (rel >= 0) & (rel < frames * s)
+            idx = (rel.clamp(min=0) % s).expand(scale.shape[0], -1, scale.shape[-1])
+            xf = x.float()
+            mod = xf * (1 + scale.gather(1, idx) * gate) + shift.gather(1, idx) * gate
+            return torch.where(inside, mod, xf).to(x.dtype)
         end = start + frames * s
         seg = x[:, start:end].float().unflatten(1, (frames, s))
         seg = seg * (1 + scale.unsqueeze(1) * gate) + shift.unsqueeze(1) * gate
@@ -128,7 +139,7 @@ class MoGe4DWanBlock(WanTransformerBlock):
 
     def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, temb: torch.Tensor,
                 rotary_emb, motion: Optional[torch.Tensor] = None, motion_start: int = 0,
-                motion_frames: int = 0) -> torch.Tensor:
+                motion_frames: int = 0, motion_positions: Optional[torch.Tensor] = None) -> torch.Tensor:
         if motion is None or self.spatial_guidance_self is None:
             return super().forward(hidden_states, encoder_hidden_states, temb, rotary_emb)
         if temb.ndim != 3:
@@ -137,7 +148,8 @@ class MoGe4DWanBlock(WanTransformerBlock):
             self.scale_shift_table + temb.float()).chunk(6, dim=1)
 
         norm_hs = self.norm1(hidden_states.float()) * (1 + scale_msa) + shift_msa
-        norm_hs = self.spatial_guidance_self(norm_hs, motion, motion_start, motion_frames).type_as(hidden_states)
+        norm_hs = self.spatial_guidance_self(norm_hs, motion, motion_start, motion_frames,
+                                             motion_positions).type_as(hidden_states)
         attn_output = self.attn1(norm_hs, None, None, rotary_emb)
         hidden_states = (hidden_states.float() + attn_output * gate_msa).type_as(hidden_states)
 
@@ -145,7 +157,8 @@ class MoGe4DWanBlock(WanTransformerBlock):
         hidden_states = hidden_states + self.attn2(norm_hs, encoder_hidden_states, None, None)
 
         norm_hs = self.norm3(hidden_states.float()) * (1 + c_scale_msa) + c_shift_msa
-        norm_hs = self.spatial_guidance_ffn(norm_hs, motion, motion_start, motion_frames).type_as(hidden_states)
+        norm_hs = self.spatial_guidance_ffn(norm_hs, motion, motion_start, motion_frames,
+                                            motion_positions).type_as(hidden_states)
         ff_output = self.ffn(norm_hs)
         return (hidden_states.float() + ff_output.float() * c_gate_msa).type_as(hidden_states)
 
@@ -188,7 +201,16 @@ class WanDiT(WanTransformer3DModel):
     _repeated_blocks = ["MoGe4DWanBlock"]
     _skip_layerwise_casting_patterns = ["patch_embedding", "condition_embedder", "norm", "ref_conv",
                                         "feature_adapter"]
-    _cp_plan = None  # context parallelism is not wired for ref tokens / MPM
+    # Context parallel (diffusers' ``enable_parallelism``, see :mod:`moge4d_core.sampling.parallel`): the whole token
+    # sequence (reference tokens first, then the video) and its RoPE are split at the first block, gathered after
+    # ``proj_out``; each block's MAdaNorm gets the sequence index of its rank's tokens (``motion_positions``).
+    _cp_plan = {
+        "rope": {0: ContextParallelInput(split_dim=1, expected_dims=4, split_output=True),
+                 1: ContextParallelInput(split_dim=1, expected_dims=4, split_output=True)},
+        "blocks.0": {"hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False)},
+        "blocks.*": {"motion_positions": ContextParallelInput(split_dim=1, expected_dims=2, split_output=False)},
+        "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+    }
 
     @register_to_config
     def __init__(self, patch_size: tuple = (1, 2, 2), num_attention_heads: int = 40, attention_head_dim: int = 128,
@@ -338,18 +360,20 @@ class WanDiT(WanTransformer3DModel):
         if context_img is not None:
             context = torch.cat([context_img, context], dim=1)
 
-        motion, m_start, m_frames = None, 0, 0
+        motion, m_start, m_frames, m_pos = None, 0, 0, None
         if motion_features is not None:
             motion = self.motion_tokens(motion_features, pph, ppw, b)
             m_start = 0 if cfg.mpm_alignment == "official" else n_ref
             m_frames = ppf
+            if getattr(self, "_parallel_config", None) is not None:   # context parallel splits these per rank
+                m_pos = torch.arange(hidden.shape[1], device=x.device).unsqueeze(0)
 
         for block in self.blocks:
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 hidden = self._gradient_checkpointing_func(block, hidden, context, timestep_proj, rotary_emb,
-                                                           motion, m_start, m_frames)
+                                                           motion, m_start, m_frames, m_pos)
             else:
-                hidden = block(hidden, context, timestep_proj, rotary_emb, motion, m_start, m_frames)
+                hidden = block(hidden, context, timestep_proj, rotary_emb, motion, m_start, m_frames, m_pos)
 
         shift, scale = (self.scale_shift_table.to(temb.device) + temb.unsqueeze(1)).chunk(2, dim=1)
         hidden = (self.norm_out(hidden.float()) * (1 + scale) + shift).type_as(hidden)
