@@ -49,7 +49,7 @@ def run_dit_sampling(model: torch.nn.Module, shape: tuple, cond: DiTConditioning
     with step_cache(model, settings.cache, calls=int(sigmas.shape[0]) - 1,
                     batched_cfg=settings.batched_cfg if use_cfg else None) as cache, torch.no_grad():
         velocity = dit_velocity(model, cond, uncond if use_cfg else None, settings.cfg, batched=settings.batched_cfg,
-                                cache=cache)
+                                cache=cache, parallel=settings.parallel)
         if native is None:
             return sample_flow(velocity, noise, sigmas, solver=settings.solver, callback=callback).float()
         out = sample_with_comfy_sampler(native.sampler, sigmas, velocity, noise, callback=callback,
