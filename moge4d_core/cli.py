@@ -349,12 +349,13 @@ def _generate(args, *, models_dir, image_path, depth_path=None, fov=None, depth_
 
     checked = preflight(args, command, models_dir=models_dir, image_path=image_path, depth_path=depth_path,
                         fov=fov, depth_kind=depth_kind)
+    rank = _start_parallel(args)
     dtype, memory = _dtype_and_memory(args)
     t0 = time.perf_counter()
     options = TrajectoryOptions(frames=window_frames(args.frames, args.window), normalization=args.normalization,
                                 reference=not args.no_reference)
     traj_settings = SamplerSettings(steps=args.steps, cfg=args.cfg, shift=args.shift, seed=args.seed, solver=args.solver,
-                                    cache=args.cache)
+                                    cache=args.cache, parallel=args.parallel)
     from .pipeline.speed import apply_speed_options, preset_settings
 
     inp_settings = preset_settings(args.preset, traj_settings.replace(seed=args.seed + 1))
@@ -389,11 +390,34 @@ def _generate(args, *, models_dir, image_path, depth_path=None, fov=None, depth_
                           size=(args.width, args.height), fps=args.fps, progress=progress, frames=args.frames,
                           overlap=args.overlap, residency=models.residency, keep_rendered=args.keep_rendered,
                           render_kwargs=dict(RENDER_STYLES[args.render]))
+    if rank != 0:                       # every rank ends with the same scene; rank 0 writes it
+        print(f"rank {rank}: done; rank 0 writes the outputs")
+        return 0
     written = write_outputs(result, args.out, fps=args.fps, command=checked.command, exports=args.export)
     print(f"models loaded in {t_load:.1f} s from {files.root} ({dtype}, memory {memory})")
     print(result.times.summary())
     print(f"wrote {len(written)} outputs to {args.out}: " + ", ".join(p.name for p in written))
     return 0
+
+
+def _start_parallel(args) -> int:
+    """``--parallel MODE``: start the process group from torchrun's variables and give each rank its GPU; returns
+    this process's rank (0 without ``--parallel``)."""
+    if not args.parallel:
+        return 0
+    import os
+
+    from .sampling.parallel import init_from_env
+
+    rank, size = init_from_env()
+    if size < 2:
+        raise MoGe4DInputError(f"--parallel {args.parallel}: needs two or more processes; launch with "
+                               f"`torchrun --nproc-per-node 2 -m moge4d_core generate ... --parallel {args.parallel}`")
+    if args.parallel == "cfg" and size != 2:
+        raise MoGe4DInputError(f"--parallel cfg: runs on exactly 2 processes (one per guidance branch), got {size}")
+    if args.device.startswith("cuda"):
+        args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return rank
 
 
 def _dtype_and_memory(args) -> tuple:
@@ -524,7 +548,11 @@ def _add_generate_args(g, demo: bool) -> None:
                    help="step cache of both DiTs (diffusers' cache hooks): first_block[:THRESHOLD] (0.05), "
                         "mag[:THRESHOLD] (0.06; the first run calibrates), taylorseer[:INTERVAL] (3), pab[:SKIP] (2), "
                         "faster (batched CFG only); default off; ignored with --compat")
-    g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    g.add_argument("--parallel", choices=["cfg", "ulysses", "ring"], default=None,
+                   help="one video on several processes (launch with torchrun --nproc-per-node N): cfg = the two "
+                        "guidance branches on 2 ranks; ulysses / ring = the token sequence split over all ranks "
+                        "(ring needs the flash or _native_cudnn attention backend); rank 0 writes the outputs")
+    g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (with --parallel: each rank's GPU)")
     g.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="compute dtype of the DiTs and text / CLIP encoders; auto = bf16 on CUDA, fp32 on the CPU")
     g.add_argument("--memory", default="auto", metavar="MODE",
