@@ -14,6 +14,8 @@ time budget is spent; a failure in one is reported and the others still run):
   its measured peak (``torch.cuda.max_memory_allocated``) next to ``plan``'s estimate for that stage and mode.
 * ``pipeline``: the whole two-stage pipeline (random weights, 4 steps per stage, one camera) in ``model_offload``.
 * ``render``: 49 frames x 188,416 points at 368x512, points z-buffer (Triton and PyTorch).
+* ``speed``: the trajectory stage with step caches (off, first_block:0.15, taylorseer:3), one STraG step per
+  available attention backend, and with regional compile.
 
 Dry run: tiny models (``moge4d_core.models.nano.TINY``), 5 frames at 16x16, the CPU, memory counted with
 :class:`~moge4d_core.pipeline.memory_accounting.LiveBytes`; ``block_swap:1`` stands for ``block_swap:10``.
@@ -280,7 +282,7 @@ def _stage_models(size: Size, fp8: bool):
     return strag, mvae
 
 
-def _trajectory_stage(size: Size, strag, mvae, steps: int = 1):
+def _trajectory_stage(size: Size, strag, mvae, steps: int = 1, cache: Optional[str] = None):
     from moge4d_core.geometry.sources import geometry_from_depth
     from moge4d_core.models.conditioning import TextContext
     from moge4d_core.pipeline.image_vae import WanImageVAE
@@ -293,7 +295,7 @@ def _trajectory_stage(size: Size, strag, mvae, steps: int = 1):
     text = TextContext.from_embeddings(torch.randn(1, 8, int(size.strag["text_dim"]), generator=g))
     with torch.inference_mode():
         return generate_motion(strag, mvae, WanImageVAE.from_motion_vae(mvae), geom, text,
-                               settings=SamplerSettings(steps=steps, cfg=6.0, seed=0),
+                               settings=SamplerSettings(steps=steps, cfg=6.0, seed=0, cache=cache),
                                options=TrajectoryOptions(frames=size.frames, mpm=False))
 
 
@@ -378,7 +380,63 @@ def section_render(size: Size, rep: Report, plan) -> None:
                 f"{ms:.0f} ms, peak {gib(pk['gib'])}")
 
 
-SECTIONS = {"dit": section_dit, "modes": section_modes, "pipeline": section_pipeline, "render": section_render}
+def section_speed(size: Size, rep: Report, plan) -> None:
+    """Issue 25 on the GPU: the trajectory stage (8 steps, CFG 6) with step caches, one DiT step per attention
+    backend, and regional compile; STraG resident in bf16 (model_offload peak). GGUF (quantising 17 B weights takes
+    minutes) and several-GPU runs (need torchrun on 2 GPUs) are not part of this one-GPU suite."""
+    from moge4d_core.pipeline.speed import attention_backends, compile_blocks, set_attention_backend
+    from moge4d_core.sampling.step_cache import BlockCounter
+
+    est = next(s for s in plan.stages("model_offload") if s.name.startswith("trajectories"))
+    if free_gib(size) < 1.2 * est.peak_bytes / GiB:
+        rep.add("speed", "all", "skipped", f"{free_gib(size):.1f} GiB free < {1.2 * est.peak_bytes / GiB:.0f} GiB")
+        return
+    strag = random_model(lambda: STraGDiT(**size.strag), size.device, size.dtype)
+    mvae = size.motion_vae().to(size.device).eval()
+    base = None
+    for cache in ("off", "first_block:0.15", "taylorseer:3"):
+        if rep.time_left() < 60:
+            rep.add("speed", f"cache {cache}", "skipped", "time budget spent")
+            continue
+        with BlockCounter(strag) as counter:
+            sync(size)
+            t0 = time.perf_counter()
+            _trajectory_stage(size, strag, mvae, steps=8, cache=None if cache == "off" else cache)
+            sync(size)
+        sec = time.perf_counter() - t0
+        base = base or (sec, counter.blocks)
+        rep.add("speed", f"trajectory stage, 8 steps, cache {cache}", f"{sec:.1f} s",
+                f"{counter.blocks} block evaluations ({100 * (1 - counter.blocks / base[1]):.0f} % saved), "
+                f"{base[0] / sec:.2f}x")
+    kw = dit_inputs(size, size.strag, batch=2)
+    for backend in [b for b in ("native", "_native_cudnn", "flash", "sage") if b in attention_backends()]:
+        if rep.time_left() < 30:
+            break
+        used = set_attention_backend(strag, backend, label="4D-STraG", report=lambda m: None)
+        if used != backend:
+            rep.add("speed", f"attention {backend}", "skipped", "package or kernel not available here")
+            continue
+        try:
+            with torch.inference_mode():
+                ms = timed_ms(lambda: strag(**kw), size, reps=2)
+            rep.add("speed", f"CFG-batched STraG step, attention {backend}", f"{ms:.0f} ms")
+        except Exception as exc:        # a backend that imports but cannot run on this device
+            rep.add("speed", f"attention {backend}", "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+        set_attention_backend(strag, "native", report=lambda m: None)
+    if rep.time_left() > 90:
+        compile_blocks(strag)
+        try:
+            with torch.inference_mode():
+                ms = timed_ms(lambda: strag(**kw), size, reps=2)
+            rep.add("speed", "CFG-batched STraG step, regional compile", f"{ms:.0f} ms", "after one compiling call")
+        except Exception as exc:        # a missing compiler toolchain must not stop the suite
+            rep.add("speed", "regional compile", "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+    del strag, mvae, kw
+    release()
+
+
+SECTIONS = {"dit": section_dit, "modes": section_modes, "pipeline": section_pipeline, "render": section_render,
+            "speed": section_speed}
 
 
 def main(argv=None) -> int:

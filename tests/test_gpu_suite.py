@@ -13,10 +13,13 @@ def test_gpu_suite_dry_run_runs_every_section(tmp_path):
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = results.read_text()
-    assert "| error |" not in table and "skipped" not in table
+    assert "| error |" not in table
+    # only attention kernels that need a GPU package may be skipped on the CPU
+    assert all("| speed | attention" in line for line in table.splitlines() if "skipped" in line)
     for row in ("| dit | 4D-STraG (ours) CFG-batched step", "| dit | 4D-ViSM stock diffusers",
                 "| modes | trajectory stage, fp8+block_swap:1", "| pipeline | two stages, 4 steps each",
-                "| render | 5 frames"):
+                "| render | 5 frames", "| speed | trajectory stage, 8 steps, cache taylorseer:3",
+                "| speed | CFG-batched STraG step, attention native"):
         assert row in table, row
     ratios = [float(line.split("measured / plan ")[1].split(" ")[0].rstrip("|").strip())
               for line in table.splitlines() if "measured / plan" in line]
