@@ -462,14 +462,9 @@ def cmd_generate(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    import json
+    from .pipeline.nano import NANO_DIR, demo_spec
 
-    from .pipeline.nano import NANO_DIR
-
-    spec_file = NANO_DIR / "demo.json"
-    if not spec_file.is_file():
-        raise MoGe4DInputError(f"{NANO_DIR}: the nano model files are missing (demo.json); reinstall the pack")
-    spec = json.loads(spec_file.read_text())
+    spec = demo_spec()
     for key, value in spec["settings"].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)

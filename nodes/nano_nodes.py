@@ -7,32 +7,17 @@
 """
 from __future__ import annotations
 
-import json
-
 import torch
 from comfy_api.latest import io
 
 from moge4d_core.errors import MoGe4DInputError
-from moge4d_core.geometry.sources import geometry_from_depth
-from moge4d_core.io.images import read_depth, read_image
+from moge4d_core.interop.native_wan import ComfyStyleWanVAE
 from moge4d_core.loading.motion_vae import load_wan_vae
-from moge4d_core.pipeline.nano import NANO_DIR
+from moge4d_core.pipeline.nano import demo_input
 
 from . import comfy_types as T
 from .comfy_runtime import output_device
 from .nano import NANO_CHOICE, nano_path
-
-
-def nano_demo_spec() -> dict:
-    """The nano demo's ``demo.json`` (image and depth file names, ``fov_deg``, settings)."""
-    spec_file = NANO_DIR / "demo.json"
-    if not spec_file.is_file():
-        raise MoGe4DInputError(f"{spec_file}: the nano model files are missing; reinstall the pack")
-    spec = json.loads(spec_file.read_text())
-    missing = [k for k in ("image", "depth", "fov_deg") if k not in spec]
-    if missing:
-        raise MoGe4DInputError(f"{spec_file}: no {', '.join(missing)}; reinstall the pack")
-    return spec
 
 
 class MoGe4DNanoDemoInput(io.ComfyNode):
@@ -56,42 +41,8 @@ class MoGe4DNanoDemoInput(io.ComfyNode):
 
     @classmethod
     def execute(cls) -> io.NodeOutput:
-        spec = nano_demo_spec()
-        image = read_image(NANO_DIR / spec["image"], "nano demo image")
-        depth = read_depth(NANO_DIR / spec["depth"], metric=True, what="nano demo depth")
-        geometry = geometry_from_depth(image, depth[..., None].expand(*depth.shape, 3), float(spec["fov_deg"]),
-                                       depth_kind="metric")
+        image, geometry = demo_input()
         return io.NodeOutput(image[None].to(output_device()), geometry)
-
-
-class ComfyStyleWanVAE:
-    """A diffusers ``AutoencoderKLWan`` behind ComfyUI's ``VAE`` calling convention (``comfy/sd.py``, v0.21).
-
-    ``encode(pixels (T,H,W,3) [0,1])`` -> raw posterior mean ``(1,16,F,H/8,W/8)``;
-    ``decode(raw latent (1,16,F,h,w))`` -> ``(1,T,H,W,3)`` in [0,1]. Runs where the VAE's weights are (CPU).
-    """
-
-    def __init__(self, vae: torch.nn.Module) -> None:
-        self.vae = vae
-        self.load_info = getattr(vae, "load_info", None)
-
-    def _param(self) -> torch.Tensor:
-        return next(self.vae.parameters())
-
-    @torch.no_grad()
-    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4 or pixels.shape[-1] < 3:
-            raise MoGe4DInputError(f"vae: encode takes IMAGE frames (T,H,W,3), got "
-                                   f"{tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__}")
-        p = self._param()
-        video = (pixels[..., :3].float() * 2 - 1).permute(3, 0, 1, 2)[None]            # (1,3,T,H,W) [-1,1]
-        return self.vae.encode(video.to(p.device, p.dtype)).latent_dist.mode().float().cpu()
-
-    @torch.no_grad()
-    def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        p = self._param()
-        video = self.vae.decode(latent.to(p.device, p.dtype)).sample.float().clamp(-1, 1)
-        return ((video + 1) / 2).permute(0, 2, 3, 4, 1).cpu()                          # (1,T,H,W,3) [0,1]
 
 
 class MoGe4DLoadWanVAE(io.ComfyNode):

@@ -34,7 +34,7 @@ from .dit_runtime import (dit_for_inference, flow_model_sampling, image_context,
 from .models import model_files, model_for_inference, resolve_dtype, wrap_model
 from .nano import NANO_CHOICE, is_nano, nano_or, nano_path
 from .widgets import (NONE, cache_input, clip_vision_input, fp8_input, memory_input, native_inputs, offload_input,
-                      precision_input, sampler_inputs, speed_inputs)
+                      precision_input, sampler_inputs, speed_inputs, text_inputs)
 from .validation import (MOTION_VAE, STRAG, STRAG_BASE, frames_problem, model_file_problem, resolve_model_file,
                          result, widget_problem)
 
@@ -172,13 +172,7 @@ class MoGe4DTrajectorySampler(io.ComfyNode):
                 T.MotionVAE.Input("motion_vae", tooltip="From MoGe4D Load Motion VAE."),
                 T.Geometry.Input("geometry", tooltip="First-frame image + depth + camera (MoGe4D Depth, Geometry "
                                                      "from MoGe / Depth); size a multiple of 16 (release 512x368)."),
-                io.Conditioning.Input("positive", optional=True,
-                                      tooltip="Caption of the scene and its motion: CLIPTextEncode with "
-                                              "CLIPLoader(type=wan, umt5_xxl). Required by the released model; leave "
-                                              "it unconnected for a model without a text path (the nano model)."),
-                io.Conditioning.Input("negative", optional=True,
-                                      tooltip="Negative prompt (the release uses an empty one). Required by the "
-                                              "released model; unconnected for the nano model."),
+                *text_inputs("Caption of the scene and its motion: CLIPTextEncode with CLIPLoader(type=wan, umt5_xxl)."),
                 io.Int.Input("frames", default=49, min=5, max=401, step=4,
                              tooltip="Number of frames T = 4k+1 (release 49); with windows > 1, the frames of each "
                                      "window."),

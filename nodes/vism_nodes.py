@@ -48,7 +48,8 @@ from .models import MODEL_FOLDER, model_files
 from .nano import NANO_CHOICE, is_nano, nano_or, nano_path
 from .validation import VISM_BASE, VISM_LORA, ModelFile, model_file_problem, resolve_model_file, result
 from .widgets import (NONE, cache_input, clip_vision_input, fp8_input, memory_input, native_inputs, offload_input,
-                      precision_input, sampler_inputs, speed_inputs, strength_input)
+                      precision_input, sampler_inputs, speed_inputs, strength_input,
+                      text_inputs)
 
 log = logging.getLogger("moge4d")
 LORAS_PREFIX = "loras/"
@@ -154,13 +155,7 @@ class MoGe4DInpaint(io.ComfyNode):
                 io.Vae.Input("vae", tooltip="The Wan2.1 VAE from VAELoader (wan_2.1_vae.safetensors)."),
                 io.Image.Input("render", tooltip="Rendered frames (T,H,W,3) from MoGe4D Render."),
                 io.Mask.Input("holes", tooltip="Hole mask (T,H,W), 1 = no point landed (MoGe4D Render 'holes')."),
-                io.Conditioning.Input("positive", optional=True,
-                                      tooltip="Caption: CLIPTextEncode with CLIPLoader(type=wan). Required by the "
-                                              "released model; leave it unconnected for a model without a text path "
-                                              "(the nano model)."),
-                io.Conditioning.Input("negative", optional=True,
-                                      tooltip="Negative prompt (the release uses an empty one). Required by the "
-                                              "released model; unconnected for the nano model."),
+                *text_inputs("Caption: CLIPTextEncode with CLIPLoader(type=wan)."),
                 *sampler_inputs(seed_default=1),
                 clip_vision_input("The release uses zero CLIP context for 4D-ViSM, i.e. leave it unconnected."),
                 *native_inputs(),

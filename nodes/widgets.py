@@ -104,3 +104,15 @@ def speed_inputs():
                          tooltip="torch.compile the repeated transformer blocks (one graph for all 40; the first run "
                                  "compiles, later ones are faster). Needs a working compiler toolchain."),
     ]
+
+
+def text_inputs(caption: str):
+    """Optional positive / negative CONDITIONING (required by models that read umT5 text; the nano model has none)."""
+    return [
+        io.Conditioning.Input("positive", optional=True,
+                              tooltip=f"{caption} Required by the released model; leave it unconnected for a model "
+                                      f"without a text path (the nano model)."),
+        io.Conditioning.Input("negative", optional=True,
+                              tooltip="Negative prompt (the release uses an empty one). Required by the released "
+                                      "model; unconnected for the nano model."),
+    ]
