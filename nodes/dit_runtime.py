@@ -26,6 +26,7 @@ from moge4d_core.errors import MoGe4DInputError
 from moge4d_core.interop.conditioning import from_comfy_clip_vision_output, from_comfy_conditioning
 from moge4d_core.models.conditioning import TextContext
 from moge4d_core.models.device_view import ComputeDeviceView
+from moge4d_core.models.wan_dit import reads_text
 from moge4d_core.models.fp8 import enable_fp8_storage
 from moge4d_core.pipeline.memory import enable_block_offload, parse_memory_mode
 from moge4d_core.pipeline.residency import Residency
@@ -127,23 +128,21 @@ def step_count(settings, native: Optional[NativeSampler]) -> int:
     return int(settings.sigmas().numel()) - 1
 
 
-UMT5_WIDTH = 4096   # a model whose text width is umT5-XXL's reads text (the release); narrower ones were trained without
-
-
 def text_context(cond: Any, model: torch.nn.Module, name: str):
     """ComfyUI CONDITIONING (or None: not connected) -> core TextContext of the model's text width.
 
-    Not connected is allowed only for a model without a text path (text width other than umT5's 4096, e.g. the
-    nano model, trained with empty text): it gets the all-zero context it was trained with, as
-    :func:`moge4d_core.pipeline.model_dir.encode_prompts` gives it without a text encoder.
+    A model that does not read text (:func:`~moge4d_core.models.wan_dit.reads_text`: trained without a text
+    encoder, e.g. the nano model) gets the all-zero context it was trained with whatever is connected (no text
+    can change its output), as :func:`moge4d_core.pipeline.model_dir.encode_prompts` gives it without a text
+    encoder. Any other model needs the conditioning.
     """
     width = int(model.config.text_dim)
-    if cond is None:
-        if width == UMT5_WIDTH:
-            raise MoGe4DInputError(f"{name}: not connected, but this model reads umT5 text ({width} wide): connect "
-                                   f"CLIPTextEncode with CLIPLoader(type=wan, umt5_xxl) (the release's negative "
-                                   f"prompt is an empty text)")
+    if not reads_text(model):
         return TextContext.from_embeddings(torch.zeros(1, 1, width), name=name)
+    if cond is None:
+        raise MoGe4DInputError(f"{name}: not connected, but this model reads umT5 text ({width} wide): connect "
+                               f"CLIPTextEncode with CLIPLoader(type=wan, umt5_xxl) (the release's negative "
+                               f"prompt is an empty text)")
     return from_comfy_conditioning(cond, dim=width, name=name)
 
 

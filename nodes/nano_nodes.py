@@ -2,22 +2,21 @@
 
 * ``MoGe4DNanoDemoInput``: the nano demo's image and its shipped depth as ``IMAGE`` + ``MOGE4D_GEOMETRY``, built
   exactly as ``python -m moge4d_core demo`` builds them (``demo.json``: image, depth, field of view; metric depth).
-* ``MoGe4DLoadWanVAE``: the nano pixel VAE (a diffusers ``AutoencoderKLWan`` at nano size, not a file ComfyUI's
-  ``VAELoader`` can build) as a ``VAE`` with ComfyUI's calling convention, for MoGe4D Inpaint's ``vae`` input.
+* ``MoGe4DEmptyText``: the all-zero text CONDITIONING a model trained without text runs on
+  (:func:`moge4d_core.interop.conditioning.empty_text_conditioning`), for ComfyUI's own ``KSampler`` with the nano
+  4D-ViSM, without the umT5 download. The nano ViSM and pixel VAE themselves load in ComfyUI's ``UNETLoader`` /
+  ``VAELoader`` (:mod:`.nano`).
 """
 from __future__ import annotations
 
-import torch
 from comfy_api.latest import io
 
-from moge4d_core.errors import MoGe4DInputError
-from moge4d_core.interop.native_wan import ComfyStyleWanVAE
-from moge4d_core.loading.motion_vae import load_wan_vae
+from moge4d_core.interop.conditioning import empty_text_conditioning
 from moge4d_core.pipeline.nano import demo_input
 
 from . import comfy_types as T
 from .comfy_runtime import output_device
-from .nano import NANO_CHOICE, nano_path
+from . import nano  # noqa: F401  (registers the nano ViSM / VAE folders with ComfyUI)
 
 
 class MoGe4DNanoDemoInput(io.ComfyNode):
@@ -45,30 +44,27 @@ class MoGe4DNanoDemoInput(io.ComfyNode):
         return io.NodeOutput(image[None].to(output_device()), geometry)
 
 
-class MoGe4DLoadWanVAE(io.ComfyNode):
+class MoGe4DEmptyText(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="MoGe4DLoadWanVAE",
-            display_name="MoGe4D Load Wan VAE",
-            category="MoGe4D/loaders",
-            description="The nano model's pixel VAE (a Wan2.1-architecture VAE at nano size) as a VAE for MoGe4D "
-                        "Inpaint. For the released models load wan_2.1_vae.safetensors with ComfyUI's Load VAE.",
-            search_aliases=["nano vae", "wan vae", "pixel vae"],
-            inputs=[
-                io.Combo.Input("file", options=[NANO_CHOICE],
-                               tooltip="'nano (built-in)': the pack's nano pixel VAE (moge4d_core/nano_model/"
-                                       "vae.safetensors), runs on a CPU. Use it with the nano 4D-ViSM only."),
-            ],
-            outputs=[io.Vae.Output(display_name="vae", tooltip="For MoGe4D Inpaint's vae input.")],
+            node_id="MoGe4DEmptyText",
+            display_name="MoGe4D Empty Text",
+            category="MoGe4D/conditioning",
+            description="An all-zero text CONDITIONING (one token, 4096 wide: umT5-XXL's width) for models trained "
+                        "without text, such as the nano 4D-ViSM in ComfyUI's KSampler: no text changes such a "
+                        "model's output, and this needs no umT5 download. Models that read text (the release) "
+                        "need CLIPTextEncode with CLIPLoader(type=wan).",
+            search_aliases=["empty text", "zero conditioning", "no prompt", "nano text"],
+            inputs=[],
+            outputs=[io.Conditioning.Output(display_name="conditioning",
+                                            tooltip="For KSampler / MoGe4D Inpaint Conditioning positive and "
+                                                    "negative with a model trained without text.")],
         )
 
     @classmethod
-    def execute(cls, file=NANO_CHOICE) -> io.NodeOutput:
-        if file != NANO_CHOICE:
-            raise MoGe4DInputError(f"file: {file!r} is not offered; choose {NANO_CHOICE!r} (for the Wan2.1 VAE use "
-                                   f"ComfyUI's Load VAE)")
-        return io.NodeOutput(ComfyStyleWanVAE(load_wan_vae(nano_path("vae"), dtype=torch.float32)))
+    def execute(cls) -> io.NodeOutput:
+        return io.NodeOutput(empty_text_conditioning())
 
 
-NANO_NODES = [MoGe4DNanoDemoInput, MoGe4DLoadWanVAE]
+NANO_NODES = [MoGe4DNanoDemoInput, MoGe4DEmptyText]

@@ -61,7 +61,7 @@ class MoGe4DLoadSTraG(io.ComfyNode):
                 io.Combo.Input("file", options=[NANO_CHOICE] + model_files("4D-STraG"),
                                tooltip="The 4D-STraG checkpoint in ComfyUI's models/moge4d folder (files under "
                                        "4D-STraG/ first). 'nano (built-in)': the pack's nano model (96x64, 17 "
-                                       "frames, no text path), runs on a CPU with no download."),
+                                       "frames, trained without text), runs on a CPU with no download."),
                 io.Combo.Input("base_control", options=[NONE] + model_files("Wan2.1-Fun-V1.1-14B-Control"),
                                default=NONE, advanced=True,
                                tooltip="Optional Wan2.1-Fun-V1.1-14B-Control weights: tensors missing from the STraG "

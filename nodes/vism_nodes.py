@@ -94,7 +94,9 @@ class MoGe4DLoadViSM(io.ComfyNode):
                 io.Combo.Input("file", options=[NANO_CHOICE] + model_files("Wan2.1-Fun-V1.1-14B-InP"),
                                tooltip="The Wan2.1-Fun-InP base weights in models/moge4d (files under "
                                        "Wan2.1-Fun-V1.1-14B-InP/ first). 'nano (built-in)': the pack's nano 4D-ViSM "
-                                       "(trained in full: set lora to 'none'; no text path), runs on a CPU."),
+                                       "(trained in full: set lora to 'none'; trained without text), runs on a CPU; "
+                                       "ComfyUI's Load Diffusion Model reads the same file "
+                                       "(moge4d_nano_vism.safetensors)."),
                 io.Combo.Input("lora", options=[NONE] + model_files("4D-ViSM"), default=NONE,
                                tooltip="The 4D-ViSM LoRA (kohya lora_unet__ keys) in models/moge4d; 'none' runs the "
                                        "plain base model."),

@@ -110,9 +110,9 @@ def text_inputs(caption: str):
     """Optional positive / negative CONDITIONING (required by models that read umT5 text; the nano model has none)."""
     return [
         io.Conditioning.Input("positive", optional=True,
-                              tooltip=f"{caption} Required by the released model; leave it unconnected for a model "
-                                      f"without a text path (the nano model)."),
+                              tooltip=f"{caption} Required by the released model. A model trained without text "
+                                      f"(the nano model) ignores it: leave it unconnected."),
         io.Conditioning.Input("negative", optional=True,
                               tooltip="Negative prompt (the release uses an empty one). Required by the released "
-                                      "model; unconnected for the nano model."),
+                                      "model; ignored by a model trained without text (the nano model)."),
     ]

@@ -9,6 +9,10 @@ written the way the real files are published, so the tests load them through the
 * ``Wan2.1-Fun-V1.1-14B-InP/diffusion_pytorch_model.safetensors`` + ``4D-ViSM/lora_diffusion_pytorch_model.safetensors``
   (kohya ``lora_unet__`` keys, bf16, rank 4 alpha 2);
 * ``unidepth/model.safetensors`` (published UniDepthV2 names); OmniMAE weights inside the STraG file.
+
+No umT5 file is written, so the two DiTs are models trained without text, as the nano model is: their text-input
+weights are zero (:func:`~moge4d_core.models.wan_dit.drop_text_input_`) and every entry point runs them on the zero
+context.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from moge4d_core.loading.wan_keys import convert_state_dict, original_linear_mod
 from moge4d_core.models.nano import TINY, build_motion_vae, build_strag, build_vism, build_wan_vae, randomize_
 from moge4d_core.models.omnimae import OmniMAEEncoder
 from moge4d_core.models.unidepth import UniDepthConfig, build_unidepth
-from moge4d_core.models.wan_dit import hidden_width
+from moge4d_core.models.wan_dit import drop_text_input_, hidden_width
 
 HEADS = {"num_heads": TINY.num_heads}   # also written to config.json beside the DiT files (as the Fun releases ship)
 
@@ -69,7 +73,7 @@ def write_tiny_models(root: Path, seed: int = 0) -> dict:
     """Write every tiny model file under ``root``; returns {name: path}."""
     root = Path(root)
     paths = {}
-    strag = build_strag(TINY, seed)
+    strag = drop_text_input_(build_strag(TINY, seed))
     omni = randomize_(OmniMAEEncoder(embed_dim=TINY.mpm_dim, depth=1, num_heads=1), seed + 1)
     sd = _original(strag)
     sd.update({"omnimae_extractor." + k: v for k, v in omnimae_published(omni).items()})
@@ -87,7 +91,7 @@ def write_tiny_models(root: Path, seed: int = 0) -> dict:
     paths["wan_vae"] = root / "Wan2.1_VAE.pth"
     torch.save(wan_vae_diffusers_to_original(vae.state_dict(), dict(vae.config)), paths["wan_vae"])
 
-    vism = build_vism(TINY, seed + 4)
+    vism = drop_text_input_(build_vism(TINY, seed + 4))
     (root / "Wan2.1-Fun-V1.1-14B-InP").mkdir(parents=True, exist_ok=True)
     paths["vism_base"] = root / "Wan2.1-Fun-V1.1-14B-InP" / "diffusion_pytorch_model.safetensors"
     save_file(_original(vism), str(paths["vism_base"]))

@@ -8,7 +8,7 @@ from PIL import Image
 
 from moge4d_core.cli import main
 from moge4d_core.pipeline.model_dir import find_model_files
-from moge4d_core.pipeline.nano import NANO_DIR
+from moge4d_core.pipeline.nano import NANO_DIR, NANO_FILES
 
 torch.set_num_threads(1)
 
@@ -32,7 +32,8 @@ def _capture_results(monkeypatch):
 
 def test_demo_runs_on_the_shipped_nano_model(tmp_path, capsys, monkeypatch):
     files = find_model_files(NANO_DIR)
-    assert files.strag.name == "strag.safetensors" and files.vism_base.name == "vism.safetensors"
+    assert files.strag == NANO_DIR / NANO_FILES["strag"] and files.vism_base == NANO_DIR / NANO_FILES["vism"]
+    assert files.wan_vae == NANO_DIR / NANO_FILES["vae"]
     spec = json.loads((NANO_DIR / "demo.json").read_text())
     assert spec["settings"]["camera"] == ["orbit_left", "dolly_in"]
     seen = _capture_results(monkeypatch)

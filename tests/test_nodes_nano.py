@@ -10,7 +10,8 @@ from PIL import Image
 from conftest import load_nodes, pack_module
 from moge4d_core.errors import MoGe4DInputError
 from moge4d_core.geometry.sources import geometry_from_depth
-from moge4d_core.pipeline.nano import NANO_DIR
+from moge4d_core.models.wan_dit import drop_text_input_, reads_text
+from moge4d_core.pipeline.nano import NANO_DIR, NANO_FILES
 from test_nodes_pipeline import ComfyLikeVAE
 
 torch.set_num_threads(1)
@@ -67,16 +68,16 @@ def test_nano_loaders_load_the_shipped_files(loaded):
     strag, mvae, vism = loaded
     fp32 = dict(dtype=torch.float32, compute_dtype=torch.float32)
     for patcher, ref in ((strag, load_strag(str(NANO_DIR / "strag.safetensors"), keep_omnimae=False, **fp32)),
-                         (vism, load_vism_base(str(NANO_DIR / "vism.safetensors"), **fp32))):
+                         (vism, load_vism_base(str(NANO_DIR / NANO_FILES["vism"]), **fp32))):
         got = dict(patcher.model.inner.named_parameters())
         want = dict(ref.named_parameters())
         assert got.keys() == want.keys()
         assert all(torch.equal(got[k].float(), want[k].float()) for k in want)
-    assert int(strag.model.inner.config.text_dim) != 4096 and int(vism.model.inner.config.text_dim) != 4096
+    assert not reads_text(strag.model.inner) and not reads_text(vism.model.inner)     # trained without text
     ref = load_motion_vae(str(NANO_DIR / "motion_vae.safetensors"))
     got = dict(mvae.model.inner.named_parameters())
     assert got.keys() and all(torch.equal(got[k].float(), v.float()) for k, v in ref.named_parameters())
-    shipped = load_file(str(NANO_DIR / "vism.safetensors"))     # the original Wan key names
+    shipped = load_file(str(NANO_DIR / NANO_FILES["vism"]))     # the original Wan key names
     assert torch.equal(dict(vism.model.inner.named_parameters())["blocks.0.attn1.to_q.weight"].float(),
                        shipped["blocks.0.self_attn.q.weight"].float())
 
@@ -101,20 +102,48 @@ def test_inpaint_runs_the_nano_model_without_text(env, loaded):
     render = torch.rand(5, 64, 96, 3, generator=torch.Generator().manual_seed(0))
     holes = torch.zeros(5, 64, 96)
     holes[:, 20:40, 30:60] = 1
-    vae = ComfyLikeVAE(load_wan_vae(str(NANO_DIR / "vae.safetensors")))
+    vae = ComfyLikeVAE(load_wan_vae(str(NANO_DIR / NANO_FILES["vae"])))
     (out,) = env("MoGe4DInpaint").execute(vism_model=vism, vae=vae, render=render, holes=holes, steps=2, cfg=1.0,
                                           seed=4).args
     assert out.shape == (5, 64, 96, 3) and bool(torch.isfinite(out).all())
 
 
-def test_unconnected_text_is_refused_for_a_model_that_reads_text():
+def test_unconnected_text_is_refused_only_for_a_model_that_reads_text():
+    """A model reads text unless its text embedder's input weights are all zero (what the trainers leave when
+    training from scratch without a text encoder); such a model gets the zero context whatever is connected."""
+    from moge4d_core.models.nano import TINY, build_strag
+
     text_context = pack_module("nodes.dit_runtime").text_context
-
-    class Release(torch.nn.Module):
-        class config:
-            text_dim = 4096
-
+    model = build_strag(TINY, seed=1)
+    assert reads_text(model)
     with pytest.raises(MoGe4DInputError, match="positive: not connected.*umT5"):
-        text_context(None, Release(), "positive")
-    ctx = text_context(None, type("Nano", (), {"config": type("C", (), {"text_dim": 32})})(), "negative")
-    assert ctx.embeddings.shape[-1] == 32 and float(ctx.embeddings.abs().max()) == 0
+        text_context(None, model, "positive")
+    width = int(model.config.text_dim)
+    prompt = [[torch.randn(1, 7, width), {"pooled_output": None}]]
+    assert torch.equal(text_context(prompt, model, "positive").embeddings[0, :7], prompt[0][0][0])
+    drop_text_input_(model)
+    assert not reads_text(model)
+    for cond in (None, prompt, [[torch.randn(1, 3, 4096), {}]]):          # even another model's width
+        ctx = text_context(cond, model, "negative")
+        assert ctx.embeddings.shape[-1] == width and float(ctx.embeddings.abs().max()) == 0
+
+
+def test_a_model_without_text_input_gives_the_same_output_for_any_text():
+    """Why the rule holds: with zero text-input weights, no context changes the DiT's prediction."""
+    from moge4d_core.models.nano import TINY, build_vism
+
+    x = torch.randn(1, 16, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    cond = torch.randn(1, 20, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([500.0])
+
+    def outputs(model):
+        with torch.no_grad():
+            return [model(hidden_states=x, timestep=t, encoder_hidden_states=ctx, mask=cond[:, :4],
+                          masked_video=cond[:, 4:], return_dict=False)[0]
+                    for ctx in (torch.zeros(1, 1, TINY.text_dim), torch.randn(1, 9, TINY.text_dim) * 5)]
+
+    model = build_vism(TINY, seed=2).eval()
+    reading = outputs(model)
+    assert not torch.allclose(reading[0], reading[1], atol=1e-4)          # a model that reads text
+    blind = outputs(drop_text_input_(model))
+    assert torch.allclose(blind[0], blind[1], atol=1e-6)

@@ -1,6 +1,6 @@
-"""The nano demo inside a graph: MoGe4D Nano Demo Input (the CLI demo's image + geometry), MoGe4D Load Wan VAE
-(the nano pixel VAE as a ComfyUI-convention VAE for MoGe4D Inpaint) and MoGe4D Render's 'gaussians (spacing)'
-mode (the CLI's --render splats), through the ComfyUI stand-in."""
+"""The nano demo inside a graph: MoGe4D Nano Demo Input (the CLI demo's image + geometry), MoGe4D Empty Text, the
+nano ViSM / pixel VAE in ComfyUI's own model folders and shapes, and MoGe4D Render's 'gaussians (spacing)' mode
+(the CLI's --render splats), through the ComfyUI stand-in."""
 import json
 
 import numpy as np
@@ -12,10 +12,7 @@ from conftest import load_nodes
 from moge4d_core.demo_scene import make_demo_scene
 from moge4d_core.camera.scene import camera_path_for_scene
 from moge4d_core.geometry.intrinsics import K_from_fov
-from moge4d_core.interop.native_wan import ChannelLastVAE
-from moge4d_core.loading.motion_vae import load_wan_vae
-from moge4d_core.pipeline.image_vae import WanImageVAE
-from moge4d_core.pipeline.nano import NANO_DIR
+from moge4d_core.pipeline.nano import NANO_DIR, NANO_FILES
 from moge4d_core.pipeline.run import SPLAT_RENDER
 from moge4d_core.render import render_trajectories
 
@@ -41,18 +38,47 @@ def test_demo_input_is_the_shipped_image_depth_and_fov(node):
     assert torch.allclose(geometry.points[..., 0], (torch.arange(96) + 0.5 - cx) / fx * depth, atol=1e-5)
 
 
-def test_load_wan_vae_nano_is_the_demo_pixel_vae(node):
-    schema = node("MoGe4DLoadWanVAE").define_schema()
-    assert [i.id for i in schema.inputs] == ["file"] and schema.inputs[0].options == ["nano (built-in)"]
-    assert schema.outputs[0].io_type == "VAE"                        # what MoGe4D Inpaint's vae input takes
-    vae = ChannelLastVAE(node("MoGe4DLoadWanVAE").execute(file="nano (built-in)").args[0])
-    ref = WanImageVAE(load_wan_vae(str(NANO_DIR / "vae.safetensors")))
-    video = torch.rand(1, 3, 5, 32, 48, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    z, z_ref = vae.encode(video), ref.encode(video)
-    assert z.shape == (1, 16, 2, 4, 6) and torch.allclose(z, z_ref, atol=1e-5)
-    assert torch.allclose(vae.decode(z_ref), ref.decode(z_ref), atol=1e-5)
-    with pytest.raises(Exception, match="nano \\(built-in\\)"):
-        node("MoGe4DLoadWanVAE").execute(file="../vae.safetensors")
+def test_empty_text_is_one_zero_token_of_umt5_width(node):
+    schema = node("MoGe4DEmptyText").define_schema()
+    assert schema.inputs == [] and schema.outputs[0].io_type == "CONDITIONING"
+    (cond,) = node("MoGe4DEmptyText").execute().args
+    assert len(cond) == 1 and tuple(cond[0][0].shape) == (1, 1, 4096) and float(cond[0][0].abs().max()) == 0
+    assert cond[0][1] == {"pooled_output": None}
+
+
+def test_nano_vism_and_vae_are_listed_in_comfyuis_own_model_folders(node):
+    import folder_paths
+
+    assert "moge4d_nano_vism.safetensors" in folder_paths.get_filename_list("diffusion_models")
+    assert "moge4d_nano_vae.safetensors" in folder_paths.get_filename_list("vae")
+    assert folder_paths.get_full_path("vae", "moge4d_nano_vae.safetensors") == str(NANO_DIR / NANO_FILES["vae"])
+
+
+def test_nano_vism_and_vae_have_the_shapes_comfyui_builds():
+    """ComfyUI v0.21's rules (comfy/model_detection.py, comfy/sd.py), restated: Wan2.1 DiT heads = dim // 128,
+    freq_dim 256, text 4096 wide, CLIP img_emb 1280 wide; Wan2.1 VAE dim from decoder.head.0.gamma with
+    dim_mult [1,2,4,4] and 2 res blocks. Our loaders read the same files (the real ComfyUI run is
+    tests/test_real_comfyui.py)."""
+    from diffusers import AutoencoderKLWan
+    from safetensors.torch import load_file
+
+    from moge4d_core.loading.motion_vae import wan_vae_diffusers_to_original
+    from moge4d_core.loading.wan_dit import load_vism_base
+
+    dit = load_file(str(NANO_DIR / NANO_FILES["vism"]))
+    dim = dit["head.modulation"].shape[-1]
+    vism = load_vism_base(str(NANO_DIR / NANO_FILES["vism"]), dtype=torch.float32)
+    cfg = vism.config
+    assert cfg.num_attention_heads == dim // 128 and cfg.attention_head_dim * cfg.num_attention_heads == dim
+    assert dit["time_embedding.0.weight"].shape[1] == 256 == cfg.freq_dim
+    assert dit["text_embedding.0.weight"].shape[1] == 4096 and dit["img_emb.proj.0.weight"].shape == (1280,)
+    assert dit["patch_embedding.weight"].shape[1] == 36                # Fun-InP: 16 noise + 4 mask + 16 video
+    vae_sd = load_file(str(NANO_DIR / NANO_FILES["vae"]))
+    base = vae_sd["decoder.head.0.gamma"].shape[0]
+    comfy_built = AutoencoderKLWan(base_dim=base, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                                   temperal_downsample=[False, True, True])
+    want = wan_vae_diffusers_to_original(comfy_built.state_dict(), dict(comfy_built.config))
+    assert {k: tuple(v.shape) for k, v in want.items()} == {k: tuple(v.shape) for k, v in vae_sd.items()}
 
 
 def test_render_spacing_mode_is_the_cli_splat_render(node):

@@ -25,7 +25,7 @@ STABLE_IDS = {
     "MoGe4DLoadSTraG", "MoGe4DLoadMotionVAE", "MoGe4DTrajectorySampler", "MoGe4DDenormalize", "MoGe4DFlowScheduler",
     "MoGe4DLoadViSM", "MoGe4DInpaint", "MoGe4DInpaintConditioning", "MoGe4DApplyViSMLoRA",
     "MoGe4DSaveUSD", "MoGe4DSaveAnimatedGLB",
-    "MoGe4DNanoDemoInput", "MoGe4DLoadWanVAE",
+    "MoGe4DNanoDemoInput", "MoGe4DEmptyText",
 }
 WIDGET_PREFIX = {
     "MoGe4DCameraPath": ["preset", "frames", "width", "height", "fov", "magnitude", "easing", "params"],
@@ -52,7 +52,7 @@ WIDGET_PREFIX = {
     "MoGe4DSaveUSD": ["filename_prefix", "format", "max_points"],
     "MoGe4DSaveAnimatedGLB": ["filename_prefix", "max_points"],
     "MoGe4DNanoDemoInput": [],
-    "MoGe4DLoadWanVAE": ["file"],
+    "MoGe4DEmptyText": [],
 }
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 

@@ -12,6 +12,7 @@ Nothing outside the temporary folder is touched, and the server is stopped at th
 """
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -31,10 +32,19 @@ pytestmark = pytest.mark.skipif(not COMFY, reason="set MOGE4D_COMFYUI_DIR to a C
 # API workflows that run on a CPU with no model files, and the input files each needs from example_assets/.
 NO_DOWNLOAD = {
     "moge4d_nano_cpu_api.json": [],                # the built-in nano model and its demo input, no files
+    # the nano ViSM + pixel VAE through ComfyUI's own UNETLoader / VAELoader / KSampler / VAEDecode
+    "moge4d_nano_image_to_4d_video_native_api.json": [],
+    "moge4d_nano_native_sampler_api.json": [],     # ComfyUI's KSamplerSelect samplers drive the trajectory stage
     "moge4d_4d_preview_api.json": [],
     "moge4d_render_demo_scene_api.json": [],
     "moge4d_render_trajectories_api.json": [],     # its scene is the Load Trajectories node's pack example
 }
+# more runs of a workflow with one widget changed: (workflow, node id, input, values)
+VARIANTS = [("moge4d_nano_native_sampler_api.json", "4", "sampler_name", ["dpmpp_2m", "uni_pc"])]
+RUNS = [(name, None) for name in sorted(NO_DOWNLOAD)] + [
+    (name, (nid, key, value)) for name, nid, key, values in VARIANTS for value in values]
+# what a save node writes: class_type -> file extension
+WRITES = {"SaveVideo": ".mp4", "MoGe4DSavePLYSequence": ".ply"}
 STARTUP_S, RUN_S = 240, 600
 
 
@@ -96,10 +106,21 @@ def server(tmp_path_factory):
         log.close()
 
 
-@pytest.mark.parametrize("name", sorted(NO_DOWNLOAD))
-def test_workflow_runs_and_writes_its_files(server, name):
+@pytest.mark.parametrize("name,change", RUNS, ids=lambda v: v if isinstance(v, str) else "-".join(map(str, v or [])))
+def test_workflow_runs_and_writes_its_files(server, name, change):
     url, base = server
     prompt = json.loads((ROOT / "workflows" / "api" / name).read_text())
+    tag = ""
+    if change is not None:                       # a variant: one widget changed, its own output prefixes
+        nid, key, value = change
+        prompt[nid]["inputs"][key] = value
+        tag = f"_{value}"
+    saves = {}
+    for node in prompt.values():
+        prefix = node["inputs"].get("filename_prefix")
+        if isinstance(prefix, str):
+            node["inputs"]["filename_prefix"] = prefix = prefix + tag
+            saves[prefix] = WRITES.get(node["class_type"])
     t0 = time.perf_counter()
     answer = _post(f"{url}/prompt", {"prompt": prompt, "client_id": "moge4d-test"})
     assert "prompt_id" in answer, f"{name} was refused: {json.dumps(answer)[:3000]}"
@@ -116,11 +137,14 @@ def test_workflow_runs_and_writes_its_files(server, name):
     status = hist["status"]
     assert status.get("status_str") == "success", f"{name}: {json.dumps(status.get('messages'))[:3000]}"
     written = sorted(p.relative_to(base / "output").as_posix() for p in (base / "output").rglob("*") if p.is_file())
-    for node in prompt.values():
-        prefix = node["inputs"].get("filename_prefix")
-        if isinstance(prefix, str) and node["class_type"].startswith(("Save", "MoGe4DSave")):
-            assert any(w.startswith(prefix) for w in written), f"{name}: nothing written under {prefix}: {written}"
-    print(f"\n{name}: {seconds:.1f} s, {len(written)} files in output/")
+    for prefix, ext in saves.items():
+        # ComfyUI's counter: <prefix>_00001_.mp4, <prefix>_00001.glb, <prefix>_00001/frame_00000.ply
+        mine = [w for w in written if re.match(re.escape(prefix) + r"_\d{5}(_?\.\w+$|/)", w)]
+        assert mine, f"{name}: nothing written under {prefix}: {written}"
+        if ext is not None:
+            assert all(w.endswith(ext) for w in mine) and all((base / "output" / w).stat().st_size > 0 for w in mine)
+    print(f"\n{name}{tag}: {seconds:.1f} s, {sum(len([w for w in written if w.startswith(p)]) for p in saves)} "
+          f"files written")
 
 
 def test_template_browser_lists_ui_workflows_with_thumbnails(server):
@@ -133,3 +157,31 @@ def test_template_browser_lists_ui_workflows_with_thumbnails(server):
     for name in ui:
         with urllib.request.urlopen(f"{url}/api/workflow_templates/ComfyUI-MoGe4D/{name}.jpg", timeout=10) as r:
             assert r.headers.get_content_type() == "image/jpeg" and r.read(3) == b"\xff\xd8\xff", name
+
+
+def _ply_points(path: Path):
+    """xyz (N,3) of a binary PLY written by MoGe4D Save PLY Sequence (points format)."""
+    import numpy as np
+
+    data = path.read_bytes()
+    end = data.index(b"end_header\n") + len(b"end_header\n")
+    count = int(next(l for l in data[:end].decode().splitlines() if l.startswith("element vertex")).split()[-1])
+    rows = np.frombuffer(data[end:], np.dtype([("xyz", "<f4", 3), ("rgb", "u1", 3)]), count=count)
+    return rows["xyz"]
+
+
+def test_comfyuis_euler_sampler_reproduces_the_built_in_euler(server):
+    """``moge4d_nano_native_sampler`` (ComfyUI's ``euler`` from KSamplerSelect + MoGe4D Flow Scheduler ``normal``)
+    writes the same trajectories as ``moge4d_nano_cpu`` (the node's own Euler, same seed, steps and shift)."""
+    _, base = server
+    out = base / "output" / "moge4d"
+    own, native = out / "nano_scene_00001", out / "nano_native_sampler_scene_00001"
+    if not (own.is_dir() and native.is_dir()):
+        pytest.skip("runs after the workflow runs of this module")
+    frames = sorted(own.glob("frame_*.ply"))
+    assert len(frames) == 17 and [p.name for p in frames] == sorted(p.name for p in native.glob("frame_*.ply"))
+    first = _ply_points(frames[0])
+    moved = float(abs(_ply_points(frames[-1]) - first).max())
+    gap = max(float(abs(_ply_points(p) - _ply_points(native / p.name)).max()) for p in frames)
+    print(f"\nnative euler vs built-in euler: max point gap {gap:.2e} m (largest motion {moved:.2f} m)")
+    assert moved > 0.1 and gap < 1e-4 * moved

@@ -66,16 +66,17 @@ def test_nano_motion_init_is_the_block_codec_with_nano_adapters_with_four_channe
 
 def test_nano_configs_are_the_nano_sizes_and_the_strag_stage_trains_with_the_reference():
     """``training/configs/nano/*.json`` (what the recipe trains) are ``strag_config(NANO_STRAG)`` and
-    ``vism_config(NANO)``, and the STraG stage feeds the reference latent that inference feeds."""
+    ``vism_config(NANO_VISM)`` (pixel VAE: ``wan_vae_kwargs(NANO_VISM)``), and the STraG stage feeds the reference latent that inference feeds."""
     import json
 
-    from moge4d_core.models.nano import NANO, NANO_STRAG, strag_config, vism_config
+    from moge4d_core.models.nano import NANO_STRAG, NANO_VISM, strag_config, vism_config, wan_vae_kwargs
     from moge4d_core.models.wan_dit import dit_config
     from training.nano.train_nano import CONFIGS, stage_argv
 
     # the recipe's JSON files (original Wan names) convert to the nano configs
     assert dit_config(json.loads((CONFIGS / "strag.json").read_text())) == strag_config(NANO_STRAG)
-    assert dit_config(json.loads((CONFIGS / "vism.json").read_text())) == vism_config(NANO)
+    assert dit_config(json.loads((CONFIGS / "vism.json").read_text())) == vism_config(NANO_VISM)
+    assert json.loads((CONFIGS / "pixel_vae.json").read_text()) == wan_vae_kwargs(NANO_VISM)
     assert NANO_STRAG.dim > 64         # the patch's 64 noise values must fit through the residual stream
     argv = stage_argv("strag", "DATA", CONFIGS)
     assert "--reference" in argv and argv[argv.index("--lr-scheduler") + 1] == "cosine"
@@ -118,7 +119,10 @@ def test_nano_install_is_all_or_nothing_and_writes_the_demo_image(tmp_path):
     sources[-1].parent.mkdir(parents=True, exist_ok=True)
     sources[-1].write_bytes(b"new")
     paths = install(work, target)
-    assert sorted(p.name for p in paths) == sorted(p.name for p in target.iterdir() if not p.name.startswith("."))
+    assert sorted(p.relative_to(target).as_posix() for p in paths) == sorted(
+        p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file())     # no temp folder left
+    assert {INSTALLED["vism"], INSTALLED["pixel_vae"]} == {"diffusion_models/moge4d_nano_vism.safetensors",
+                                                           "vae/moge4d_nano_vae.safetensors"}
     assert (target / "motion_vae.safetensors").read_bytes() == sources[0].read_bytes()
     spec = json.loads((target / "demo.json").read_text())
     img = np.asarray(Image.open(target / spec["image"]))

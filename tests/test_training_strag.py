@@ -11,7 +11,7 @@ from moge4d_core.loading.common import read_arch_config
 from moge4d_core.loading.lora import load_kohya_lora, merge_lora
 from moge4d_core.loading.motion_vae import save_motion_vae
 from moge4d_core.loading.wan_dit import load_strag, save_wan_dit
-from moge4d_core.models.wan_dit import STraGDiT, WanDiT, dit_config, hidden_width
+from moge4d_core.models.wan_dit import STraGDiT, WanDiT, dit_config, hidden_width, reads_text
 from training.adapters import load_peft_adapter
 from training.train_strag import StragOptions, control_base_model, train
 from training_helpers import DATA_ARGS, STRAG_CFG, TINY_DIT, T, tiny_motion_vae, write_data, write_json
@@ -64,6 +64,7 @@ def test_resume_is_bit_exact_and_the_export_loads(env):
     assert arch == "moge4d_strag" and hidden_width(cfg) == STRAG_CFG["dim"] and cfg["in_channels"] == 64
     model = load_strag(a.exports["dit"], dtype=torch.float32)
     assert isinstance(model, STraGDiT) and model.config.in_channels == 64
+    assert not reads_text(model)                  # trained from scratch without text: text-input weights zero
     own = dict(model.named_parameters())
     assert set(own) == set(ta) and all(torch.equal(own[k], ta[k]) for k in ta)
     # training moved the weights between the two checkpoints
@@ -206,6 +207,7 @@ def test_text_context_drop_and_a_run_with_a_text_encoder(env):
                             max_steps=2, checkpoint_every=0, frames=T, crop="none", grid="16x32", progress=False))
     r = train(o)
     assert r.steps == 2 and not any("text context is all zeros" in n for n in r.notes)
+    assert reads_text(load_strag(r.exports["dit"], dtype=torch.float32))
 
 
 def test_reference_option_trains_ref_conv_and_the_release_default_leaves_it(env):

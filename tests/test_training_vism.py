@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from moge4d_core.loading.lora import load_kohya_lora, merge_lora
 from moge4d_core.loading.wan_dit import load_vism_base, save_wan_dit
 from moge4d_core.loading.wan_keys import original_linear_module_names
-from moge4d_core.models.wan_dit import ViSMDiT, dit_config
+from moge4d_core.models.wan_dit import ViSMDiT, dit_config, reads_text
 from moge4d_core.pipeline import WanImageVAE, encode_vism_conditions
 from training.adapters import load_peft_adapter
 from training.train_vism import VismOptions, train, vism_conditions
@@ -36,8 +36,10 @@ def args(env, data, out, *extra):
 def test_lora_on_every_linear_lowers_the_loss(env):
     r = train(args(env, "one", env["root"] / "fit", "--init-config", str(env["cfg"]), "--lora-rank", "4",
                    "--lora-alpha", "4", "--lr", "1e-2", "--grad-clip", "1.0", "--max-steps", "30",
-                   "--checkpoint-every", "0"))
+                   "--checkpoint-every", "0", "--export-merged"))
     assert np.mean(r.losses[-5:]) < 0.85 * np.mean(r.losses[:5]), r.losses
+    # from scratch without a text encoder: the export's text-input weights are zero (the model reads no text)
+    assert not reads_text(load_vism_base(r.exports["dit"], dtype=torch.float32))
     lora = load_kohya_lora(r.exports["kohya_lora"])
     # the release's module list (40*12 + 8 = 488 at 14B): here 2 blocks
     assert sorted(lora) == sorted(original_linear_module_names(2, image=True))
@@ -103,6 +105,7 @@ def test_full_finetune_export_loads_with_load_vism_base(env):
     model = load_vism_base(r.exports["dit"], dtype=torch.float32)
     cfg = model.config
     assert cfg.arch == "wan2.1_fun_inp" and cfg.in_channels == 36
+    assert reads_text(model)                      # a base model's text path is kept, even trained without text
     trained = load_file(str(root / "full/checkpoint-2/trainable.safetensors"))
     own = dict(model.named_parameters())
     assert set(own) == set(trained) and all(torch.equal(own[k], trained[k]) for k in trained)

@@ -44,7 +44,7 @@ from typing import Any, Optional
 import torch
 
 from moge4d_core.errors import MoGe4DInputError
-from moge4d_core.models.wan_dit import ARCH_CONTROL_V11, ARCH_STRAG, STraGDiT, dit_config
+from moge4d_core.models.wan_dit import ARCH_CONTROL_V11, ARCH_STRAG, STraGDiT, dit_config, drop_text_input_
 
 from .contexts import ClipContexts, MotionFeatureExtractor, TextContexts
 from .datasets import TrajSceneBatch
@@ -161,6 +161,8 @@ class StragTask(DiTTask):
         cfg = model.config
 
         self.text = TextContexts(o.text_encoder, o.tokenizer, cfg.text_dim, device)
+        if not self.text.enabled and o.init_config is not None:
+            drop_text_input_(model)          # from scratch without text: the export shows text has no effect
         clip = ClipContexts(o.clip, cfg.image_dim, device)
         self.clip_tokens = None
         if clip.enabled:

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from moge4d_core.errors import MoGe4DInputError
-from moge4d_core.models.wan_dit import ARCH_INP, ViSMDiT
+from moge4d_core.models.wan_dit import ARCH_INP, ViSMDiT, drop_text_input_
 
 from .contexts import ClipContexts, TextContexts
 from .datasets import fit_video
@@ -150,6 +150,8 @@ class VismTask(DiTTask):
             model = cast_dit(ViSMDiT(**load_init_config(o.init_config, ARCH_INP)), dt)
         cfg = model.config
         self.text = TextContexts(o.text_encoder, o.tokenizer, cfg.text_dim, device)
+        if not self.text.enabled and o.init_config is not None:
+            drop_text_input_(model)          # from scratch without text: the export shows text has no effect
         self.clip = ClipContexts(o.clip, cfg.image_dim, device)
         self.setup_training(model, 0 if o.full else o.lora_rank, o.lora_alpha)
         if not self.text.enabled:

@@ -31,7 +31,17 @@ from ..errors import MoGe4DInputError
 from ..models.conditioning import (IMAGE_DIM, IMAGE_TOKENS, TEXT_DIM, ImageContext, TextContext,
                                    validate_image_context, validate_text_context)
 
-__all__ = ["from_comfy_conditioning", "from_comfy_clip_vision_output"]
+__all__ = ["from_comfy_conditioning", "from_comfy_clip_vision_output", "empty_text_conditioning"]
+
+
+def empty_text_conditioning(dim: int = TEXT_DIM) -> list:
+    """An all-zero ComfyUI ``CONDITIONING`` ``[[zeros (1, 1, dim), {"pooled_output": None}]]``.
+
+    What a DiT trained without text (:func:`~moge4d_core.models.wan_dit.reads_text` False) runs on: no context
+    changes its output, so one zero token of the width ComfyUI's Wan models take (umT5-XXL's 4096) stands for
+    any prompt, with no text encoder loaded.
+    """
+    return [[torch.zeros(1, 1, int(dim)), {"pooled_output": None}]]
 
 
 def _trailing_valid_lengths(cond: torch.Tensor) -> torch.Tensor:

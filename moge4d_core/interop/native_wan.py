@@ -39,7 +39,7 @@ from ..models import constants as C
 from ..models.motion_vae import denormalize_latent, normalize_latent
 from ..models.vism_mask import all_holes, binarize_holes, pack_mask_latent
 
-__all__ = ["ChannelLastVAE", "ComfyStyleWanVAE", "empty_latent", "fun_inp_concat_inputs", "raw_zero_latent",
+__all__ = ["ChannelLastVAE", "empty_latent", "fun_inp_concat_inputs", "raw_zero_latent",
            "masked_pixels"]
 
 
@@ -123,32 +123,3 @@ def fun_inp_concat_inputs(render: torch.Tensor, holes: torch.Tensor) -> tuple[to
         known = torch.zeros_like(known)
     return masked_pixels(render, holes), 1 - known, every
 
-
-class ComfyStyleWanVAE:
-    """A diffusers ``AutoencoderKLWan`` behind ComfyUI's ``VAE`` calling convention (``comfy/sd.py``, v0.21).
-
-    ``encode(pixels (T,H,W,3) [0,1])`` -> raw posterior mean ``(1,16,F,H/8,W/8)``;
-    ``decode(raw latent (1,16,F,h,w))`` -> ``(1,T,H,W,3)`` in [0,1]. Runs where the VAE's weights are (CPU).
-    """
-
-    def __init__(self, vae: torch.nn.Module) -> None:
-        self.vae = vae
-        self.load_info = getattr(vae, "load_info", None)
-
-    def _param(self) -> torch.Tensor:
-        return next(self.vae.parameters())
-
-    @torch.no_grad()
-    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4 or pixels.shape[-1] < 3:
-            raise MoGe4DInputError(f"vae: encode takes IMAGE frames (T,H,W,3), got "
-                                   f"{tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__}")
-        p = self._param()
-        video = (pixels[..., :3].float() * 2 - 1).permute(3, 0, 1, 2)[None]            # (1,3,T,H,W) [-1,1]
-        return self.vae.encode(video.to(p.device, p.dtype)).latent_dist.mode().float().cpu()
-
-    @torch.no_grad()
-    def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        p = self._param()
-        video = self.vae.decode(latent.to(p.device, p.dtype)).sample.float().clamp(-1, 1)
-        return ((video + 1) / 2).permute(0, 2, 3, 4, 1).cpu()                          # (1,T,H,W,3) [0,1]

@@ -68,7 +68,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(folder: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder inside ``folder``; on normal exit its files are moved into ``folder``.
+    """Yield a temporary folder inside ``folder``; on normal exit its files (at any depth, into the same
+    sub-folders) are moved into ``folder``.
 
     Files are moved only after the body finished without error, so a failure leaves ``folder``
     exactly as it was (a missing ``folder`` is created and removed again). Existing files with the
@@ -83,8 +84,10 @@ def atomic_dir(folder: str | os.PathLike) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-        for item in sorted(tmp.iterdir()):
-            os.replace(item, folder / item.name)
+        for item in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            dest = folder / item.relative_to(tmp)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(item, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         _remove_created(created)

@@ -5,8 +5,12 @@ narrower: a nano checkpoint goes through exactly the loaders the released files 
 ``vism_config`` give DiT configs (:func:`~moge4d_core.models.wan_dit.config.dit_config`), ``wan_vae_kwargs`` the diffusers ``AutoencoderKLWan``
 arguments, ``motion_vae_config`` a :class:`MotionVAEConfig`.  ``build_*`` make seeded random models.
 
-Sizes (parameters): ``NANO_STRAG`` ≈ 2.0 M (STraG), ``NANO`` ≈ 0.3 M (ViSM) + 2 × 0.9 M (pixel VAE, motion
-VAE), for 96×64 pixels and 17 frames; ``TINY`` a few hundred thousand in all, for 16×16-pixel CPU tests.
+Sizes (parameters): ``NANO_STRAG`` ≈ 2.0 M (STraG), ``NANO`` ≈ 0.3 M (motion VAE), ``NANO_VISM`` (ViSM and its
+pixel VAE), for 96×64 pixels and 17 frames; ``TINY`` a few hundred thousand in all, for 16×16-pixel CPU tests.
+``NANO_VISM`` has the shapes ComfyUI v0.21 builds a Wan2.1 model in (``comfy/model_detection.py``, ``comfy/sd.py``),
+so its files load in ComfyUI's own ``UNETLoader`` / ``VAELoader``: DiT ``num_heads = dim // 128``, ``freq_dim`` 256,
+text context 4096 wide (umT5-XXL's), CLIP tokens 1280 wide (``img_emb`` is fixed at ViT-H/14's width); pixel VAE
+``dim_mult [1,2,4,4]`` with 2 res blocks (only its base width is read from the file).
 The nano STraG is wider than the rest: at width 64 its tokens (16 channels × 2×2 patch = 64 noise values, plus
 as many condition values) do not fit through the residual stream, and it cannot even carry its noisy input
 through to the velocity (reproduced in session 7: its flow loss stalls and its estimate of the clean latent
@@ -23,7 +27,7 @@ from .motion_vae import AdapterConfig, MotionVAE, MotionVAEConfig
 from .wan_dit import STraGDiT, ViSMDiT
 from .wan_dit.config import ARCH_INP, ARCH_STRAG, dit_config
 
-__all__ = ["ModelSize", "NANO", "NANO_STRAG", "TINY", "strag_config", "vism_config", "wan_vae_kwargs", "motion_vae_config",
+__all__ = ["ModelSize", "NANO", "NANO_STRAG", "NANO_VISM", "TINY", "strag_config", "vism_config", "wan_vae_kwargs", "motion_vae_config",
            "build_strag", "build_vism", "build_wan_vae", "build_motion_vae", "randomize_"]
 
 
@@ -41,6 +45,8 @@ class ModelSize:
     freq_dim: int = 32
     mpm_dim: int | None = None
     vae_base_dim: int = 8
+    vae_dim_mult: tuple[int, ...] = (1, 2, 2, 2)
+    vae_res_blocks: int = 1
     adapter_channels: int = 32
     adapter_groups: int = 8       # 4 channels per GroupNorm group, as the release's 128/32 (1 per group is an
                                   # instance norm that erases each frame's motion magnitude)
@@ -48,6 +54,8 @@ class ModelSize:
 
 NANO = ModelSize()
 NANO_STRAG = ModelSize(dim=128, ffn_dim=512, num_layers=6)
+NANO_VISM = ModelSize(dim=128, ffn_dim=256, num_heads=1, num_layers=4, text_dim=4096, image_dim=1280, freq_dim=256,
+                      vae_dim_mult=(1, 2, 4, 4), vae_res_blocks=2)
 TINY = ModelSize(dim=24, ffn_dim=48, num_heads=2, num_layers=2, text_dim=16, image_dim=16, freq_dim=16, mpm_dim=64,
                  vae_base_dim=4, adapter_channels=32)
 
@@ -62,13 +70,15 @@ def strag_config(s: ModelSize = NANO_STRAG) -> Mapping[str, Any]:
                       mpm_alignment="corrected")
 
 
-def vism_config(s: ModelSize = NANO) -> Mapping[str, Any]:
+def vism_config(s: ModelSize = NANO_VISM) -> Mapping[str, Any]:
     return dit_config(_common(s), arch=ARCH_INP, in_channels=36)
 
 
 def wan_vae_kwargs(s: ModelSize = NANO) -> dict:
-    return dict(base_dim=s.vae_base_dim, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
-                temperal_downsample=[False, True, True])
+    """diffusers ``AutoencoderKLWan`` arguments of the Wan VAE of size ``s`` (``NANO``: the motion VAE's;
+    ``NANO_VISM``: the pixel VAE's, in ComfyUI's Wan2.1 layout)."""
+    return dict(base_dim=s.vae_base_dim, z_dim=16, dim_mult=list(s.vae_dim_mult), num_res_blocks=s.vae_res_blocks,
+                attn_scales=[], temperal_downsample=[False, True, True])
 
 
 def motion_vae_config(s: ModelSize = NANO) -> MotionVAEConfig:
@@ -93,13 +103,13 @@ def build_strag(s: ModelSize = NANO_STRAG, seed: int = 0, random: bool = True) -
     return randomize_(m, seed) if random else m
 
 
-def build_vism(s: ModelSize = NANO, seed: int = 0, random: bool = True) -> ViSMDiT:
+def build_vism(s: ModelSize = NANO_VISM, seed: int = 0, random: bool = True) -> ViSMDiT:
     torch.manual_seed(seed)
     m = ViSMDiT(**vism_config(s))
     return randomize_(m, seed) if random else m
 
 
-def build_wan_vae(s: ModelSize = NANO, seed: int = 0):
+def build_wan_vae(s: ModelSize = NANO_VISM, seed: int = 0):
     from diffusers import AutoencoderKLWan
     torch.manual_seed(seed)
     return AutoencoderKLWan(**wan_vae_kwargs(s))

@@ -9,10 +9,11 @@ component          where
                    ``diffusion_pytorch_model.safetensors``) or ``strag.safetensors``
 STraG base         ``Wan2.1-Fun-V1.1-14B-Control/`` (optional: fills keys the STraG file lacks)
 motion VAE         ``VAE/`` (release: ``encoder_prompt/ decoder_prompt/ vae/``) or ``motion_vae.safetensors``
-4D-ViSM base       ``vism.gguf``, ``vism.safetensors`` or ``Wan2.1-Fun-V1.1-14B-InP/`` (transformer files +
-                   ``config.json``)
+4D-ViSM base       ``vism.gguf``, ``vism.safetensors``, ``Wan2.1-Fun-V1.1-14B-InP/`` (transformer files +
+                   ``config.json``) or the nano model's ``diffusion_models/moge4d_nano_vism.safetensors``
 4D-ViSM LoRA       ``4D-ViSM/lora_diffusion_pytorch_model.safetensors`` (optional for ``vism.safetensors``)
-Wan VAE            ``Wan2.1_VAE.pth`` in the InP / Control folder or at the top, or ``vae.safetensors``
+Wan VAE            ``Wan2.1_VAE.pth`` in the InP / Control folder or at the top, ``vae.safetensors`` or the nano
+                   model's ``vae/moge4d_nano_vae.safetensors``
 umT5               ``models_t5_umt5-xxl-enc-bf16.pth`` (InP / Control folder or top) + ``google/umt5-xxl/``
 CLIP ViT-H/14      ``models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth`` (InP / Control folder or top)
 UniDepthV2         ``unidepth-v2-vitl14/``, ``unidepth-v2-vitb14/``, ``unidepth-v2-vits14/`` (``model.safetensors`` +
@@ -22,7 +23,8 @@ defaults           ``demo.json`` with a ``settings`` object (optional; the nano 
                    defaults for this model (:func:`folder_defaults`); without it the release's apply
 =================  =======================================================================================
 
-The nano model shipped in ``moge4d_core/nano_model/`` uses the short names (our safetensors with metadata).
+The nano model shipped in ``moge4d_core/nano_model/`` uses the short names (our safetensors with metadata) for
+its STraG and motion VAE, and ComfyUI's folder names for its ViSM and pixel VAE (:data:`~.nano.NANO_FILES`).
 """
 from __future__ import annotations
 
@@ -38,6 +40,8 @@ from .conditioning import gray_image
 from .image_vae import WanImageVAE
 from .memory import MemoryMode, parse_memory_mode
 from .residency import Residency
+from ..models.wan_dit.text_path import reads_text
+from .nano import NANO_FILES
 
 __all__ = ["ModelFiles", "LoadedModels", "find_model_files", "load_models", "encode_prompts", "strag_clip_context",
            "folder_defaults", "DEFAULTS_FILE", "DEFAULT_KEYS"]
@@ -115,10 +119,10 @@ def find_model_files(root) -> ModelFiles:
         root=root,
         strag=_need(_first(root, "strag.gguf", "4D-STraG", "strag.safetensors"), "the 4D-STraG checkpoint", "4D-STraG/", root),
         motion_vae=_need(_first(root, "VAE", "motion_vae.safetensors"), "the MoGe4D motion VAE", "VAE/", root),
-        wan_vae=_need(_first(root, "vae.safetensors", *[f"{b}/Wan2.1_VAE.pth" for b in bases]),
+        wan_vae=_need(_first(root, "vae.safetensors", NANO_FILES["vae"], *[f"{b}/Wan2.1_VAE.pth" for b in bases]),
                       "the Wan2.1 VAE", f"{INP}/Wan2.1_VAE.pth", root),
         strag_base=_first(root, CONTROL),
-        vism_base=_first(root, "vism.gguf", "vism.safetensors", INP),
+        vism_base=_first(root, "vism.gguf", "vism.safetensors", INP, NANO_FILES["vism"]),
         vism_lora=_first(root, "4D-ViSM/lora_diffusion_pytorch_model.safetensors", "4D-ViSM"),
         umt5=_first(root, *[f"{b}/{UMT5}" for b in bases]),
         tokenizer=_first(root, *[f"{b}/google/umt5-xxl" for b in bases]),
@@ -226,11 +230,11 @@ def load_models(files: ModelFiles, *, device="cpu", dtype: torch.dtype = torch.f
 
 
 def encode_prompts(models: LoadedModels, prompt: str, negative: str = "") -> tuple[TextContext, TextContext]:
-    """umT5 contexts of the prompt and the negative prompt; without a text encoder, empty (all-zero) contexts
-    of the model's text width (only allowed for small models trained without text, e.g. the nano model)."""
+    """umT5 contexts of the prompt and the negative prompt; empty (all-zero) contexts of the model's text width when
+    the STraG does not read text (trained without it, e.g. the nano model: :func:`reads_text`), and only then."""
     width = int(models.strag.config.text_dim)
     if models.text is None:
-        if width == 4096:
+        if reads_text(models.strag):
             raise MoGe4DInputError(f"no umT5 text encoder found: put {UMT5} and google/umt5-xxl/ in the {INP} folder")
         empty = TextContext.from_embeddings(torch.zeros(1, 1, width))
         return empty, empty

@@ -12,8 +12,12 @@ from ..errors import MoGe4DInputError
 from ..types import Geometry
 
 NANO_DIR = Path(__file__).resolve().parent.parent / "nano_model"
+# each part's file, relative to NANO_DIR; the ViSM and its pixel VAE sit in folders named as ComfyUI's model folders
+# (the pack registers those two folders, so ComfyUI's own UNETLoader / VAELoader list them)
+NANO_FILES = {"strag": "strag.safetensors", "motion_vae": "motion_vae.safetensors",
+              "vism": "diffusion_models/moge4d_nano_vism.safetensors", "vae": "vae/moge4d_nano_vae.safetensors"}
 
-__all__ = ["NANO_DIR", "demo_spec", "demo_input"]
+__all__ = ["NANO_DIR", "NANO_FILES", "demo_spec", "demo_input"]
 
 
 def demo_spec() -> dict:

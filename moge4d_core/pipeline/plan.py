@@ -132,7 +132,7 @@ def nano_sizes(frames: int = 17, width: int = 96, height: int = 64, steps: int =
     from ..render import points as render_points
 
     return PipelineSizes(strag=nano.strag_config(nano.NANO_STRAG), motion_vae=nano.motion_vae_config(nano.NANO),
-                         image_vae=nano.wan_vae_kwargs(nano.NANO), vism=nano.vism_config(nano.NANO),
+                         image_vae=nano.wan_vae_kwargs(nano.NANO_VISM), vism=nano.vism_config(nano.NANO_VISM),
                          frames=frames, width=width, height=height, steps=steps, cfg=cfg,
                          dit_dtype=dtype, encoder_dtype=dtype, vae_dtype=dtype, aux_dtype=dtype,
                          render_points_per_batch=render_points.CPU_POINTS_PER_BATCH)
@@ -364,9 +364,11 @@ def _dit_step(model, s: PipelineSizes, cond: DiTConditioning, latent_shape: tupl
     return fn(x, torch.tensor(0.5))
 
 
-def _text_shape(cfg) -> tuple:
-    """The text context a DiT receives: (1, 512, text_dim) (``TextContext`` always pads to 512 tokens)."""
-    return (1, int(cfg.text_len), int(cfg.text_dim))
+def _text_shape(cfg, s: PipelineSizes) -> tuple:
+    """The text context a DiT receives: (1, 512, text_dim) from umT5 (``TextContext`` pads to 512 tokens), or
+    without a text encoder (the nano pipeline: models trained without text) the one zero token (1, 1, text_dim)
+    the pipeline gives them."""
+    return (1, int(cfg.text_len) if s.text is not None else 1, int(cfg.text_dim))
 
 
 def _strag_stage(s: PipelineSizes, fm, strag_meta_factory, mvae_meta) -> tuple[dict, float, float]:
@@ -381,7 +383,7 @@ def _strag_stage(s: PipelineSizes, fm, strag_meta_factory, mvae_meta) -> tuple[d
         dit, mvae = _fake(strag_meta_factory()), _fake(mvae_meta)
         dit.reset_rope()
         image, depth = _empty(h, w, 3), torch.ones(h, w)
-        text = _empty(*_text_shape(cfg))
+        text = _empty(*_text_shape(cfg, s))
         clip = _empty(1, 257, int(cfg.image_dim)) if cfg.image_dim else None
         feats = _empty(1, 196, int(cfg.mpm_feature_dim)) if cfg.mpm_feature_dim else None
         with _Run([dit, mvae], [image, depth, text, clip, feats]) as run, count_flops() as fc:
@@ -411,7 +413,7 @@ def _vism_stage(s: PipelineSizes, fm, vism_meta_factory, vae_meta) -> tuple[dict
         dit.reset_rope()
         render = _empty(s.frames, s.height, s.width, 3)
         holes = _empty(s.frames, s.height, s.width)
-        text = _empty(*_text_shape(cfg))
+        text = _empty(*_text_shape(cfg, s))
         with _Run([dit, vae.vae], [render, holes, text]) as run, count_flops() as fc:
             masked, mask = pack_inpaint_inputs(render, holes)
             masked_lat = vae.encode(masked)
@@ -442,7 +444,7 @@ def _step_flops(s: PipelineSizes, fm, meta: torch.nn.Module) -> float:
     with fm:
         dit = _fake(meta)
         dit.reset_rope()
-        kw = dict(encoder_hidden_states=_empty(*_text_shape(cfg)))
+        kw = dict(encoder_hidden_states=_empty(*_text_shape(cfg, s)))
         if cfg.arch == "wan2.1_fun_inp":
             kw.update(mask=_empty(1, cfg.in_channels - 2 * C.LATENT_CHANNELS, f, h, w), masked_video=_empty(*lat))
         else:

@@ -25,6 +25,7 @@ from ..errors import MoGe4DInputError, require
 from ..geometry.normalization import apply_motion, official_spec, real_k_spec, release_spec
 from ..models.conditioning import ImageContext, TextContext
 from ..types import Geometry, Motion, MotionFeatures, NormalizationSpec, Trajectories
+from ..models.wan_dit.text_path import reads_text
 from .conditioning import StragConditions, check_frames, check_size, encode_strag_conditions
 from .denoise_loop import model_device_dtype, run_dit_sampling
 from .image_vae import ImageVAE
@@ -68,7 +69,12 @@ def normalization_spec(geometry: Geometry, mode: str) -> NormalizationSpec:
 
 
 def check_text(model: torch.nn.Module, ctx: TextContext, name: str) -> torch.Tensor:
-    """Text context (1,512,D) checked against the DiT's text width -> embeddings tensor."""
+    """Text context (1,512,D) checked against the DiT's text width -> embeddings tensor.
+
+    A DiT that does not read text (:func:`~moge4d_core.models.wan_dit.reads_text`) gets the all-zero context
+    (1,1,D) it was trained with, whatever ``ctx`` is: no text can change its output."""
+    if not reads_text(model):
+        return torch.zeros(1, 1, int(model.config.text_dim))
     if not isinstance(ctx, TextContext):
         raise MoGe4DInputError(f"{name}: expected text conditioning (umT5 embeddings), got {type(ctx).__name__}")
     want = int(model.config.text_dim)

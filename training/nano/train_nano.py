@@ -16,10 +16,15 @@ noise like the STraG's errors, posterior σ 0.3 in the whitened space; encoder a
 STraG stays valid) → ``strag_tune`` (the STraG fine-tuned with the trajectory-space loss, ``--trajectory-loss``,
 :mod:`.trajectory_loss`: eq. 7 in metres of its one-step estimate decoded by that final decoder, next to the flow
 loss) → ``vism`` (full training from scratch on same-view render/mask/video triplets, latents cached likewise).
-``--install`` copies the exports to ``moge4d_core/nano_model/`` as ``vae.safetensors``, ``motion_vae.safetensors``
-(the ``motion_decoder`` stage's), ``strag.safetensors`` (the ``strag_tune`` stage's), ``vism.safetensors``, and
-writes the demo image there (:mod:`.demo_assets`). Model sizes: :data:`moge4d_core.models.nano.NANO` (configs in
-``training/configs/nano/``). The nano model has no text encoder (zero text context).
+``--install`` copies the exports to ``moge4d_core/nano_model/`` under the names of
+:data:`moge4d_core.pipeline.nano.NANO_FILES` (``motion_vae.safetensors`` is the ``motion_decoder`` stage's,
+``strag.safetensors`` the ``strag_tune`` stage's; the pixel VAE and the ViSM go to ``vae/`` and
+``diffusion_models/``, where ComfyUI's loaders find them), and
+writes the demo image there (:mod:`.demo_assets`). Model sizes: :data:`moge4d_core.models.nano.NANO_STRAG`,
+``NANO`` (motion VAE), ``NANO_VISM`` (ViSM + pixel VAE, shaped so ComfyUI's own loaders build them; configs in
+``training/configs/nano/``). The nano model has no text encoder (zero text context): the DiT trainers then start
+its text embedding's input weights at zero, so the exported files show that text has no effect
+(:func:`moge4d_core.models.wan_dit.reads_text`).
 """
 from __future__ import annotations
 
@@ -27,6 +32,8 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
+
+from moge4d_core.pipeline.nano import NANO_FILES
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "nano"
 INSTALL = Path(__file__).resolve().parents[2] / "moge4d_core" / "nano_model"
@@ -70,24 +77,24 @@ EXPORTS = {"pixel_vae": "export/wan_vae.safetensors", "motion_vae": "export/moti
            "strag_tune": "export/4D-STraG/diffusion_pytorch_model.safetensors",
            "vism": "export/4D-ViSM-base/diffusion_pytorch_model.safetensors"}
 WHITE = "motion_vae/export/motion_vae_white.safetensors"     # the motion VAE export, latent space whitened
-INSTALLED = {"pixel_vae": "vae.safetensors", "motion_decoder": "motion_vae.safetensors", "strag_tune": "strag.safetensors",
-             "vism": "vism.safetensors"}
+INSTALLED = {"pixel_vae": NANO_FILES["vae"], "motion_decoder": NANO_FILES["motion_vae"],
+             "strag_tune": NANO_FILES["strag"], "vism": NANO_FILES["vism"]}
 WHITEN_SAMPLES = 64
 NOISY = "motion_noisy.safetensors"     # the whitened motion VAE with posterior σ = DECODER_SIGMA
 DECODER_SIGMA = 0.3
 
 
 def write_pixel_init(work: Path) -> Path:
-    """The pixel VAE's starting point: ``NANO`` Wan VAE, seed 0, with the posterior log-variance head set to
+    """The pixel VAE's starting point: ``NANO_VISM`` Wan VAE (ComfyUI's Wan2.1 layout), seed 0, with the posterior log-variance head set to
     −10 (weights 0, bias −10, so σ ≈ 0.007): the default random head gives σ ≈ 1 on near-zero means, and with the
     release's tiny KL weight the decoder would first have to wait for the encoder to shrink that noise."""
     from safetensors.torch import save_file
 
     from moge4d_core.loading.motion_vae import wan_vae_diffusers_to_original
-    from moge4d_core.models.nano import NANO, build_wan_vae
+    from moge4d_core.models.nano import NANO_VISM, build_wan_vae
 
     import torch
-    vae = build_wan_vae(NANO, seed=0)
+    vae = build_wan_vae(NANO_VISM, seed=0)
     z = vae.config.z_dim
     with torch.no_grad():
         vae.quant_conv.weight[z:] = 0
@@ -238,6 +245,7 @@ def install(work: Path, target: Path = INSTALL) -> list[Path]:
                                f"(python -m training.nano.train_nano --data DATA --work {work} --stage STAGE)")
     with atomic_dir(target) as tmp:
         for name, src in sources.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, tmp / name)
         names = [p.name for p in write_demo_assets(tmp)]
     return [target / n for n in [*sources, *names]]
