@@ -71,7 +71,18 @@ def keep_rendered_composite(frames: torch.Tensor, render: torch.Tensor, holes: t
 
     Returns:
         (T,H,W,3) float32: ``w * render + (1 - w) * frames`` with ``w = keep_weight(holes, width)``.
+
+    Raises:
+        MoGe4DInputError: the three do not have the same frame count and size.
     """
+    for name, t in (("frames", frames), ("render", render)):
+        require(isinstance(t, torch.Tensor) and t.ndim == 4 and t.shape[-1] == 3,
+                f"keep_rendered: {name} must be (T,H,W,3) frames, got "
+                f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+    require(tuple(frames.shape) == tuple(render.shape) and tuple(holes.shape) == tuple(render.shape[:3]),
+            f"keep_rendered: the inpainted frames {tuple(frames.shape)}, the render {tuple(render.shape)} and its "
+            f"holes {tuple(holes.shape)} must have the same frame count and size; connect the render and holes the "
+            f"inpainting was conditioned on")
     w = keep_weight(holes, width).to(frames.device)[..., None]
     return (w * render.to(device=frames.device, dtype=torch.float32) + (1 - w) * frames.float()).clamp(0, 1)
 
