@@ -38,12 +38,29 @@ GRAY = 127.0 / 255.0
 
 
 def check_frames(frames: int, name: str = "frames") -> int:
+    """Check a frame count against the Wan models' 4k+1 rule.
+
+    Args:
+        frames: frame count T (an int).
+        name: the input's name in the error message.
+
+    Returns:
+        ``frames`` unchanged.
+
+    Raises:
+        MoGe4DInputError: ``frames`` is not an int >= 1 with ``(frames - 1) % 4 == 0``.
+    """
     require(isinstance(frames, int) and frames >= 1 and (frames - 1) % C.TEMPORAL_COMPRESSION == 0,
             f"{name}: {frames!r}; the Wan models need 4k+1 frames (e.g. 5, 17, 49 — the release uses 49)")
     return frames
 
 
 def check_size(height: int, width: int, name: str = "image") -> None:
+    """Check an image size in pixels against the DiTs' grid (VAE x8, patch x2).
+
+    Raises:
+        MoGe4DInputError: ``height`` or ``width`` is not a multiple of 16.
+    """
     m = 2 * C.SPATIAL_COMPRESSION
     require(height % m == 0 and width % m == 0,
             f"{name}: size {height}x{width}; height and width must be multiples of {m} (VAE x8, DiT patch x2); "
@@ -58,13 +75,35 @@ def _image(image: torch.Tensor, name: str = "image") -> torch.Tensor:
 
 
 def control_video(image: torch.Tensor, frames: int) -> torch.Tensor:
-    """(H,W,3) [0,1] -> (1,3,T,H,W) in [-1,1]: the image repeated over ``frames`` frames."""
+    """The image repeated over ``frames`` frames, as a video for the VAE.
+
+    Args:
+        image: (H, W, 3) float in [0, 1].
+        frames: T, the number of frames.
+
+    Returns:
+        (1, 3, T, H, W) float32 in [-1, 1], contiguous.
+
+    Raises:
+        MoGe4DInputError: ``image`` is not an (H, W, 3) tensor.
+    """
     img = _image(image) * 2 - 1
     return img.permute(2, 0, 1)[None, :, None].expand(1, 3, frames, *img.shape[:2]).contiguous()
 
 
 def depth_video(depth: torch.Tensor, frames: int) -> torch.Tensor:
-    """(H,W) depth -> (1,3,T,H,W): clamp [0, 1e4], NaN/±inf/<1e-5 -> 1, per-sample min-max to [-1,1]."""
+    """The depth map as a 3-channel video for the VAE: clamp [0, 1e4], NaN/±inf/<1e-5 -> 1, min-max to [-1,1].
+
+    Args:
+        depth: (H, W) z-depth (any unit: the min-max normalisation removes it).
+        frames: T, the number of frames.
+
+    Returns:
+        (1, 3, T, H, W) float32 in [-1, 1] (all -1 for a constant depth), the same map in every channel and frame.
+
+    Raises:
+        MoGe4DInputError: ``depth`` is not an (H, W) tensor.
+    """
     if not isinstance(depth, torch.Tensor) or depth.ndim != 2:
         shape = tuple(depth.shape) if isinstance(depth, torch.Tensor) else type(depth).__name__
         raise MoGe4DInputError(f"depth: expected an (H,W) depth map, got {shape}")
@@ -76,7 +115,11 @@ def depth_video(depth: torch.Tensor, frames: int) -> torch.Tensor:
 
 
 def gray_image(height: int, width: int) -> torch.Tensor:
-    """The uniform gray-127 (H,W,3) image whose CLIP features STraG was trained with."""
+    """The uniform gray-127 image whose CLIP features STraG was trained with.
+
+    Returns:
+        (height, width, 3) float32, every value 127/255.
+    """
     return torch.full((height, width, 3), GRAY)
 
 
@@ -106,7 +149,23 @@ class StragConditions:
 
 def encode_strag_conditions(vae: ImageVAE, image: torch.Tensor, depth: torch.Tensor, frames: int, *,
                             reference: bool = True) -> StragConditions:
-    """Encode control, depth and reference latents for one image (H,W,3) and its depth (H,W)."""
+    """Encode control, depth and reference latents for one image and its depth.
+
+    Args:
+        vae: the encoder (:class:`ImageVAE`; for STraG the base Wan encoder).
+        image: (H, W, 3) float in [0, 1]; H and W multiples of 16.
+        depth: (H, W) z-depth of the image.
+        frames: T = 4k+1.
+        reference: encode the image as the reference latent (official inference); False leaves it None (zeros).
+
+    Returns:
+        :class:`StragConditions` with control and depth (1, 16, F, H/8, W/8) float32, F = (T-1)/4 + 1, ref_latent
+        (1, 16, H/8, W/8) or None; clip and motion_features None.
+
+    Raises:
+        MoGe4DInputError: image not (H, W, 3); depth not (H, W) or of another size; T not 4k+1; H or W not a
+            multiple of 16.
+    """
     img = _image(image)
     check_frames(frames)
     require(tuple(depth.shape) == tuple(img.shape[:2]),
@@ -140,6 +199,15 @@ def encode_vism_conditions(vae: ImageVAE, render: torch.Tensor, holes: torch.Ten
     """Render (T,H,W,3) [0,1] + holes (T,H,W) (1 = hole) -> ViSM conditions (reference §C).
 
     When every pixel is a hole the VAE is skipped and both latents are zero, as the official pipeline does.
+
+    Args:
+        vae: the base Wan pixel VAE (:class:`ImageVAE`).
+        render: (T, H, W, 3) float in [0, 1], T = 4k+1, H and W multiples of 8.
+        holes: (T, H, W) hole mask, 1 = no point landed.
+
+    Returns:
+        :class:`ViSMConditions`: mask (1, 4, F, H/8, W/8), 1 = known, and masked_video (1, 16, F, H/8, W/8)
+        float32, F = (T-1)/4 + 1.
     """
     masked, mask = pack_inpaint_inputs(render, holes)
     if all_holes(holes):

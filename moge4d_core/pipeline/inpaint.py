@@ -94,7 +94,26 @@ def inpaint(model, vae: ImageVAE, render: torch.Tensor, holes: torch.Tensor, pos
     """Render + holes -> inpainted frames (T,H,W,3) float32 in [0,1] (see module docstring).
 
     ``keep_rendered``: feather width in pixels for compositing the render back where points landed (0 = off: every
-    pixel regenerated, as the release does)."""
+    pixel regenerated, as the release does).
+
+    Args:
+        model: the 4D-ViSM DiT; sampling runs on its device.
+        vae: the base Wan pixel VAE (:class:`ImageVAE`): encodes the masked render, decodes the result.
+        render: (T, H, W, 3) float in [0, 1], T = 4k+1, H and W multiples of 16.
+        holes: (T, H, W) hole mask, 1 = no point landed (to be generated).
+        positive, negative: umT5 text contexts (1, 512, D); ``negative`` None gives zeros.
+        settings: sampler settings (the release: seed of the trajectory stage + 1).
+        clip: CLIP-H tokens (1, 257, image_dim) or None (zeros, the release).
+        native: a ComfyUI sampler instead of ours. callback: ``callback(done, total)`` per step.
+        keep_rendered: feather width in pixels, >= 0.
+
+    Returns:
+        Frames (T, H, W, 3) float32 in [0, 1] on the CPU.
+
+    Raises:
+        MoGe4DInputError: render not (T, H, W, 3); holes not (T, H, W); T not 4k+1; H or W not a multiple of 16;
+            a negative or non-integer ``keep_rendered``; text / CLIP widths the model does not take.
+    """
     require(render.ndim == 4 and render.shape[-1] == 3,
             f"render: expected (T,H,W,3) frames in [0,1], got {tuple(render.shape)}")
     require(tuple(holes.shape) == tuple(render.shape[:3]),

@@ -3,7 +3,8 @@
 image (H,W,3) [0,1] → geometry (UniDepthV2, or given) → optional OmniMAE features → 4D-STraG motion →
 de-normalised :class:`Trajectories` → for each camera path: render (points z-buffer) + hole mask →
 optional 4D-ViSM inpainting → frames.  The render runs on the STraG's compute device (on CUDA the Triton
-z-buffer, or gsplat for Gaussians; :func:`render_on_device`); its result comes back to the CPU.  :class:`StageTimes` records wall time and peak memory per stage.
+z-buffer, or gsplat for Gaussians; :func:`render_on_device`); its result comes back to the CPU.  :class:`StageTimes`
+records wall time and peak memory per stage.
 
 ``compat=True`` reproduces the released inference (reference §J): the official pseudo-intrinsics for the
 first-frame back-projection, the release's motion-normalisation constants at any working size, the official
@@ -65,6 +66,8 @@ class StageTimes:
 
     @contextlib.contextmanager
     def stage(self, name: str):
+        """Context manager timing its block: appends ``(name, wall seconds, peak bytes)`` to :attr:`rows` on exit
+        (also when the block raises). The peak is the process-wide maximum so far, not the block's own."""
         t0 = time.perf_counter()
         try:
             yield
@@ -72,6 +75,7 @@ class StageTimes:
             self.rows.append((name, time.perf_counter() - t0, _peak_bytes()))
 
     def summary(self) -> str:
+        """A text table: one line per stage (name, wall seconds, peak MiB), then the total wall seconds."""
         lines = [f"{'stage':<28}{'wall s':>10}{'peak MiB':>12}"]
         for name, sec, peak in self.rows:
             lines.append(f"{name:<28}{sec:>10.2f}{peak / 2 ** 20:>12.0f}")
@@ -146,6 +150,15 @@ def estimate_geometry(unidepth, image: torch.Tensor, width: int = 0, height: int
 
 
 def motion_features_of(omnimae, image: torch.Tensor) -> MotionFeatures:
+    """OmniMAE features of one image, without gradients (:func:`~moge4d_core.models.omnimae.extract_motion_features`).
+
+    Args:
+        omnimae: a loaded OmniMAE encoder (on its compute device).
+        image: (H, W, 3) float in [0, 1] (or uint8); stretched to 224 x 224 inside.
+
+    Returns:
+        :class:`MotionFeatures` with tokens (196, C) float32 on the model's device, grid (14, 14).
+    """
     from ..models.omnimae import extract_motion_features
     with torch.no_grad():
         return extract_motion_features(omnimae, image)
@@ -187,6 +200,8 @@ def _vae_module(image_vae: ImageVAE) -> Optional[torch.nn.Module]:
 
 
 def compat_options(frames: int = 49) -> TrajectoryOptions:
+    """The released inference's trajectory options for ``frames`` (4k+1) frames: ``normalization="release"``,
+    the image as reference latent, MPM off."""
     return TrajectoryOptions(frames=frames, normalization="release", reference=True, mpm=False)
 
 
@@ -207,8 +222,7 @@ def run_pipeline(*, image: torch.Tensor, strag, motion_vae, image_vae: ImageVAE,
                  render_kwargs: Optional[dict] = None, native: Optional[NativeSampler] = None,
                  progress: Optional[Progress] = None, frames: Optional[int] = None,
                  overlap: int = 0, residency: Optional[Residency] = None, keep_rendered: int = 0) -> SceneResult:
-    """Run every stage; see the module docstring. ``size`` = (width, height) of the working grid (default: the
-    geometry's, or the image's rounded down to multiples of 16). ``progress(stage, done, total)``.
+    """Run every stage on one image; see the module docstring.
 
     ``frames``: the scene's frame count when it differs from the model window ``options.frames``: the trajectories
     are then chained window after window with ``overlap`` cross-faded frames (:mod:`.chain`; any count), and the
@@ -219,7 +233,43 @@ def run_pipeline(*, image: torch.Tensor, strag, motion_vae, image_vae: ImageVAE,
     models stay where they are and the render runs on the STraG's device.
 
     ``keep_rendered``: feather width in pixels for compositing each render back over its inpainted frames where points
-    landed (:func:`~.inpaint.keep_weight`); 0 = off. ``compat`` turns it off (the release regenerates every pixel)."""
+    landed (:func:`~.inpaint.keep_weight`); 0 = off. ``compat`` turns it off (the release regenerates every pixel).
+
+    Args:
+        image: (H, W, 3) float in [0, 1], the input image (used for depth when ``geometry`` is None).
+        strag: the 4D-STraG DiT (``STraGDiT``). motion_vae: the motion VAE (its encoder also encodes STraG's
+            conditions, :meth:`~.image_vae.WanImageVAE.from_motion_vae`).
+        image_vae: the base Wan pixel VAE (:class:`ImageVAE`) for ViSM's conditions and decoded frames.
+        positive, negative: umT5 text contexts (1, 512, D) of the prompt and the negative prompt (None: zeros).
+        geometry: the first-frame :class:`Geometry`; None runs ``unidepth`` on ``image``.
+        unidepth: a UniDepthV2 model, needed when ``geometry`` is None. omnimae: OmniMAE encoder for the MPM
+            features (used when ``options.mpm``), or None.
+        vism: the 4D-ViSM DiT, or None for renders only. vism_positive: its prompt (None: ``positive``).
+        cameras: preset names (:mod:`moge4d_core.camera.presets`, fitted to the scene) or :class:`CameraPath`
+            objects; one :class:`NovelView` each.
+        trajectory_settings, inpaint_settings: sampler settings of the two DiT stages.
+        options: STraG options (window frames T = 4k+1, normalisation, reference, MPM).
+        clip: CLIP-H image tokens (1, 257, 1280) for the STraG, or None (zeros).
+        compat: the released inference (module docstring); replaces the settings, options and ``keep_rendered``.
+        size: (width, height) of the working grid in pixels, multiples of 16; default: the geometry's size, or the
+            image's rounded down to multiples of 16.
+        fps: frame rate stored in the trajectories (frames per second).
+        render_kwargs: :func:`~moge4d_core.render.api.render_trajectories` options (e.g. :data:`SPLAT_RENDER`).
+        native: a ComfyUI sampler used in both DiT stages instead of ours.
+        progress: ``progress(stage, done, total)`` per sampling step.
+        frames: scene frame count (see above); None = ``options.frames``. overlap: cross-faded frames between
+            chained windows.
+        residency: per-stage model placement (see above). keep_rendered: feather width in pixels (see above).
+
+    Returns:
+        :class:`SceneResult`: geometry, normalised motion (on the CPU), de-normalised trajectories (world =
+        first-frame camera, metres when the depth is metric), one :class:`NovelView` per camera (on the CPU), stage
+        times.
+
+    Raises:
+        MoGe4DInputError: no ``geometry`` and no ``unidepth``; a working size that is not a multiple of 16; text /
+            CLIP widths the models do not take; an unknown camera preset.
+    """
     times = StageTimes()
     if compat:
         keep_rendered = 0

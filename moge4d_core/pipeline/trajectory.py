@@ -60,6 +60,9 @@ def normalization_spec(geometry: Geometry, mode: str) -> NormalizationSpec:
     Args:
         geometry: the first-frame geometry (its size for ``official``, its K for ``real_k``).
         mode: one of :data:`NORMALIZATIONS`.
+
+    Returns:
+        :class:`NormalizationSpec` with normalised focal lengths ``fx`` (pixels / width), ``fy`` (pixels / height).
     """
     if mode == "release":
         return release_spec()
@@ -72,7 +75,19 @@ def check_text(model: torch.nn.Module, ctx: TextContext, name: str) -> torch.Ten
     """Text context (1,512,D) checked against the DiT's text width -> embeddings tensor.
 
     A DiT that does not read text (:func:`~moge4d_core.models.wan_dit.reads_text`) gets the all-zero context
-    (1,1,D) it was trained with, whatever ``ctx`` is: no text can change its output."""
+    (1,1,D) it was trained with, whatever ``ctx`` is: no text can change its output.
+
+    Args:
+        model: the DiT (its ``config.text_dim`` is D).
+        ctx: a :class:`TextContext` with embeddings (1, L, D), L = 512 for umT5.
+        name: the input's name in error messages (e.g. ``"positive"``).
+
+    Returns:
+        ``ctx.embeddings`` (1, L, D) as given (dtype and device unchanged), or float32 zeros (1, 1, D) on the CPU.
+
+    Raises:
+        MoGe4DInputError: ``ctx`` is not a :class:`TextContext`, its width is not D, or it holds several prompts.
+    """
     if not reads_text(model):
         return torch.zeros(1, 1, int(model.config.text_dim))
     if not isinstance(ctx, TextContext):
@@ -110,7 +125,24 @@ def _features(model: torch.nn.Module, features: Optional[MotionFeatures], use: b
 def strag_inputs(model, image_vae: ImageVAE, geometry: Geometry, options: TrajectoryOptions, *,
                  clip: Optional[ImageContext] = None,
                  motion_features: Optional[MotionFeatures] = None) -> StragConditions:
-    """Latent conditions for ``geometry`` (image + depth) plus CLIP tokens and OmniMAE features."""
+    """Latent conditions for ``geometry`` (image + depth) plus CLIP tokens and OmniMAE features.
+
+    Args:
+        model: the STraG DiT (checked for a CLIP input and MPM weights).
+        image_vae: the encoder of the conditions (the base Wan encoder, e.g. ``WanImageVAE.from_motion_vae``).
+        geometry: the first-frame geometry (H, W), H and W multiples of 16.
+        options: frames T = 4k+1, ``reference`` (image or zero reference latent), ``mpm`` (use the features).
+        clip: CLIP-H tokens (B, 257, image_dim) or None (zeros); the first row is kept.
+        motion_features: OmniMAE :class:`MotionFeatures` (196, 768) or None; ignored when ``options.mpm`` is off.
+
+    Returns:
+        :class:`StragConditions`, float32: control and depth (1, 16, F, H/8, W/8) with F = (T-1)/4 + 1, ref_latent
+        (1, 16, H/8, W/8) or None, clip (1, 257, image_dim) or None, motion_features (1, 196, 768) or None.
+
+    Raises:
+        MoGe4DInputError: a size that is not a multiple of 16; CLIP tokens for a model without a CLIP input or of
+            the wrong width; features for a checkpoint without MPM weights.
+    """
     check_size(geometry.height, geometry.width, "geometry")
     conds = encode_strag_conditions(image_vae, geometry.image, geometry.depth, options.frames,
                                     reference=options.reference)
@@ -122,7 +154,18 @@ def strag_inputs(model, image_vae: ImageVAE, geometry: Geometry, options: Trajec
 def sample_motion_latent(model, conds: StragConditions, positive: TextContext, negative: Optional[TextContext],
                          settings: SamplerSettings, *, native: Optional[NativeSampler] = None,
                          callback: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
-    """Sample the STraG latent (1,16,F,h,w) float32 (CFG on the text only; negative None = empty zeros)."""
+    """Sample the STraG latent (CFG on the text only; negative None = zeros).
+
+    Args:
+        model: the STraG DiT; sampling runs on its device.
+        conds: the latent conditions (:func:`strag_inputs`); their ``control`` shape is the latent shape.
+        positive, negative: umT5 text contexts (1, 512, D); ``negative`` None gives an all-zero context.
+        settings: seed, steps, shift, CFG scale, solver. native: a ComfyUI sampler to use instead of ours.
+        callback: ``callback(done, total)`` per step.
+
+    Returns:
+        The latent (1, 16, F, h, w) float32 on the model's device, in the Wan-normalised space.
+    """
     device, _ = model_device_dtype(model)
     pos = check_text(model, positive, "positive")
     neg = check_text(model, negative, "negative") if negative is not None else torch.zeros_like(pos)
@@ -132,7 +175,16 @@ def sample_motion_latent(model, conds: StragConditions, positive: TextContext, n
 
 
 def decode_motion(motion_vae, latent: torch.Tensor) -> torch.Tensor:
-    """Motion latent (1,16,F,h,w) -> normalised motion (T,H,W,3) float32 with frame 0 set to 0."""
+    """Decode a motion latent to the normalised motion, with frame 0 set to 0.
+
+    Args:
+        motion_vae: the motion VAE; the latent is cast to its device and dtype.
+        latent: (1, 16, F, h, w) in the Wan-normalised space (both latent normalisations are undone).
+
+    Returns:
+        Normalised relative motion ΔP̂ (T, H, W, 3) float32 on the VAE's device, T = 4(F-1)+1, H = 8h, W = 8w;
+        unbounded, channels (Δx̂, Δŷ, Δẑ) as in the module docstring.
+    """
     p = next(motion_vae.parameters())
     with torch.no_grad():
         delta = motion_vae.decode(latent.to(p.device, p.dtype), traj_norm=True)
@@ -146,7 +198,24 @@ def generate_motion(model, motion_vae, image_vae: ImageVAE, geometry: Geometry, 
                     options: TrajectoryOptions = TrajectoryOptions(), clip: Optional[ImageContext] = None,
                     motion_features: Optional[MotionFeatures] = None, native: Optional[NativeSampler] = None,
                     callback: Optional[Callable[[int, int], None]] = None) -> Motion:
-    """Image + geometry -> :class:`Motion` (normalised ΔP̂ (T,H,W,3), the spec to undo it, the geometry)."""
+    """Image + geometry -> :class:`Motion` (normalised ΔP̂ (T,H,W,3), the spec to undo it, the geometry).
+
+    Args:
+        model: the STraG DiT. motion_vae: the motion VAE (decodes the latent).
+        image_vae: the encoder of the conditions (the base Wan encoder, e.g. ``WanImageVAE.from_motion_vae``).
+        geometry: the first-frame geometry: image (H, W, 3) in [0, 1], depth (H, W); H, W multiples of 16.
+        positive, negative: umT5 text contexts (1, 512, D); ``negative`` None gives zeros.
+        settings: sampler settings. options: frames T = 4k+1, normalisation, reference, MPM.
+        clip: CLIP-H tokens (1, 257, image_dim) or None. motion_features: OmniMAE features or None.
+        native: a ComfyUI sampler instead of ours. callback: ``callback(done, total)`` per step.
+
+    Returns:
+        :class:`Motion` with delta (T, H, W, 3) float32 on the CPU, frame 0 = 0; ``norm`` from
+        :func:`normalization_spec`; ``geometry`` as given.
+
+    Raises:
+        MoGe4DInputError: as :func:`strag_inputs` and :func:`check_text`.
+    """
     conds = strag_inputs(model, image_vae, geometry, options, clip=clip, motion_features=motion_features)
     latent = sample_motion_latent(model, conds, positive, negative, settings, native=native, callback=callback)
     delta = decode_motion(motion_vae, latent)
@@ -158,6 +227,16 @@ def denormalize(motion: Motion, fps: float = 8.0) -> Trajectories:
 
     Points whose first-frame depth is invalid keep their de-normalised motion but are marked not visible.
     A chained motion (:class:`~.chain.ChainedMotion`) gives back its own trajectories (tracked visibility), at ``fps``.
+    A point whose de-normalised position is not finite at some frame stays at its first-frame position there and is
+    marked not visible at that frame.
+
+    Args:
+        motion: normalised motion delta (T, H, W, 3), its spec and its first-frame geometry.
+        fps: frame rate stored in the result (frames per second).
+
+    Returns:
+        :class:`Trajectories`: points (T, H*W, 3) float32 in the first-frame camera frame (OpenCV axes; the depth's
+        unit, metres for metric depth), colours (H*W, 3) float32 in [0, 1], visibility (T, H*W) bool, K (3, 3).
     """
     chained = getattr(motion, "trajectories", None)
     if chained is not None:
