@@ -81,6 +81,15 @@ def folder_defaults(root) -> dict:
 
 @dataclass
 class ModelFiles:
+    """Paths of the pipeline's model files in one folder (:func:`find_model_files`; the table in the module docstring).
+
+    root: the folder. strag, motion_vae, wan_vae: the required STraG checkpoint (file or folder), motion VAE and
+    pixel Wan VAE. strag_base: the Wan2.1-Fun-Control folder that fills keys the STraG file lacks, or None.
+    vism_base, vism_lora: the 4D-ViSM base (file or folder) and its LoRA, or None. umt5, tokenizer: the umT5
+    weights and its ``google/umt5-xxl`` tokenizer folder, or None. clip: CLIP ViT-H/14 weights, or None.
+    unidepth: a UniDepthV2 folder, or None. omnimae: OmniMAE weights, or None.
+    """
+
     root: Path
     strag: Path
     motion_vae: Path
@@ -111,6 +120,18 @@ def _need(p: Optional[Path], what: str, where: str, root: Path) -> Path:
 
 
 def find_model_files(root) -> ModelFiles:
+    """Find every component of the pipeline in ``root`` (layouts: the module docstring's table).
+
+    Args:
+        root: the model folder (str or path).
+
+    Returns:
+        :class:`ModelFiles`; optional components not found are None.
+
+    Raises:
+        MoGe4DInputError: ``root`` is not a folder; the STraG, the motion VAE or the Wan VAE is missing; a
+            Wan2.1-Fun-InP folder without the 4D-ViSM LoRA.
+    """
     root = Path(root)
     if not root.is_dir():
         raise MoGe4DInputError(f"--models {root}: not a folder (expected the folder holding 4D-STraG/, VAE/, ...)")
@@ -174,6 +195,10 @@ def load_models(files: ModelFiles, *, device="cpu", dtype: torch.dtype = torch.f
 
     Returns:
         :class:`LoadedModels` with its :class:`~.residency.Residency`.
+
+    Raises:
+        MoGe4DInputError: ``inpaint`` without a 4D-ViSM base in the folder; an ``fp8`` memory mode with GGUF ViSM
+            weights; an unknown memory mode or ``auto``; files the loaders refuse.
     """
     from ..loading.lora import merge_loras
     from ..loading.motion_vae import load_motion_vae, load_wan_vae
@@ -231,7 +256,19 @@ def load_models(files: ModelFiles, *, device="cpu", dtype: torch.dtype = torch.f
 
 def encode_prompts(models: LoadedModels, prompt: str, negative: str = "") -> tuple[TextContext, TextContext]:
     """umT5 contexts of the prompt and the negative prompt; empty (all-zero) contexts of the model's text width when
-    the STraG does not read text (trained without it, e.g. the nano model: :func:`reads_text`), and only then."""
+    the STraG does not read text (trained without it, e.g. the nano model: :func:`reads_text`), and only then.
+
+    Args:
+        models: from :func:`load_models`; umT5 comes to the device for the encoding (``residency``).
+        prompt, negative: the texts (the negative may be empty).
+
+    Returns:
+        (positive, negative) :class:`TextContext`, each embeddings (1, 512, D) float32 (D = 4096 for umT5-XXL),
+        zero past each prompt's token count.
+
+    Raises:
+        MoGe4DInputError: the STraG reads text but the folder has no umT5 encoder.
+    """
     width = int(models.strag.config.text_dim)
     if models.text is None:
         if reads_text(models.strag):
@@ -246,7 +283,15 @@ def encode_prompts(models: LoadedModels, prompt: str, negative: str = "") -> tup
 
 
 def strag_clip_context(models: LoadedModels, height: int, width: int) -> Optional[ImageContext]:
-    """CLIP features of the gray-127 image (the release's STraG CLIP input); None (= zeros) without CLIP."""
+    """CLIP features of the gray-127 image (the release's STraG CLIP input); None (= zeros) without CLIP.
+
+    Args:
+        models: from :func:`load_models`; CLIP comes to the device for the encoding (``residency``).
+        height, width: the size in pixels of the gray image (resized to CLIP's 224 x 224 inside).
+
+    Returns:
+        :class:`ImageContext` with tokens (1, 257, 1280) float32 on CLIP's device, or None.
+    """
     if models.clip is None:
         return None
     from ..models.clip import encode_image
