@@ -54,7 +54,16 @@ WAN_NAMES = {"num_heads": "num_attention_heads", "in_dim": "in_channels", "out_d
 
 
 def infer_arch(in_channels: int, ref_conv_in_dim: Optional[int], image_dim: Optional[int]) -> str:
-    """Architecture name from the input channels and the presence of ``ref_conv`` / CLIP ``img_emb``."""
+    """Architecture name from the input channels and the presence of ``ref_conv`` / CLIP ``img_emb``.
+
+    Args:
+        in_channels: patch-embedding input channels (64, 48, 36 or 16, see the module docstring's table).
+        ref_conv_in_dim: input channels of ``ref_conv`` (16), or None / 0 without reference tokens.
+        image_dim: CLIP token width (1280) of an I2V model, or None.
+
+    Returns:
+        one of :data:`ARCHS`, or ``"unknown(in_dim=N)"`` for a layout not in the table.
+    """
     if in_channels == 64 and ref_conv_in_dim:
         return ARCH_STRAG
     if in_channels == 48:
@@ -149,7 +158,11 @@ def config_to_json(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 def shipped_config(name: str) -> FrozenDict:
     """One of the JSON configs shipped in ``moge4d_core/models/configs`` (``name`` without ``.json``), as
-    :func:`dit_config` returns it."""
+    :func:`dit_config` returns it.
+
+    Raises:
+        MoGe4DInputError: no shipped config of that name (the message lists :func:`list_shipped_configs`).
+    """
     p = CONFIG_DIR / f"{name}.json"
     if not p.is_file():
         avail = sorted(f.stem for f in CONFIG_DIR.glob("*.json"))
@@ -160,4 +173,5 @@ def shipped_config(name: str) -> FrozenDict:
 
 
 def list_shipped_configs() -> list[str]:
+    """Names of the shipped JSON configs (file stems, sorted), the values :func:`shipped_config` accepts."""
     return sorted(f.stem for f in CONFIG_DIR.glob("*.json"))

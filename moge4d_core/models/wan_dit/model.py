@@ -133,6 +133,11 @@ class MoGe4DWanBlock(WanTransformerBlock):
             self.add_mpm(mpm_feature_dim)
 
     def add_mpm(self, feature_dim: int) -> None:
+        """Add the two MAdaNorm (``spatial_guidance_self`` / ``_ffn``), identity at start (zero gates).
+
+        Args:
+            feature_dim: width ``C`` of the motion tokens (768 for OmniMAE ViT-B).
+        """
         dim = self.scale_shift_table.shape[-1]
         self.spatial_guidance_self = MAdaNorm(dim, feature_dim)
         self.spatial_guidance_ffn = MAdaNorm(dim, feature_dim)
@@ -140,6 +145,25 @@ class MoGe4DWanBlock(WanTransformerBlock):
     def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, temb: torch.Tensor,
                 rotary_emb, motion: Optional[torch.Tensor] = None, motion_start: int = 0,
                 motion_frames: int = 0, motion_positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """One DiT block over the token sequence, with the MAdaNorm when ``motion`` is given.
+
+        Args:
+            hidden_states: tokens ``(B, L, dim)``, ``L`` = reference tokens (if any) + ``F'*h'*w'`` video tokens.
+            encoder_hidden_states: cross-attention context ``(B, 257+text_len, dim)`` (I2V: CLIP tokens
+                first) or ``(B, text_len, dim)``, already through the condition embedder.
+            temb: timestep projection ``(B, 6, dim)`` (shift/scale/gate of self-attention and FFN).
+            rotary_emb: diffusers' RoPE ``(cos, sin)`` pair for the ``L`` tokens.
+            motion: ``(B, h'*w', feature_dim)`` adapted motion tokens (:meth:`WanDiT.motion_tokens`); None = no MPM.
+            motion_start: sequence index of the first modulated token.
+            motion_frames: number of frames of ``h'*w'`` tokens modulated from ``motion_start`` on.
+            motion_positions: ``(1, L)`` sequence index of each token under context parallel; None otherwise.
+
+        Returns:
+            the tokens ``(B, L, dim)`` in the dtype of ``hidden_states``.
+
+        Raises:
+            MoGe4DInputError: ``motion`` given with per-token timesteps (``temb`` not 3-D, Wan2.2 style).
+        """
         if motion is None or self.spatial_guidance_self is None:
             return super().forward(hidden_states, encoder_hidden_states, temb, rotary_emb)
         if temb.ndim != 3:
@@ -247,7 +271,17 @@ class WanDiT(WanTransformer3DModel):
         return nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.SiLU(), nn.Conv2d(c, c, 3, padding=1))
 
     def add_mpm(self, feature_dim: int = 768) -> None:
-        """Add a fresh Motion Perception Module (identity at start: gates are zero) for training."""
+        """Add a fresh Motion Perception Module (identity at start: gates are zero) for training.
+
+        Builds ``feature_adapter`` and every block's two MAdaNorm on the device / dtype of ``patch_embedding``
+        and records ``mpm_feature_dim`` in ``model.config``.
+
+        Args:
+            feature_dim: width of the motion tokens (768 for OmniMAE ViT-B/16).
+
+        Raises:
+            MoGe4DInputError: the model already has a Motion Perception Module.
+        """
         require(self.feature_adapter is None, "this model already has a Motion Perception Module")
         ref = self.patch_embedding.weight
         self.feature_adapter = self._make_feature_adapter(feature_dim).to(device=ref.device, dtype=ref.dtype)
@@ -258,12 +292,23 @@ class WanDiT(WanTransformer3DModel):
         self.register_to_config(mpm_feature_dim=feature_dim)
 
     def set_mpm_alignment(self, mode: str) -> None:
-        """``"official"`` or ``"corrected"`` (see the module docstring)."""
+        """Set ``config.mpm_alignment``, the tokens the MPM modulates (see the module docstring).
+
+        Args:
+            mode: ``"official"`` (the released checkpoint) or ``"corrected"``.
+
+        Raises:
+            MoGe4DInputError: ``mode`` is neither.
+        """
         require(mode in MPM_ALIGNMENTS, f"mpm_alignment must be one of {MPM_ALIGNMENTS}, got {mode!r}")
         self.register_to_config(mpm_alignment=mode)
 
     def reset_rope(self, device=None) -> None:
-        """(Re)build the RoPE tables (non-persistent buffers; needed after building on the meta device)."""
+        """(Re)build the RoPE tables (non-persistent buffers; needed after building on the meta device).
+
+        Args:
+            device: where to put the tables; None leaves them on torch's default device.
+        """
         c = self.config
         self.rope = WanRotaryPosEmbed(c.attention_head_dim, tuple(c.patch_size), c.rope_max_seq_len)
         if device is not None:
@@ -295,6 +340,11 @@ class WanDiT(WanTransformer3DModel):
 
         Returns:
             the velocity ``(B, 16, F, h, w)`` in the compute dtype (wrapped as ``return_dict`` says).
+
+        Raises:
+            MoGe4DInputError: latents+``cond`` not 5-D or not ``in_channels`` wide, ``h``/``w`` not divisible by
+                the patch size, a timestep count other than 1 or B, text / CLIP / reference / motion inputs of
+                the wrong shape or given to a model without that input, or a non-empty ``attention_kwargs``.
         """
         x = hidden_states if cond is None else torch.cat([hidden_states, cond.to(hidden_states.dtype)], dim=1)
         return self._wrap(self._run(x, timestep, encoder_hidden_states, encoder_hidden_states_image, ref_latent,
@@ -422,7 +472,21 @@ class WanDiT(WanTransformer3DModel):
         return clip.expand(b, -1, -1)
 
     def motion_tokens(self, features: torch.Tensor, pph: int, ppw: int, b: int) -> torch.Tensor:
-        """OmniMAE tokens ``(B, N=g*g, C)`` -> adapter -> bilinear to ``(pph, ppw)`` -> ``(B, pph*ppw, C)``."""
+        """OmniMAE tokens ``(B, N=g*g, C)`` -> adapter -> bilinear to ``(pph, ppw)`` -> ``(B, pph*ppw, C)``.
+
+        Args:
+            features: ``(B, g*g, C)`` or ``(1, g*g, C)`` OmniMAE patch tokens, row-major (``g = 14`` for 224 px);
+                ``C = mpm_feature_dim``.
+            pph, ppw: the token grid, ``h / 2`` x ``w / 2`` for the ``(1, 2, 2)`` patch.
+            b: batch size to expand to.
+
+        Returns:
+            ``(b, pph*ppw, C)`` adapted motion tokens, row-major, in the adapter's weight dtype.
+
+        Raises:
+            MoGe4DInputError: the model has no MPM weights, or ``features`` has the wrong shape or a
+                non-square token count.
+        """
         if self.feature_adapter is None:
             raise MoGe4DInputError("motion_features: this checkpoint has no Motion Perception Module weights "
                                    "(feature_adapter / spatial_guidance_*); pass None")
@@ -457,6 +521,15 @@ class STraGDiT(WanDiT):
             depth: VAE latent of the min-max [-1,1] depth map repeated over the frames (required).
             ref_latent: VAE latent of the reference image (None = zeros, as in official training).
             motion_features: ``(B,196,768)`` OmniMAE tokens for the MPM (None = MPM off, official inference).
+
+        All latents are ``(B, 16, F, h, w)`` like ``hidden_states`` (``F`` latent frames, ``h, w = H/8, W/8``).
+
+        Returns:
+            the velocity ``(B, 16, F, h, w)`` in the compute dtype (wrapped as ``return_dict`` says).
+
+        Raises:
+            MoGe4DInputError: ``control`` or ``depth`` missing, a conditioning latent whose shape differs from
+                ``hidden_states``, or any input :meth:`WanDiT.forward` refuses.
         """
         latents = hidden_states
         n = latents.shape[1]
@@ -488,6 +561,13 @@ class ViSMDiT(WanDiT):
                 ViSM inference).
             mask: ``(B,4,F,h,w)`` packed "known" mask (1 = known pixel, see the mask packing helper).
             masked_video: ``(B,16,F,h,w)`` VAE latent of the render with holes set to 0.
+
+        Returns:
+            the velocity ``(B, 16, F, h, w)`` in the compute dtype (wrapped as ``return_dict`` says).
+
+        Raises:
+            MoGe4DInputError: ``mask`` or ``masked_video`` missing or not matching ``hidden_states``'s batch,
+                frames and size, or any input :meth:`WanDiT.forward` refuses.
         """
         latents = hidden_states
         if mask is None or masked_video is None:
