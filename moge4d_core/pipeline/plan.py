@@ -72,7 +72,15 @@ GPU_BF16_PEAK_TFLOPS = {"H100 SXM": 989.0, "A100": 312.0, "RTX 4090": 165.0, "RT
 class PipelineSizes:
     """What the dry run builds and runs: model configs (None = that model is not part of the pipeline), dtypes
     and the run's size. The release and the nano pipeline are two instances (:func:`release_sizes`,
-    :func:`nano_sizes`)."""
+    :func:`nano_sizes`).
+
+    The run's size: ``frames`` T (4k+1), ``width`` / ``height`` of the working grid in pixels (multiples of 16),
+    ``steps`` sampling steps per DiT stage, ``cfg`` scale (!= 1 with ``batched_cfg`` doubles the DiT batch),
+    ``text_tokens`` umT5 input tokens per prompt.
+
+    Raises:
+        MoGe4DInputError: frames not 4k+1, width or height not a multiple of 16, steps not an integer >= 1, cfg < 0.
+    """
 
     strag: object                       # DiT config (models.wan_dit.config.dit_config)
     motion_vae: object                  # MotionVAEConfig
@@ -113,7 +121,15 @@ class PipelineSizes:
 def release_sizes(frames: int = 49, width: int = 512, height: int = 368, steps: int = 50, cfg: float = 6.0,
                   ) -> PipelineSizes:
     """The released MoGe4D pipeline: STraG with MPM, ViSM (Fun-InP) + Wan VAE, umT5-XXL, CLIP ViT-H/14,
-    UniDepthV2 ViT-L/14, OmniMAE ViT-B; DiTs, umT5, CLIP in bf16."""
+    UniDepthV2 ViT-L/14, OmniMAE ViT-B; DiTs, umT5, CLIP in bf16.
+
+    Args:
+        frames: T, 4k+1. width, height: working size in pixels, multiples of 16. steps: sampling steps per DiT
+            stage. cfg: CFG scale (!= 1: DiT batch 2).
+
+    Returns:
+        the :class:`PipelineSizes` (validated on construction).
+    """
     from ..models.motion_vae import MotionVAEConfig
     from ..models.unidepth import UniDepthConfig
     from ..models.wan_dit import shipped_config
@@ -127,7 +143,15 @@ def release_sizes(frames: int = 49, width: int = 512, height: int = 368, steps: 
 def nano_sizes(frames: int = 17, width: int = 96, height: int = 64, steps: int = 20, cfg: float = 6.0,
                dtype: torch.dtype = torch.float32) -> PipelineSizes:
     """The shipped nano pipeline (``moge4d_core/models/nano.py`` sizes, no text / CLIP / depth / OmniMAE models),
-    everything in ``dtype``, render batched as on the CPU."""
+    everything in ``dtype``, render batched as on the CPU.
+
+    Args:
+        frames: T, 4k+1. width, height: working size in pixels, multiples of 16. steps: sampling steps per DiT
+            stage. cfg: CFG scale. dtype: the dtype of every model.
+
+    Returns:
+        the :class:`PipelineSizes` (validated on construction).
+    """
     from ..models import nano
     from ..render import points as render_points
 
@@ -240,6 +264,7 @@ class ModelWeights:
 
     @property
     def is_dit(self) -> bool:
+        """True for a DiT (a model with transformer blocks)."""
         return self.num_blocks > 0
 
     def resident(self, mode: MemoryMode) -> int:
@@ -306,11 +331,15 @@ class StageProfile:
 
 @dataclass
 class PipelineProfile:
+    """The dry run of one pipeline (:func:`profile_pipeline`): ``sizes`` it was run for, ``stages`` a list of
+    :class:`StageProfile` in pipeline order."""
+
     sizes: PipelineSizes
     stages: list
 
     @property
     def all_models(self) -> list:
+        """Every stage's :class:`ModelWeights`, each model once (by name), in order of first use."""
         seen, out = set(), []
         for st in self.stages:
             for m in st.models:
@@ -620,7 +649,13 @@ def profile_pipeline(s: PipelineSizes) -> PipelineProfile:
 # ---------------------------------------------------------------------------------------------- estimates
 @dataclass(frozen=True)
 class StageEstimate:
-    """Estimated device memory of one stage under one mode (bytes) and its DiT time per GPU (seconds)."""
+    """Estimated device memory of one stage under one mode (bytes) and its DiT time per GPU (seconds).
+
+    Attributes:
+        name: the stage. mode: the memory mode's name. weights_bytes: weights resident during the stage.
+        activation_bytes: the stage's activation peak. transient_bytes: the fp8 dequantisation transient (0 without
+        fp8). flops_per_step: DiT FLOPs per sampling step, or None without a DiT. steps: sampling steps.
+    """
 
     name: str
     mode: str
@@ -632,6 +667,7 @@ class StageEstimate:
 
     @property
     def peak_bytes(self) -> int:
+        """Estimated peak device memory of the stage, bytes: weights + activations + fp8 transient."""
         return self.weights_bytes + self.activation_bytes + self.transient_bytes
 
     def seconds(self, tflops: float) -> Optional[float]:
@@ -641,6 +677,8 @@ class StageEstimate:
         return self.flops_per_step * self.steps / (tflops * 1e12)
 
     def to_dict(self) -> dict:
+        """JSON-ready dict: the fields with bytes as GiB (2**30 bytes) and ``seconds`` per GPU of
+        :data:`GPU_BF16_PEAK_TFLOPS` (None without a DiT)."""
         return {"name": self.name, "mode": self.mode, "weights_gib": self.weights_bytes / GiB,
                 "activation_gib": self.activation_bytes / GiB, "transient_gib": self.transient_bytes / GiB,
                 "peak_gib": self.peak_bytes / GiB, "flops_per_step": self.flops_per_step, "steps": self.steps,
@@ -677,16 +715,24 @@ class Plan:
     estimates: dict = field(default_factory=dict)   # mode name -> list[StageEstimate]
 
     def stages(self, mode) -> list:
+        """The :class:`StageEstimate` list of ``mode`` (a :class:`MemoryMode` or its string, not ``auto``), computed
+        once and kept in :attr:`estimates`.
+
+        Raises:
+            MoGe4DInputError: ``mode`` is not a valid memory mode, or is ``auto``.
+        """
         name = parse_memory_mode(mode, allow_auto=False).name
         if name not in self.estimates:
             self.estimates[name] = estimate_stages(self.profile, name)
         return self.estimates[name]
 
     def peak_bytes(self, mode) -> int:
+        """The largest stage peak under ``mode``, bytes."""
         return max(e.peak_bytes for e in self.stages(mode))
 
     @property
     def max_blocks(self) -> int:
+        """The most transformer blocks of the pipeline's DiTs (0 without a DiT)."""
         return max((st.dit.num_blocks for st in self.profile.stages if st.dit is not None), default=0)
 
     def candidate_modes(self) -> list:
@@ -705,6 +751,12 @@ def make_plan(sizes: Optional[PipelineSizes] = None) -> Plan:
     """Profile ``sizes`` (default: the release at 49 x 368 x 512, 50 steps, CFG 6) into a :class:`Plan`.
 
     Profiles are deterministic and kept for the process (a second plan of the same sizes costs nothing).
+
+    Args:
+        sizes: model configs, dtypes and run size; None = :func:`release_sizes` with its defaults.
+
+    Returns:
+        a :class:`Plan` over the (cached) :class:`PipelineProfile`, with no estimates yet (computed per mode on use).
     """
     sizes = sizes or release_sizes()
     key = repr(sizes)
@@ -809,7 +861,12 @@ def _cuda_total_gib() -> Optional[float]:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """Run the planner for parsed :func:`add_plan_arguments` arguments; prints tables or JSON. Returns 0, or 1
-    when ``--gpu-memory`` is given and no mode fits."""
+    when ``--gpu-memory`` is given and no mode fits.
+
+    Raises:
+        MoGe4DInputError: an invalid ``--memory`` mode, a ``--gpu-memory`` that is not a positive number,
+            ``--memory auto`` without ``--gpu-memory`` and without a CUDA device, or invalid sizes.
+    """
     mode = parse_memory_mode(args.memory) if args.memory is not None else None
     gpu = args.gpu_memory
     if gpu is not None and not (math.isfinite(gpu) and gpu > 0):
@@ -855,6 +912,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m moge4d_core.pipeline.plan``: parse ``argv`` (None: ``sys.argv[1:]``) and run :func:`cmd_plan`.
+
+    Returns:
+        the exit status: 0, 1 when no mode fits ``--gpu-memory``, 2 on invalid input (message on stderr).
+    """
     parser = add_plan_arguments(argparse.ArgumentParser(prog="python -m moge4d_core.pipeline.plan",
                                                         description=__doc__.split("\n")[0]))
     try:
