@@ -72,6 +72,7 @@ class AdapterResBlock(nn.Module):
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (N, C, H, W)`` -> ``(N, C, H, W)``, same dtype."""
         h = self.conv1(F.silu(self.norm1(x)))
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         return x + h
@@ -148,6 +149,7 @@ class _FrameAdapter(nn.Module):
         return self._trunk(x2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the adapter to every frame of ``x (B, 3, T, H, W)``; returns ``(B, 3, T, H, W)``."""
         b, _, t, _, _ = x.shape
         return _batch_to_frames(_per_frame_chunks(self._frames, _frames_to_batch(x), self.frame_chunk), b, t)
 
@@ -197,7 +199,18 @@ def _inv_per_channel(values, like: torch.Tensor) -> torch.Tensor:
 
 
 def normalize_latent(mu: torch.Tensor, traj_norm: bool = True) -> torch.Tensor:
-    """Raw Wan posterior mean (B,16,F,h,w) -> the DiT's latent space (reference §A3, encode order)."""
+    """Raw Wan posterior mean (B,16,F,h,w) -> the DiT's latent space (reference §A3, encode order).
+
+    Args:
+        mu: the Wan VAE encoder's posterior mean ``(B, 16, F, h, w)``, any float dtype.
+        traj_norm: also apply stage 2 (the MoGe4D trajectory normalisation) after the Wan stage.
+
+    Returns:
+        ``(B, 16, F, h, w)`` in the dtype and device of ``mu``.
+
+    Raises:
+        MoGe4DInputError: ``mu`` is not a 5-D tensor with 16 channels.
+    """
     _check_latent("normalize_latent: mu", mu)
     z = (mu - _per_channel(C.WAN_LATENT_MEAN, mu)) * _inv_per_channel(C.WAN_LATENT_STD, mu)
     if traj_norm:
@@ -206,7 +219,18 @@ def normalize_latent(mu: torch.Tensor, traj_norm: bool = True) -> torch.Tensor:
 
 
 def denormalize_latent(z: torch.Tensor, traj_norm: bool = True) -> torch.Tensor:
-    """Inverse of :func:`normalize_latent`, in the official decode order (traj stage first)."""
+    """Inverse of :func:`normalize_latent`, in the official decode order (traj stage first).
+
+    Args:
+        z: a latent in the DiT's latent space ``(B, 16, F, h, w)``.
+        traj_norm: undo stage 2 too (must match how ``z`` was normalised).
+
+    Returns:
+        the raw Wan latent ``(B, 16, F, h, w)`` for the Wan VAE decoder, in the dtype and device of ``z``.
+
+    Raises:
+        MoGe4DInputError: ``z`` is not a 5-D tensor with 16 channels.
+    """
     _check_latent("denormalize_latent: latent", z)
     if traj_norm:
         z = z / _inv_per_channel(C.TRAJ_LATENT_STD, z) + _per_channel(C.TRAJ_LATENT_MEAN, z)
@@ -227,10 +251,12 @@ class MotionVAEConfig:
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
 
     def to_dict(self) -> dict:
+        """JSON-ready ``{"vae": {...}, "adapter": {...}}`` (what :meth:`from_dict` reads)."""
         return {"vae": dict(self.vae), "adapter": asdict(self.adapter)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "MotionVAEConfig":
+        """Inverse of :meth:`to_dict`; missing sections take the defaults."""
         return cls(vae=dict(d.get("vae", {})), adapter=AdapterConfig(**d.get("adapter", {})))
 
 
@@ -239,6 +265,14 @@ class MotionVAE(nn.Module):
 
     Sub-modules (and state-dict prefixes): ``encoder_adapter``, ``vae`` (diffusers ``AutoencoderKLWan`` names),
     ``decoder_adapter``. Temporal compression 4 (causal: ``F = (T-1)/4 + 1``), spatial 8, 16 latent channels.
+
+    Args:
+        config: the sizes; None = the released setting (diffusers' default ``AutoencoderKLWan`` = Wan2.1 VAE,
+            official adapters). Weights are random; load them with :mod:`moge4d_core.loading.motion_vae`.
+
+    Raises:
+        MoGe4DInputError: the Wan VAE of ``config.vae`` does not have 16 latent channels, or the adapter's
+            channels are not a multiple of its GroupNorm groups.
     """
 
     def __init__(self, config: Optional[MotionVAEConfig] = None) -> None:
@@ -259,6 +293,20 @@ class MotionVAE(nn.Module):
 
         ``T`` must be 4k+1 and ``H``, ``W`` multiples of 8. ``sample=True`` adds posterior noise
         ``exp(0.5*clamp(logvar,-30,20)) * N(0,1)`` to the *normalised* mean, as official training does.
+
+        Args:
+            delta: normalised relative motion ``dP_hat`` ``(B, 3, T, H, W)`` (x, y, z; frame 0 = 0), unbounded,
+                on the model's device.
+            traj_norm: apply the stage-2 trajectory normalisation (official inference: True).
+            sample: add posterior noise instead of returning the mean.
+            generator: the random generator for ``sample=True``.
+
+        Returns:
+            the latent ``(B, 16, (T-1)/4+1, H/8, W/8)`` in the DiT's latent space, in the VAE's dtype.
+
+        Raises:
+            MoGe4DInputError: ``delta`` is not ``(B, 3, T, H, W)``, ``T`` is not 4k+1, or ``H``/``W`` are not
+                multiples of 8.
         """
         z, logvar = self.posterior(delta, traj_norm=traj_norm)
         if sample:
@@ -272,6 +320,16 @@ class MotionVAE(nn.Module):
 
         The mean is in the DiT's latent space (:func:`normalize_latent`); the log-variance is the Wan encoder's,
         clamped to [-30, 20] and *not* rescaled (the release pairs the two as they are, reference §A3).
+
+        Args:
+            delta: ``(B, 3, T, H, W)`` as in :meth:`encode`.
+            traj_norm: apply the stage-2 trajectory normalisation to the mean.
+
+        Returns:
+            ``(mean, logvar)``, each ``(B, 16, (T-1)/4+1, H/8, W/8)``.
+
+        Raises:
+            MoGe4DInputError: as :meth:`encode`.
         """
         self._check_motion(delta)
         rgb = self.encoder_adapter(delta) * 2 - 1
@@ -280,12 +338,35 @@ class MotionVAE(nn.Module):
 
     # -- decode ---------------------------------------------------------------------------------
     def decode_rgb(self, latent: torch.Tensor, *, traj_norm: bool = True) -> torch.Tensor:
-        """Latent (B,16,F,h,w) -> the Wan VAE's motion map (B,3,4(F-1)+1,8h,8w) in [-1,1] (before the adapter)."""
+        """Latent (B,16,F,h,w) -> the Wan VAE's motion map (B,3,4(F-1)+1,8h,8w) in [-1,1] (before the adapter).
+
+        Args:
+            latent: ``(B, 16, F, h, w)`` in the DiT's latent space (e.g. the sampler's output).
+            traj_norm: undo the stage-2 normalisation (must match :meth:`encode`'s).
+
+        Returns:
+            the RGB motion map ``(B, 3, 4(F-1)+1, 8h, 8w)`` in [-1, 1].
+
+        Raises:
+            MoGe4DInputError: ``latent`` is not a 5-D tensor with 16 channels.
+        """
         z = denormalize_latent(latent, traj_norm=traj_norm)
         return self.vae.decode(z).sample                        # diffusers clamps to [-1,1] like the official code
 
     def decode(self, latent: torch.Tensor, *, traj_norm: bool = True) -> torch.Tensor:
-        """Latent (B,16,F,h,w) -> normalised motion ``delta`` (B,3,4(F-1)+1,8h,8w), unbounded."""
+        """Latent (B,16,F,h,w) -> normalised motion ``delta`` (B,3,4(F-1)+1,8h,8w), unbounded.
+
+        Args:
+            latent: ``(B, 16, F, h, w)`` in the DiT's latent space.
+            traj_norm: undo the stage-2 normalisation (must match :meth:`encode`'s).
+
+        Returns:
+            normalised relative motion ``dP_hat`` ``(B, 3, 4(F-1)+1, 8h, 8w)`` (x, y, z), unbounded (depth-guided
+            normalisation, see :class:`~moge4d_core.types.NormalizationSpec`).
+
+        Raises:
+            MoGe4DInputError: ``latent`` is not a 5-D tensor with 16 channels.
+        """
         return self.decoder_adapter(self.decode_rgb(latent, traj_norm=traj_norm))
 
     @staticmethod
@@ -302,6 +383,7 @@ class MotionVAE(nn.Module):
 
     @staticmethod
     def latent_shape(batch: int, frames: int, height: int, width: int) -> tuple[int, int, int, int, int]:
-        """Latent shape for a (batch,3,frames,height,width) motion tensor."""
+        """Latent shape ``(batch, 16, (frames-1)//4+1, height//8, width//8)`` for a (batch,3,frames,height,width)
+        motion tensor (``frames`` 4k+1, ``height``/``width`` in pixels, multiples of 8)."""
         return (batch, C.LATENT_CHANNELS, (frames - 1) // C.TEMPORAL_COMPRESSION + 1,
                 height // C.SPATIAL_COMPRESSION, width // C.SPATIAL_COMPRESSION)
