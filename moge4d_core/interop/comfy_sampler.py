@@ -39,7 +39,14 @@ def _reshape_sigma(sigma, ndim: int):
 
 
 class FlowModelSampling(torch.nn.Module):
-    """Duck-typed ``ModelSamplingDiscreteFlow`` + ``CONST`` (discrete flow, ``shift``, multiplier 1000)."""
+    """Duck-typed ``ModelSamplingDiscreteFlow`` + ``CONST`` (discrete flow, ``shift``, multiplier 1000).
+
+    Args:
+        shift: the σ shift ``shift·t / (1 + (shift − 1)·t)`` (1 = none; Wan / the release: 5).
+        multiplier: timestep per unit σ (``timestep = multiplier·σ``).
+        timesteps: size of the discrete grid: ``sigmas`` (timesteps,) float32 = shifted ``t = k / timesteps``,
+            k = 1 .. timesteps, increasing to 1.
+    """
 
     def __init__(self, shift: float = 5.0, multiplier: float = 1000.0, timesteps: int = 1000):
         super().__init__()
@@ -50,20 +57,26 @@ class FlowModelSampling(torch.nn.Module):
 
     @property
     def sigma_min(self) -> torch.Tensor:
+        """The smallest σ of the grid (0-dim tensor)."""
         return self.sigmas[0]
 
     @property
     def sigma_max(self) -> torch.Tensor:
+        """The largest σ of the grid, 1 (0-dim tensor)."""
         return self.sigmas[-1]
 
     def timestep(self, sigma):
+        """σ in [0, 1] -> the model's timestep ``multiplier·σ`` (0 .. 1000)."""
         return sigma * self.multiplier
 
     def sigma(self, timestep):
+        """Timestep -> σ: ``timestep / multiplier``, shifted."""
         t = timestep / self.multiplier
         return time_shift(t, self.shift) if self.shift != 1.0 else t
 
     def percent_to_sigma(self, percent: float) -> float:
+        """Fraction of the schedule done (0 .. 1) -> σ: 1 at 0 or below, 0 at 1 or above, else the shifted
+        ``1 − percent``."""
         if percent <= 0.0:
             return 1.0
         if percent >= 1.0:
@@ -72,16 +85,21 @@ class FlowModelSampling(torch.nn.Module):
 
     # CONST
     def calculate_input(self, sigma, noise):
+        """The model input for ``noise`` at ``sigma``: unchanged (flow models take ``x`` as it is)."""
         return noise
 
     def calculate_denoised(self, sigma, model_output, model_input):
+        """Velocity -> x0: ``model_input − σ·model_output``; ``sigma`` scalar or (B,), broadcast over the batch."""
         return model_input - model_output * _reshape_sigma(sigma, model_output.ndim)
 
     def noise_scaling(self, sigma, noise, latent_image, max_denoise: bool = False):
+        """The sampler's start ``σ·noise + (1 − σ)·latent_image`` (``sigma`` scalar or (B,)); ``max_denoise``
+        is ignored."""
         sigma = _reshape_sigma(sigma, noise.ndim)
         return sigma * noise + (1.0 - sigma) * latent_image
 
     def inverse_noise_scaling(self, sigma, latent):
+        """The sampler's final latent divided by ``1 − σ`` (σ = the last sigma, 0 for a full schedule)."""
         return latent / (1.0 - _reshape_sigma(sigma, latent.ndim))
 
 
@@ -104,6 +122,13 @@ class ComfyFlowDenoiser:
     """
 
     def __init__(self, model_fn: VelocityFn, *, shift: float = 5.0, model_sampling: Optional[Any] = None):
+        """Wrap ``model_fn``.
+
+        Args:
+            model_fn: our velocity model ``model_fn(x, sigma) -> v`` of the shape of ``x``.
+            shift: σ shift of the built-in :class:`FlowModelSampling` (used when ``model_sampling`` is None).
+            model_sampling: a ComfyUI ``ModelSamplingDiscreteFlow + CONST`` instance, or None.
+        """
         self.model_fn = model_fn
         self.model_sampling = model_sampling if model_sampling is not None else FlowModelSampling(shift)
         self.inner_model = self          # KSAMPLER: model_wrap.inner_model.model_sampling
@@ -111,6 +136,11 @@ class ComfyFlowDenoiser:
         self.model_options: dict = {}
 
     def __call__(self, x: torch.Tensor, sigma, model_options: Optional[dict] = None, seed=None, **_: Any):
+        """Denoise: ``x`` (B, ...) at ``sigma`` (scalar or (B,)) -> x0 estimate ``x − σ·v`` in the dtype of ``x``.
+
+        ``model_fn`` gets σ as float32 (0-dim when all batch items share it); ``model_options`` and ``seed``
+        are ignored.
+        """
         sigma = torch.as_tensor(sigma, device=x.device)
         flat = sigma.reshape(-1)
         s = flat[0] if bool((flat == flat[0]).all()) else flat
@@ -118,13 +148,17 @@ class ComfyFlowDenoiser:
         return self.model_sampling.calculate_denoised(sigma.to(x.dtype), v, x)
 
     def scale_latent_inpaint(self, sigma, noise, latent_image, **_: Any):
+        """``KSamplerX0Inpaint``'s noised latent: ``σ·noise + (1 − σ)·latent_image`` with the first σ of
+        ``sigma``."""
         return self.model_sampling.noise_scaling(torch.as_tensor(sigma).reshape(-1)[:1].to(noise), noise,
                                                  latent_image)
 
     def process_latent_in(self, latent):
+        """Identity (our latents are already in the model's space)."""
         return latent
 
     def process_latent_out(self, latent):
+        """Identity (our latents stay in the model's space)."""
         return latent
 
 
@@ -139,6 +173,22 @@ def sample_with_comfy_sampler(sampler: Any, sigmas: torch.Tensor, model_fn: Velo
     ``sigmas`` 1-D (ComfyUI ``SIGMAS``), ``noise``/``latent_image`` (B, ...); the sampler itself starts from
     ``σ0·noise + (1 − σ0)·latent_image`` (latent defaults to zeros).  ``callback(done, total)`` is called after
     each step (ComfyUI's callback ``(i, denoised, x, total)`` is adapted) and may raise to cancel.
+
+    Args:
+        sampler: a ComfyUI ``SAMPLER`` (e.g. from ``KSamplerSelect``).
+        sigmas: (S+1,) decreasing σ in [0, 1] for S steps.
+        model_fn: our velocity model ``model_fn(x, sigma) -> v``.
+        noise: (B, ...) the initial noise, e.g. a latent (1, 16, F, h, w); sigmas move to its device.
+        latent_image: (B, ...) the clean latent to start from (None: zeros). denoise_mask: ComfyUI's denoise mask.
+        callback: ``callback(done, total)``. seed: passed to the sampler (its own noise for ancestral / SDE steps).
+        shift: σ shift of the built-in model sampling. model_sampling: a real ComfyUI model sampling, or None.
+        disable_pbar: hide ComfyUI's progress bar.
+
+    Returns:
+        the sampler's final latent, the shape of ``noise``.
+
+    Raises:
+        MoGe4DInputError: ``sigmas`` not 1-D with at least 2 values; ``sampler`` without a ``.sample`` method.
     """
     sigmas = torch.as_tensor(sigmas)
     require(sigmas.ndim == 1 and sigmas.shape[0] >= 2,
