@@ -57,6 +57,20 @@ def from_comfy_conditioning(cond: Any, *, dim: int = TEXT_DIM, name: str = "cond
     Valid lengths come from ``dict["attention_mask"]`` when present, else from the last non-zero token
     row (ComfyUI zeroes padded positions; counting trailing zero rows or not gives the same padded
     tensor). ``L > 512`` is truncated to 512 (ComfyUI itself does not truncate; Wan does).
+
+    Args:
+        cond: ComfyUI ``CONDITIONING`` with one ``[tensor (B, L, D) or (L, D), dict]`` entry, or a
+            :class:`TextContext` (validated and returned).
+        dim: the width D the model takes (4096 for umT5-XXL).
+        name: the input's name in error messages.
+
+    Returns:
+        :class:`TextContext` with embeddings (B, 512, D) float32, zero past each prompt's valid length, and
+        lengths (B,) on the CPU.
+
+    Raises:
+        MoGe4DInputError: not a list of ``[tensor, dict]`` pairs, several entries (``ConditioningCombine``), a
+            tensor that is not (B, L, D), or a width other than ``dim``.
     """
     if isinstance(cond, TextContext):
         return validate_text_context(cond, dim=dim, name=name)
@@ -95,7 +109,21 @@ def from_comfy_conditioning(cond: Any, *, dim: int = TEXT_DIM, name: str = "cond
 
 
 def from_comfy_clip_vision_output(obj: Any, *, dim: int = IMAGE_DIM, name: str = "clip_vision_output") -> ImageContext:
-    """ComfyUI ``CLIP_VISION_OUTPUT`` -> :class:`ImageContext` (float32) from ``penultimate_hidden_states (B, 257, dim)``."""
+    """ComfyUI ``CLIP_VISION_OUTPUT`` -> :class:`ImageContext` (float32) from ``penultimate_hidden_states``.
+
+    Args:
+        obj: the ``CLIPVisionEncode`` output (attribute or key ``penultimate_hidden_states``, (B, 257, dim) or
+            (257, dim)), or an :class:`ImageContext` (validated and returned).
+        dim: the token width the model takes (1280 for CLIP ViT-H/14).
+        name: the input's name in error messages.
+
+    Returns:
+        :class:`ImageContext` with tokens (B, 257, dim) float32, detached, on the tensor's device.
+
+    Raises:
+        MoGe4DInputError: ``obj`` is None, has no ``penultimate_hidden_states`` tensor, or its shape is not
+            (B, 257, dim).
+    """
     if isinstance(obj, ImageContext):
         return validate_image_context(obj, dim=dim, name=name)
     if obj is None:

@@ -51,6 +51,11 @@ class ChannelLastVAE:
     """
 
     def __init__(self, vae: Any, name: str = "vae") -> None:
+        """Wrap ``vae``; ``name`` is the input's name in error messages.
+
+        Raises:
+            MoGe4DInputError: ``vae`` has no ``encode`` / ``decode``.
+        """
         require(hasattr(vae, "encode") and hasattr(vae, "decode"),
                 f"{name}: expected a VAE with encode/decode (ComfyUI VAELoader), got {type(vae).__name__}")
         self.vae = vae
@@ -66,7 +71,18 @@ class ChannelLastVAE:
 
     @torch.no_grad()
     def encode(self, video: torch.Tensor) -> torch.Tensor:
-        """(B,3,T,H,W) in [-1,1] -> normalised latent (B,16,F,h,w) float32 (one VAE call per batch item)."""
+        """(B,3,T,H,W) in [-1,1] -> normalised latent (B,16,F,h,w) float32 (one VAE call per batch item).
+
+        Args:
+            video: (B, 3, T, H, W) in [-1, 1] (mapped to the wrapped VAE's (T, H, W, 3) [0, 1] frames).
+
+        Returns:
+            ``(mu − mean)/std`` (B, 16, (T-1)/4+1, H/8, W/8) float32 on the CPU.
+
+        Raises:
+            MoGe4DInputError: ``video`` is not (B, 3, T, H, W), or the VAE returns a latent that is not
+                (1, 16, F, h, w) (not a Wan2.1 VAE).
+        """
         require(isinstance(video, torch.Tensor) and video.ndim == 5 and video.shape[1] == 3,
                 f"{self.name}: expected a (B,3,T,H,W) video, got "
                 f"{tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__}")
@@ -79,7 +95,17 @@ class ChannelLastVAE:
 
     @torch.no_grad()
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        """Normalised latent (B,16,F,h,w) -> (B,3,T,H,W) float32 in [-1,1]."""
+        """Normalised latent (B,16,F,h,w) -> (B,3,T,H,W) float32 in [-1,1].
+
+        Args:
+            latent: (B, 16, F, h, w) in the Wan-normalised space; de-normalised before the wrapped VAE's decode.
+
+        Returns:
+            (B, 3, T, H, W) float32 in [-1, 1] on the CPU, T = 4(F-1)+1, H = 8h, W = 8w for a Wan2.1 VAE.
+
+        Raises:
+            MoGe4DInputError: ``latent`` is not (B, 16, F, h, w), or the VAE's frames are not (B, T, H, W, 3).
+        """
         raw = denormalize_latent(self._check_latent(latent, "decode takes").float().cpu(), traj_norm=False)
         frames = self.vae.decode(raw)
         if frames.ndim == 4:                                                            # (T,H,W,3)
@@ -90,18 +116,41 @@ class ChannelLastVAE:
 
 
 def masked_pixels(render: torch.Tensor, holes: torch.Tensor) -> torch.Tensor:
-    """(T,H,W,3) [0,1] render + (T,H,W) holes -> (T,H,W,3) with hole pixels (>= 0.5) set to 0.5 (= 0 in [-1,1])."""
+    """(T,H,W,3) [0,1] render + (T,H,W) holes -> (T,H,W,3) with hole pixels (>= 0.5) set to 0.5 (= 0 in [-1,1]).
+
+    Args:
+        render: (T, H, W, 3) float in [0, 1].
+        holes: (T, H, W) hole mask, 1 = no point landed (binarised at 0.5).
+
+    Returns:
+        (T, H, W, 3) float32 in [0, 1]: the render where a point landed, 0.5 in the holes.
+    """
     keep = (binarize_holes(holes) < 0.5).to(torch.float32)[..., None]
     return render.float() * keep + 0.5 * (1 - keep)
 
 
 def raw_zero_latent(frames: int, height: int, width: int) -> torch.Tensor:
-    """The raw Wan latent (1,16,F,H/8,W/8) whose Wan2.1 normalisation is exactly 0 (the per-channel mean)."""
+    """The raw Wan latent (1,16,F,H/8,W/8) whose Wan2.1 normalisation is exactly 0 (the per-channel mean).
+
+    Args:
+        frames: T (4k+1; F = (T-1)/4 + 1). height, width: image size in pixels (multiples of 8).
+
+    Returns:
+        (1, 16, F, height/8, width/8) float32, each channel filled with the Wan2.1 latent mean.
+    """
     return denormalize_latent(empty_latent(frames, height, width), traj_norm=False)
 
 
 def empty_latent(frames: int, height: int, width: int) -> torch.Tensor:
-    """The all-zero LATENT ``(1,16,F,H/8,W/8)`` a native ``KSampler`` starts from at denoise 1 (its noise replaces it)."""
+    """The all-zero LATENT ``(1,16,F,H/8,W/8)`` a native ``KSampler`` starts from at denoise 1 (its noise
+    replaces it).
+
+    Args:
+        frames: T (4k+1; F = (T-1)/4 + 1). height, width: image size in pixels (multiples of 8).
+
+    Returns:
+        (1, 16, F, height/8, width/8) float32 zeros.
+    """
     f = (frames - 1) // C.TEMPORAL_COMPRESSION + 1
     return torch.zeros(1, C.LATENT_CHANNELS, f, height // C.SPATIAL_COMPRESSION, width // C.SPATIAL_COMPRESSION)
 
