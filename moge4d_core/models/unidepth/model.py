@@ -49,6 +49,19 @@ def prepare_rgb(rgb: torch.Tensor, device: torch.device, name: str = "rgb") -> t
     """Validate and scale an image batch to the network's input space, ``(B, 3, H, W)`` float32.
 
     See the module docstring for the scaling rule.
+
+    Args:
+        rgb: ``(B, 3, H, W)`` or ``(3, H, W)`` channel-first, float in [0, 1] (or 0..255, or already
+            normalised) or uint8 in [0, 255]; ``H, W >= 2``.
+        device: where the result goes.
+        name: the argument name used in error messages.
+
+    Returns:
+        ``(B, 3, H, W)`` float32 on ``device``, ImageNet-normalised (or as given when already normalised).
+
+    Raises:
+        MoGe4DInputError: not a tensor, not 3 channels (grey, RGBA and channel-last get a hint), smaller than
+            2x2, NaN / inf values, or an integer dtype other than uint8.
     """
     if not isinstance(rgb, torch.Tensor):
         raise MoGe4DInputError(f"{name}: expected a torch.Tensor image (B,3,H,W), got {type(rgb).__name__}")
@@ -115,10 +128,12 @@ class _UniDepthBase(nn.Module):
 
     @property
     def device(self) -> torch.device:
+        """Device of the weights (where :meth:`infer` runs)."""
         return next(self.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
+        """dtype of the weights (the network input is cast to it)."""
         return next(self.parameters()).dtype
 
 
@@ -129,14 +144,40 @@ class UniDepthV2(_UniDepthBase):
     decoder_cls = DecoderV2
 
     def forward_network(self, x: torch.Tensor, rays_gt: Optional[torch.Tensor] = None) -> dict:
-        """Network pass on a normalised input ``(B, 3, H, W)``, H and W multiples of 14 (see DecoderV2)."""
+        """Network pass on a normalised input ``(B, 3, H, W)``, H and W multiples of 14 (see DecoderV2).
+
+        Args:
+            x: ImageNet-normalised network input ``(B, 3, H, W)`` (:func:`prepare_rgb`, then resized).
+            rays_gt: known unit rays ``(B, H*W, 3)`` of the network input, or None to use the predicted ones.
+
+        Returns:
+            the decoder's dict at the network resolution (``rays``, ``radius``, ``confidence``, ``K`` ...,
+            see :class:`~.decoder_v2.DecoderV2`).
+        """
         feats, cls = self.pixel_encoder(x.to(self.dtype), self.config.output_idx)
         return self.pixel_decoder(feats, cls, (x.shape[-2], x.shape[-1]), rays_gt)
 
     @torch.no_grad()
     def infer(self, rgb: torch.Tensor, camera_K: Optional[torch.Tensor] = None,
               resolution_level: Optional[int] = None, pixel_budget: Optional[int] = None) -> DepthPrediction:
-        """See the module docstring. Reference rules: aspect padding to [0.5, 2.5], pixel budget, bilinear resize."""
+        """Metric depth, points and camera of a batch of images (reference rules: aspect padding to [0.5, 2.5],
+        pixel budget, bilinear resize; see the module docstring).
+
+        Args:
+            rgb: ``(B, 3, H, W)`` or ``(3, H, W)``, float in [0, 1] or uint8 (see :func:`prepare_rgb`).
+            camera_K: known pixel intrinsics ``(3, 3)`` or ``(B, 3, 3)`` of ``rgb``, or None to predict them.
+            resolution_level: 0..9, a tenth of the ``config.pixels_bounds`` range each (published:
+                [200k, 600k] pixels); None = the whole range.
+            pixel_budget: about this many network-input pixels instead (at least 196), or None.
+
+        Returns:
+            :class:`~moge4d_core.types.DepthPrediction` at ``H x W``, float32: depth ``(B, H, W)`` metres,
+            points ``(B, H, W, 3)`` metres, K / K_predicted ``(B, 3, 3)`` pixels, confidence ``(B, H, W)``.
+
+        Raises:
+            MoGe4DInputError: a bad image (:func:`prepare_rgb`), a ``camera_K`` of the wrong shape or with
+                non-positive / non-finite focal lengths, or a ``resolution_level`` / ``pixel_budget`` out of range.
+        """
         cfg = self.config
         x = prepare_rgb(rgb, self.device)
         b, _, H, W = x.shape
@@ -177,7 +218,16 @@ class UniDepthV2Old(_UniDepthBase):
     decoder_cls = DecoderV2old
 
     def forward_network(self, x: torch.Tensor, rays_gt: Optional[torch.Tensor] = None) -> dict:
-        """Network pass on a normalised input ``(B, 3, H, W)``, H and W multiples of 14 (see DecoderV2old)."""
+        """Network pass on a normalised input ``(B, 3, H, W)``, H and W multiples of 14 (see DecoderV2old).
+
+        Args:
+            x: ImageNet-normalised network input ``(B, 3, H, W)`` (:func:`prepare_rgb`, then resized).
+            rays_gt: known unit rays ``(B, H*W, 3)`` of the network input, or None to use the predicted ones.
+
+        Returns:
+            the decoder's dict at the network resolution (``depth``, ``confidence``, ``K`` ..., see
+            :class:`~.decoder_v2old.DecoderV2old`).
+        """
         cfg = self.config
         d = cfg.depth
         taps = list(cfg.output_idx) + [d - 2, d - 1, d]
@@ -189,7 +239,24 @@ class UniDepthV2Old(_UniDepthBase):
     @torch.no_grad()
     def infer(self, rgb: torch.Tensor, camera_K: Optional[torch.Tensor] = None,
               resolution_level: Optional[int] = None, pixel_budget: Optional[int] = None) -> DepthPrediction:
-        """See the module docstring. Reference rules: fixed token budget, bilinear+antialias resize, no padding."""
+        """Metric depth, points and camera of a batch of images (reference rules: fixed token budget,
+        bilinear+antialias resize, no padding; see the module docstring).
+
+        Args:
+            rgb: ``(B, 3, H, W)`` or ``(3, H, W)``, float in [0, 1] or uint8 (see :func:`prepare_rgb`).
+            camera_K: known pixel intrinsics ``(3, 3)`` or ``(B, 3, 3)`` of ``rgb``, or None to predict them.
+            resolution_level: 0..10, ``lo + ceil((hi - lo) * level / 10)`` 14x14-pixel tokens with
+                ``(lo, hi) = config.pixels_bounds`` (published: 1400 + 100 * level); None = 10.
+            pixel_budget: about this many network-input pixels instead (at least 196), or None.
+
+        Returns:
+            :class:`~moge4d_core.types.DepthPrediction` at ``H x W``, float32: depth ``(B, H, W)`` metres,
+            points ``(B, H, W, 3)`` metres, K / K_predicted ``(B, 3, 3)`` pixels, confidence ``(B, H, W)``.
+
+        Raises:
+            MoGe4DInputError: a bad image (:func:`prepare_rgb`), a ``camera_K`` of the wrong shape or with
+                non-positive / non-finite focal lengths, or a ``resolution_level`` / ``pixel_budget`` out of range.
+        """
         cfg = self.config
         x = prepare_rgb(rgb, self.device)
         b, _, H, W = x.shape
@@ -221,5 +288,13 @@ UniDepthModel = UniDepthV2 | UniDepthV2Old
 
 
 def build_unidepth(config: UniDepthConfig) -> UniDepthV2 | UniDepthV2Old:
-    """Instantiate the model class for ``config.version`` (random weights)."""
+    """Instantiate the model class for ``config.version`` (random weights).
+
+    Args:
+        config: a :class:`UniDepthConfig` (``version`` ``"v2"`` or ``"v2old"``).
+
+    Returns:
+        a :class:`UniDepthV2` or :class:`UniDepthV2Old` on the CPU, float32; load weights with
+        :func:`moge4d_core.loading.unidepth.load_unidepth`.
+    """
     return UniDepthV2(config) if config.version == "v2" else UniDepthV2Old(config)
