@@ -48,6 +48,10 @@ class Geometry:
     image  (H,W,3) float [0,1]; depth (H,W) z-depth (metric when ``metric``, else relative);
     K (3,3) pixel intrinsics; points (H,W,3) camera-frame back-projection of ``depth`` through ``K``
     at pixel centres; valid (H,W) bool, False where depth is unusable (NaN, inf, <= 0, masked sky).
+    ``metric``: depth and points are in metres; False: relative (unknown scale).
+
+    Raises:
+        MoGe4DInputError: a field of another shape than listed (the message names the field).
     """
 
     image: torch.Tensor
@@ -67,10 +71,12 @@ class Geometry:
 
     @property
     def height(self) -> int:
+        """H, image rows in pixels."""
         return int(self.depth.shape[0])
 
     @property
     def width(self) -> int:
+        """W, image columns in pixels."""
         return int(self.depth.shape[1])
 
 
@@ -102,12 +108,19 @@ class DepthPrediction:
 
     @property
     def batch_size(self) -> int:
+        """B, the number of images."""
         return int(self.depth.shape[0])
 
 
 @dataclass
 class MotionFeatures:
-    """OmniMAE patch tokens of one image (``MOGE4D_MOTION_FEATURES``): tokens (G_h*G_w, C), grid (G_h, G_w)."""
+    """OmniMAE patch tokens of one image (``MOGE4D_MOTION_FEATURES``): tokens (G_h*G_w, C), grid (G_h, G_w).
+
+    tokens: float, row-major over the patch grid; OmniMAE ViT-B/16 at 224 px gives (196, 768) with grid (14, 14).
+
+    Raises:
+        MoGe4DInputError: ``tokens`` is not (G_h*G_w, C).
+    """
 
     tokens: torch.Tensor
     grid: tuple = (14, 14)
@@ -139,6 +152,10 @@ class Motion:
 
     delta (T,H,W,3): normalised displacement of each first-frame pixel, frame 0 = 0;
     ``norm`` the constants it was normalised with; ``geometry`` the first frame it is relative to.
+    Unitless: ``(dx·fx/z0, dy·fy/z0, dz/z0)`` (:class:`NormalizationSpec`).
+
+    Raises:
+        MoGe4DInputError: ``delta`` is not (T,H,W,3) at the geometry's size.
     """
 
     delta: torch.Tensor
@@ -157,7 +174,12 @@ class Trajectories:
     points (T,N,3) float32 in the world frame (= first-frame camera, OpenCV axes);
     colors (N,3) float [0,1] (constant over time); visibility (T,N) bool or None;
     height, width: the pixel grid the points were sampled on, N == height*width, row-major;
-    K (3,3) pixel intrinsics of that grid, if known (used for a default camera).
+    K (3,3) pixel intrinsics of that grid, if known (used for a default camera);
+    fps: frame rate in frames per second. Points are in the first-frame depth's unit (metres for metric depth).
+
+    Raises:
+        MoGe4DInputError: a field of another shape than listed, T or N = 0, N != height*width, non-positive
+            height / width, or non-finite points.
     """
 
     points: torch.Tensor
@@ -188,10 +210,12 @@ class Trajectories:
 
     @property
     def num_frames(self) -> int:
+        """T, the number of frames."""
         return int(self.points.shape[0])
 
     @property
     def num_points(self) -> int:
+        """N, the number of points (= height*width)."""
         return int(self.points.shape[1])
 
 
@@ -200,7 +224,12 @@ class CameraPath:
     """A camera per frame (``MOGE4D_CAMERA_PATH``).
 
     c2w (T,4,4) camera-to-world, OpenCV camera axes, world = first-frame camera of the scene;
-    K (T,3,3) pixel intrinsics for an image of ``width`` x ``height``.
+    K (T,3,3) pixel intrinsics for an image of ``width`` x ``height`` (pixels); ``name`` labels the path
+    (the preset's name, or ``"custom"``). Translations are in the scene's unit (metres for metric depth).
+
+    Raises:
+        MoGe4DInputError: non-positive size, shapes other than listed, T = 0, NaN / inf, a singular rotation
+            block, or focal lengths <= 0.
     """
 
     c2w: torch.Tensor
@@ -226,6 +255,7 @@ class CameraPath:
 
     @property
     def num_frames(self) -> int:
+        """T, the number of cameras."""
         return int(self.c2w.shape[0])
 
 
@@ -284,6 +314,7 @@ class DiTConditioning:
 
     @property
     def batch_size(self) -> int:
+        """B, the batch of the text context (every input has it)."""
         return int(self.encoder_hidden_states.shape[0])
 
     def forward_kwargs(self) -> dict:

@@ -155,12 +155,38 @@ def look_at_R(eye: torch.Tensor, target: torch.Tensor, up: Sequence[float] | tor
 
 def look_at_c2w(eye: Any, target: Any, up: Sequence[float] | torch.Tensor = (0.0, -1.0, 0.0),
                 name: str = "look_at") -> torch.Tensor:
-    """Camera-to-world (4,4) float64 at ``eye`` looking at ``target`` (see :func:`look_at_R`)."""
+    """Camera-to-world (4,4) float64 at ``eye`` looking at ``target`` (see :func:`look_at_R`).
+
+    Args:
+        eye: camera centre, 3 numbers in world coordinates (the scene's unit; OpenCV axes).
+        target: the point the camera looks at (optical axis through it), same frame and unit.
+        up: world up direction, 3 numbers; ``(0, -1, 0)`` is up in OpenCV world axes.
+        name: prefix of error messages.
+
+    Returns:
+        (4, 4) float64 CPU tensor: rotation columns = camera x (image right), y (image down), z (forward) in world
+        coordinates, last column = ``eye``.
+
+    Raises:
+        MoGe4DInputError: an input that is not 3 finite numbers, ``eye == target``, or a view direction parallel to
+            ``up``.
+    """
     return make_c2w(look_at_R(eye, target, up, name), _vec3(eye, f"{name}.eye"))
 
 
 def ease(t: torch.Tensor, kind: str) -> torch.Tensor:
-    """Easing curve on t in [0, 1] (see module docstring). ``kind`` in :data:`EASINGS`."""
+    """Easing curve on t in [0, 1] (see module docstring). ``kind`` in :data:`EASINGS`.
+
+    Args:
+        t: times in [0, 1], any shape (or a number).
+        kind: ``"linear"``, ``"ease_in"``, ``"ease_out"`` or ``"ease_in_out"``.
+
+    Returns:
+        e(t) float64 of the shape of ``t``, in [0, 1], with e(0) = 0 and e(1) = 1.
+
+    Raises:
+        MoGe4DInputError: ``kind`` is not one of :data:`EASINGS`.
+    """
     t = torch.as_tensor(t, dtype=F64)
     if kind == "linear":
         return t
@@ -185,14 +211,29 @@ def path_time(n: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SceneStats:
-    """Scene centre ``centre (3,)`` (mean of finite points) and depth ``depth`` (median z of points with z > 0)."""
+    """Scene centre ``centre (3,)`` (mean of finite points) and depth ``depth`` (median z of points with z > 0).
+
+    Both in the unit of the points (metres for metric depth), world = first-frame camera, OpenCV axes; ``centre``
+    is a float64 CPU tensor, ``depth`` a float > 0.
+    """
 
     centre: torch.Tensor
     depth: float
 
 
 def scene_stats(points0: Optional[torch.Tensor], preset: str = "") -> SceneStats:
-    """Statistics of the first-frame points ``points0 (...,3)`` (world = first-frame camera, OpenCV axes)."""
+    """Statistics of the first-frame points ``points0 (...,3)`` (world = first-frame camera, OpenCV axes).
+
+    Args:
+        points0: (N, 3) or (H, W, 3) points, any device and float dtype; NaN / inf points are ignored.
+        preset: the preset's name, for error messages.
+
+    Returns:
+        :class:`SceneStats`: centre (3,) float64 = mean of the finite points, depth = median z of those with z > 0.
+
+    Raises:
+        MoGe4DInputError: ``points0`` is None, not a (..., 3) tensor, has no finite point, or none with z > 0.
+    """
     what = f"camera preset {preset!r}: " if preset else ""
     require(points0 is not None,
             f"{what}points0 is required (the first-frame points (N,3), world = first-frame camera) because "
@@ -259,6 +300,7 @@ class CameraPreset:
         return {p.name: p.default for p in self.params}
 
     def param(self, name: str) -> PresetParam:
+        """The :class:`PresetParam` called ``name``; raises ``KeyError`` when the preset has none."""
         for p in self.params:
             if p.name == name:
                 return p
@@ -266,7 +308,20 @@ class CameraPreset:
 
 
 def resolve_params(preset: CameraPreset, params: Mapping[str, Any]) -> dict:
-    """Validate user ``params`` against ``preset`` and fill defaults; raises :class:`MoGe4DInputError`."""
+    """Validate user ``params`` against ``preset`` and fill defaults; raises :class:`MoGe4DInputError`.
+
+    Args:
+        preset: the preset whose :class:`PresetParam` list applies.
+        params: parameter name -> value (numbers in each parameter's ``unit``; a 1-element tensor is accepted).
+
+    Returns:
+        Every parameter of the preset by name: ints for ``int``, floats for ``float``, as given for ``bool`` and
+        ``choice``.
+
+    Raises:
+        MoGe4DInputError: an unknown name, a value of the wrong kind, not finite, a non-whole ``int``, or outside
+            ``[min, max]``.
+    """
     valid = {p.name: p for p in preset.params}
     unknown = sorted(set(params) - set(valid))
     if unknown:
