@@ -56,6 +56,9 @@ class ClipVisionEncoder(nn.Module):
     config: the *full* tower's ``CLIPVisionConfig`` (``num_hidden_layers`` = blocks in the checkpoint);
     ``self.vision`` is a transformers ``CLIPVisionModel`` holding all but the last block.
     forward: pixel_values (B, 3, S, S) normalised -> (B, (S/patch)^2 + 1, hidden) penultimate tokens.
+
+    Raises:
+        MoGe4DInputError: ``config`` has fewer than 2 blocks (no penultimate block).
     """
 
     def __init__(self, config):
@@ -71,6 +74,7 @@ class ClipVisionEncoder(nn.Module):
 
     @property
     def image_size(self) -> int:
+        """Input side ``S`` in pixels (224 for ViT-H/14)."""
         return int(self.config.image_size)
 
     def state_key(self, hf_name: str) -> str:
@@ -80,11 +84,31 @@ class ClipVisionEncoder(nn.Module):
         return "vision." + hf_name[len("vision_model."):]
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Penultimate-block tokens of normalised images.
+
+        Args:
+            pixel_values: ``(B, 3, S, S)`` as :func:`preprocess_image` returns, in the weights' dtype.
+
+        Returns:
+            ``(B, (S/patch)^2 + 1, hidden)``, class token first: ``(B, 257, 1280)`` for ViT-H/14 at 224 px.
+        """
         return self.vision(pixel_values=pixel_values).last_hidden_state
 
 
 def preprocess_image(image: torch.Tensor, size: int = 224) -> torch.Tensor:
-    """Wan CLIP preprocessing: image (B, H, W, 3) or (H, W, 3) float in [0, 1] -> (B, 3, size, size) float32 normalised."""
+    """Wan CLIP preprocessing: image (B, H, W, 3) or (H, W, 3) float in [0, 1] -> (B, 3, size, size) float32 normalised.
+
+    Args:
+        image: RGB ``(B, H, W, 3)`` or ``(H, W, 3)`` channel-last, float in [0, 1].
+        size: output side in pixels (the tower's ``image_size``, 224).
+
+    Returns:
+        ``(B, 3, size, size)`` float32 on ``image``'s device, bicubic stretch (aspect not kept), OpenAI CLIP
+        mean / std normalised.
+
+    Raises:
+        MoGe4DInputError: not a channel-last RGB tensor, or values outside [0, 1].
+    """
     if not isinstance(image, torch.Tensor) or image.ndim not in (3, 4) or image.shape[-1] != 3:
         got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
         raise MoGe4DInputError(f"image: expected (B, H, W, 3) RGB in [0, 1] (channel-last), got {got}")
@@ -104,7 +128,20 @@ def preprocess_image(image: torch.Tensor, size: int = 224) -> torch.Tensor:
 
 @torch.no_grad()   # not inference_mode: training code may save these outputs for backward
 def encode_image(model: ClipVisionEncoder, image: torch.Tensor) -> ImageContext:
-    """image (B, H, W, 3) in [0, 1] -> :class:`ImageContext` (B, 257, 1280) float32 on the model's device."""
+    """image (B, H, W, 3) in [0, 1] -> :class:`ImageContext` (B, 257, 1280) float32 on the model's device.
+
+    Args:
+        model: a :class:`ClipVisionEncoder` (from :func:`moge4d_core.loading.clip.load_clip_vision`).
+        image: RGB ``(B, H, W, 3)`` or ``(H, W, 3)`` channel-last, float in [0, 1] (MoGe4D stage 1: uniform
+            :data:`GRAY_VALUE`).
+
+    Returns:
+        :class:`~moge4d_core.models.conditioning.ImageContext` with ``tokens (B, 257, 1280)`` float32 (ViT-H/14).
+
+    Raises:
+        MoGe4DInputError: ``model`` is not a :class:`ClipVisionEncoder`, or ``image`` is refused by
+            :func:`preprocess_image`.
+    """
     if not isinstance(model, ClipVisionEncoder):
         raise MoGe4DInputError(f"model: expected a ClipVisionEncoder from load_clip_vision, got {type(model).__name__}")
     p = next(model.parameters())

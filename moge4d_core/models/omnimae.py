@@ -62,7 +62,13 @@ def _vit_config(dim: int, heads: int, mlp_ratio: int = 4):
 
 class OmniMAEEncoder(nn.Module):
     """OmniMAE trunk for images. Keys: ``patch_embed.{weight,bias}`` (Conv3d), ``pos_embed`` (buffer
-    ``(1, 1568, C)``), ``blocks.{i}.*`` (ViTLayer), ``norm.{weight,bias}``."""
+    ``(1, 1568, C)``), ``blocks.{i}.*`` (ViTLayer), ``norm.{weight,bias}``.
+
+    Args:
+        embed_dim: token width ``C`` (768 for ViT-B/16, the MoGe4D checkpoint).
+        depth: number of ViT blocks (12).
+        num_heads: attention heads (12); must divide ``embed_dim``.
+    """
 
     def __init__(self, embed_dim: int = 768, depth: int = 12, num_heads: int = 12) -> None:
         super().__init__()
@@ -78,7 +84,14 @@ class OmniMAEEncoder(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x (B, 3, 224, 224)`` ImageNet-normalised -> tokens ``(B, 196, C)`` after the final LayerNorm."""
+        """``x (B, 3, 224, 224)`` ImageNet-normalised -> tokens ``(B, 196, C)`` after the final LayerNorm.
+
+        Args:
+            x: ``(B, 3, 224, 224)`` as :func:`preprocess` returns it (cast to the weights' dtype here).
+
+        Returns:
+            the 14x14 patch tokens ``(B, 196, C)``, row-major, in the weights' dtype.
+        """
         if x.ndim != 4 or x.shape[1:] != (3, INPUT_SIZE, INPUT_SIZE):
             raise ValueError(f"OmniMAEEncoder expects (B, 3, {INPUT_SIZE}, {INPUT_SIZE}), got {tuple(x.shape)}")
         w = self.patch_embed.weight
@@ -91,7 +104,14 @@ class OmniMAEEncoder(nn.Module):
 
 
 def preprocess(image: torch.Tensor) -> torch.Tensor:
-    """``(B, 3, H, W)`` float in [0, 1] -> ``(B, 3, 224, 224)``: ImageNet normalisation, then a bilinear stretch."""
+    """``(B, 3, H, W)`` float in [0, 1] -> ``(B, 3, 224, 224)``: ImageNet normalisation, then a bilinear stretch.
+
+    Args:
+        image: ``(B, 3, H, W)`` RGB, float in [0, 1], channel-first.
+
+    Returns:
+        ``(B, 3, 224, 224)`` ImageNet-normalised, in the dtype and device of ``image`` (aspect not kept).
+    """
     mean = torch.tensor(IMAGENET_MEAN, dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
     x = (image - mean) / std
@@ -130,7 +150,21 @@ def _as_chw(image: torch.Tensor, name: str) -> torch.Tensor:
 def extract_motion_features(model: OmniMAEEncoder, image: torch.Tensor) -> MotionFeatures:
     """One image ``(H, W, 3)`` float [0, 1] (or uint8) -> :class:`MotionFeatures` with ``tokens (196, C)`` float32
     on the model's device and ``grid (14, 14)``. Any H x W >= 2 x 2 is stretched to 224 x 224 (aspect not kept,
-    as in MoGe4D), so images smaller than the 16-px patch grid are simply upsampled."""
+    as in MoGe4D), so images smaller than the 16-px patch grid are simply upsampled.
+
+    Args:
+        model: the OmniMAE encoder (:mod:`moge4d_core.loading.omnimae`).
+        image: one RGB image ``(H, W, 3)`` channel-last (or ``(1, H, W, 3)``), float in [0, 1] or uint8
+            in [0, 255].
+
+    Returns:
+        :class:`~moge4d_core.types.MotionFeatures`: ``tokens (196, C)`` float32 (C = 768 for ViT-B), row-major
+        14x14 grid, the MPM input of :class:`~moge4d_core.models.wan_dit.STraGDiT`.
+
+    Raises:
+        MoGe4DInputError: not a tensor, a batch of more than one image, not 3 channels last, smaller than 2x2,
+            a non-float non-uint8 dtype, NaN / inf, or float values outside [0, 1].
+    """
     x = _as_chw(image, "image")
     w = model.patch_embed.weight
     work = torch.float64 if w.dtype == torch.float64 else torch.float32  # preprocessing precision

@@ -59,6 +59,13 @@ class SentencePieceT5Tokenizer:
     ``spiece_model`` tensor. Encodes like Wan's HF tokenizer call: pieces of the prompt, truncated to
     ``max_length - 1``, then ``</s>`` (id 1), right-padded with ``<pad>`` (id 0). It matches the HF fast
     tokenizer for ordinary prompts; rare Unicode normalisation corner cases may differ.
+
+    Args:
+        model_proto: the serialised SentencePiece model (the bytes of ``spiece.model``).
+        source: where it came from, for error messages.
+
+    Raises:
+        MoGe4DInputError: the ``sentencepiece`` package is missing, or ``model_proto`` is not a SentencePiece model.
     """
 
     padding_side = "right"
@@ -80,10 +87,20 @@ class SentencePieceT5Tokenizer:
         self.pad_token_id = self.sp.pad_id() if self.sp.pad_id() >= 0 else 0
 
     def __len__(self) -> int:
+        """Vocabulary size (SentencePiece pieces)."""
         return int(self.sp.get_piece_size())
 
     def __call__(self, texts: Sequence[str], max_length: int = TEXT_LEN, **_ignored: Any) -> dict:
-        """HF-style output for ``padding="max_length", truncation=True``: input_ids / attention_mask (B, max_length)."""
+        """HF-style output for ``padding="max_length", truncation=True``: input_ids / attention_mask (B, max_length).
+
+        Args:
+            texts: B prompts.
+            max_length: tokens per row, ``</s>`` included (512).
+
+        Returns:
+            ``{"input_ids": (B, max_length) int64, "attention_mask": (B, max_length) int64}``, 1 on the prompt
+            pieces and ``</s>``, 0 on the padding.
+        """
         rows = [list(ids[: max_length - 1]) + [self.eos_token_id] for ids in self.sp.encode(list(texts))]
         ids = torch.full((len(rows), max_length), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), max_length), dtype=torch.long)
@@ -94,7 +111,16 @@ class SentencePieceT5Tokenizer:
 
 
 def tokenize(tokenizer, prompts: Sequence[str], max_length: int = TEXT_LEN) -> tuple[torch.Tensor, torch.Tensor]:
-    """Wan tokenisation: ``(input_ids, attention_mask)``, both (B, max_length) int64, padded to ``max_length``."""
+    """Wan tokenisation: ``(input_ids, attention_mask)``, both (B, max_length) int64, padded to ``max_length``.
+
+    Args:
+        tokenizer: a HF umT5 tokenizer or :class:`SentencePieceT5Tokenizer`.
+        prompts: B prompts.
+        max_length: tokens per row after padding / truncation (512).
+
+    Returns:
+        ``(input_ids, attention_mask)``, each ``(B, max_length)`` int64 on the CPU; mask 1 = a real token.
+    """
     out = tokenizer(list(prompts), padding="max_length", max_length=max_length, truncation=True,
                     add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
     ids = torch.as_tensor(out["input_ids"], dtype=torch.long)
@@ -116,9 +142,21 @@ def encode_text(model, tokenizer, prompts: Sequence[str], *, max_length: int = T
                 out_dtype: torch.dtype = torch.float32) -> TextContext:
     """Encode prompts with umT5 the way Wan does -> :class:`TextContext` (B, 512, d_model), zero past each length.
 
-    model: a transformers ``UMT5EncoderModel`` (from :func:`moge4d_core.loading.text.load_text_encoder`);
-    tokenizer: a HF tokenizer or :class:`SentencePieceT5Tokenizer`. Inputs go to the model's device;
-    the output is ``out_dtype`` on that device, lengths on CPU.
+    Args:
+        model: a transformers ``UMT5EncoderModel`` (from :func:`moge4d_core.loading.text.load_text_encoder`).
+        tokenizer: a HF tokenizer or :class:`SentencePieceT5Tokenizer`.
+        prompts: one prompt or a non-empty list of B prompts.
+        max_length: tokeniser length (prompts are truncated to ``max_length - 1`` tokens plus ``</s>``).
+        out_dtype: dtype of the embeddings.
+
+    Returns:
+        :class:`~moge4d_core.models.conditioning.TextContext`: ``embeddings (B, 512, d_model)`` (4096 for
+        umT5-XXL) in ``out_dtype`` on the model's device, rows past each prompt's length exactly 0;
+        ``lengths (B,)`` int64 on the CPU (prompt tokens + ``</s>``).
+
+    Raises:
+        MoGe4DInputError: ``prompts`` is empty or not strings, or the tokenizer produces ids outside the model's
+            vocabulary (a tokenizer of another model).
     """
     prompts = _check_prompts(prompts)
     ids, mask = tokenize(tokenizer, prompts, max_length=max_length)
