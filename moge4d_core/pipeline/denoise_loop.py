@@ -22,6 +22,7 @@ __all__ = ["run_dit_sampling", "model_device_dtype"]
 
 
 def model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    """(device, dtype) of the model's first parameter (for a DiT, where its inputs go)."""
     p = next(model.parameters())
     return p.device, p.dtype
 

@@ -33,6 +33,7 @@ class MemoryMode:
 
     @property
     def is_auto(self) -> bool:
+        """True for ``auto`` (to be resolved by :func:`~moge4d_core.pipeline.plan.choose_memory_mode`)."""
         return self.residency == "auto"
 
     @property

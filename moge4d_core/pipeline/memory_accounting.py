@@ -56,6 +56,7 @@ class LiveBytes(TorchDispatchMode):
     """
 
     def __init__(self) -> None:
+        """A counter at 0 bytes; :meth:`track` what exists before the measured code."""
         super().__init__()
         self.current = 0
         self.peak = 0
@@ -90,6 +91,7 @@ class LiveBytes(TorchDispatchMode):
         return self
 
     def reset_peak(self) -> None:
+        """Start a new peak measurement: ``peak`` = the bytes alive now."""
         self.peak = self.current
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):

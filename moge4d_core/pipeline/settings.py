@@ -52,13 +52,19 @@ class SamplerSettings:
                 f"parallel: expected None or one of {PARALLEL_MODES}, got {self.parallel!r}")
 
     def sigmas(self) -> torch.Tensor:
-        """σ schedule (float32, decreasing) after denoise and start/end steps."""
+        """σ schedule (float32, decreasing) after denoise and start/end steps.
+
+        Returns:
+            (S+1,) float32 σ in [0, 1] on the CPU, S = the steps that run: ``steps``, fewer after the start/end
+            cut.
+        """
         s = denoise_sigmas(self.steps, self.denoise, self.shift)
         if self.start_step or self.end_step is not None:
             s = truncate_sigmas(s, self.start_step, self.end_step)
         return s
 
     def replace(self, **changes: Any) -> "SamplerSettings":
+        """A copy with ``changes`` (field name -> value), validated again."""
         return replace(self, **changes)
 
 
