@@ -50,7 +50,13 @@ class Keyframe:
     roll_deg: float = 0.0
 
     def c2w(self, name: str = "keyframe") -> torch.Tensor:
-        """Camera-to-world (4,4) float64 of this key."""
+        """Camera-to-world (4,4) float64 of this key: looking from ``position`` at ``look_at``, then rolled by
+        ``roll_deg`` about the view axis; ``name`` prefixes error messages.
+
+        Raises:
+            MoGe4DInputError: position / look_at / up not 3 finite numbers, position == look_at, or a view
+                direction parallel to ``up``.
+        """
         R = look_at_R(self.position, self.look_at, self.up, name)
         if self.roll_deg:
             R = R @ rot_z(math.radians(float(self.roll_deg)))

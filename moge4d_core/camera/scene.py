@@ -15,7 +15,11 @@ DEFAULT_FOV_DEG = 60.0
 
 
 def parse_params(text: str) -> dict:
-    """Preset parameter overrides from JSON text (``""`` -> ``{}``), e.g. ``{"angle_deg": 45}``."""
+    """Preset parameter overrides from JSON text (``""`` -> ``{}``), e.g. ``{"angle_deg": 45}``.
+
+    Raises:
+        MoGe4DInputError: the text is not JSON, or not a JSON object.
+    """
     if not text or not text.strip():
         return {}
     try:
