@@ -56,9 +56,21 @@ def _lengths_tensor(lengths, batch: int, full: int, name: str) -> torch.Tensor:
 def pad_text(emb: torch.Tensor, lengths=None, text_len: int = TEXT_LEN, *, name: str = "text embeddings") -> torch.Tensor:
     """Wan's text padding: keep each prompt's first ``lengths[b]`` rows, zero the rest, pad/truncate to ``text_len``.
 
-    emb (B, L, D) float; lengths (B,) ints (None: all L rows valid). Returns (B, text_len, D) with the
-    dtype and device of ``emb``. Rows at or beyond ``min(lengths[b], text_len)`` are exactly zero;
-    a prompt longer than ``text_len`` is cut (Wan's tokenizer truncates at 512 tokens too).
+    Rows at or beyond ``min(lengths[b], text_len)`` are exactly zero; a prompt longer than ``text_len`` is cut
+    (Wan's tokenizer truncates at 512 tokens too).
+
+    Args:
+        emb: encoder output ``(B, L, D)``, floating point.
+        lengths: ``(B,)`` integer counts of valid rows per prompt (list or tensor), or None: all ``L`` rows valid.
+        text_len: rows of the result (512).
+        name: the argument name used in error messages.
+
+    Returns:
+        ``(B, text_len, D)`` with the dtype and device of ``emb``.
+
+    Raises:
+        MoGe4DInputError: ``emb`` is not a float ``(B, L, D)`` tensor, or ``lengths`` is not B non-negative
+            integers.
     """
     if not isinstance(emb, torch.Tensor) or emb.ndim != 3:
         got = tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__
@@ -100,20 +112,36 @@ class TextContext:
 
     @classmethod
     def from_embeddings(cls, emb: torch.Tensor, lengths=None, *, name: str = "text embeddings") -> "TextContext":
-        """From unpadded encoder output ``emb (B, L, D)`` and valid ``lengths (B,)`` (None: all L)."""
+        """From unpadded encoder output ``emb (B, L, D)`` and valid ``lengths (B,)`` (None: all L).
+
+        Args:
+            emb: ``(B, L, D)`` float encoder output; rows past 512 are dropped.
+            lengths: ``(B,)`` integer valid-row counts, or None for all ``L``.
+            name: the argument name used in error messages.
+
+        Returns:
+            a context with ``embeddings (B, 512, D)`` (zero past each length) and ``lengths`` clamped to
+            ``min(L, 512)``.
+
+        Raises:
+            MoGe4DInputError: as :func:`pad_text`.
+        """
         padded = pad_text(emb, lengths, name=name)
         lens = _lengths_tensor(lengths, emb.shape[0], emb.shape[1], name).clamp(max=min(emb.shape[1], TEXT_LEN))
         return cls(padded, lens)
 
     @property
     def batch_size(self) -> int:
+        """Number of prompts ``B``."""
         return int(self.embeddings.shape[0])
 
     @property
     def dim(self) -> int:
+        """Token width ``D`` (4096 for umT5-XXL)."""
         return int(self.embeddings.shape[2])
 
     def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "TextContext":
+        """A copy with the embeddings moved / cast (``lengths`` stay on the CPU)."""
         return TextContext(self.embeddings.to(device=device, dtype=dtype), self.lengths)
 
     @staticmethod
@@ -142,30 +170,58 @@ class ImageContext:
 
     @property
     def batch_size(self) -> int:
+        """Number of images ``B``."""
         return int(self.tokens.shape[0])
 
     @property
     def dim(self) -> int:
+        """Token width ``C`` (1280 for CLIP ViT-H/14)."""
         return int(self.tokens.shape[2])
 
     def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "ImageContext":
+        """A copy with the tokens moved / cast."""
         return ImageContext(self.tokens.to(device=device, dtype=dtype))
 
     @staticmethod
     def cat(contexts: Sequence["ImageContext"]) -> "ImageContext":
+        """Stack contexts along the batch (e.g. conditional + unconditional for CFG)."""
         return ImageContext(torch.cat([c.tokens for c in contexts]))
 
 
 def zero_image_context(batch: int, *, dim: int = IMAGE_DIM, dtype: torch.dtype = torch.float32,
                        device=None) -> ImageContext:
-    """All-zero CLIP context (B, 257, dim): what Wan-Fun InP (MoGe4D stage 2) uses when no image is given."""
+    """All-zero CLIP context (B, 257, dim): what Wan-Fun InP (MoGe4D stage 2) uses when no image is given.
+
+    Args:
+        batch: ``B`` >= 1.
+        dim: token width (1280 for CLIP ViT-H/14).
+        dtype, device: of the zeros.
+
+    Returns:
+        :class:`ImageContext` with ``tokens (batch, 257, dim)`` all zero.
+
+    Raises:
+        MoGe4DInputError: ``batch < 1``.
+    """
     if int(batch) < 1:
         raise MoGe4DInputError(f"zero_image_context: batch must be >= 1, got {batch}")
     return ImageContext(torch.zeros(int(batch), IMAGE_TOKENS, dim, dtype=dtype, device=device))
 
 
 def validate_text_context(ctx: TextContext, *, dim: int = TEXT_DIM, name: str = "text conditioning") -> TextContext:
-    """Check ``ctx`` is a :class:`TextContext` of width ``dim``; raise :class:`MoGe4DInputError` naming ``name``."""
+    """Check ``ctx`` is a :class:`TextContext` of width ``dim``; raise :class:`MoGe4DInputError` naming ``name``.
+
+    Args:
+        ctx: the conditioning to check.
+        dim: expected token width (4096 for umT5-XXL; the DiT's ``text_dim``).
+        name: the input's name in the error message.
+
+    Returns:
+        ``ctx`` unchanged.
+
+    Raises:
+        MoGe4DInputError: not a :class:`TextContext`, or tokens ``D != dim`` wide (a non-umT5 text encoder).
+    """
     if not isinstance(ctx, TextContext):
         raise MoGe4DInputError(f"{name}: expected a TextContext (umT5 embeddings padded to {TEXT_LEN} tokens), "
                                f"got {type(ctx).__name__}")
@@ -178,7 +234,20 @@ def validate_text_context(ctx: TextContext, *, dim: int = TEXT_DIM, name: str = 
 
 
 def validate_image_context(ctx: ImageContext, *, dim: int = IMAGE_DIM, name: str = "CLIP image conditioning") -> ImageContext:
-    """Check ``ctx`` is an :class:`ImageContext` of shape (B, 257, ``dim``); raise :class:`MoGe4DInputError` naming ``name``."""
+    """Check ``ctx`` is an :class:`ImageContext` of shape (B, 257, ``dim``); raise :class:`MoGe4DInputError`
+    naming ``name``.
+
+    Args:
+        ctx: the conditioning to check.
+        dim: expected token width (1280 for CLIP ViT-H/14; the DiT's ``image_dim``).
+        name: the input's name in the error message.
+
+    Returns:
+        ``ctx`` unchanged.
+
+    Raises:
+        MoGe4DInputError: not an :class:`ImageContext`, or tokens per image other than ``(257, dim)``.
+    """
     if not isinstance(ctx, ImageContext):
         raise MoGe4DInputError(f"{name}: expected an ImageContext (CLIP penultimate tokens), got {type(ctx).__name__}")
     if tuple(ctx.tokens.shape[1:]) != (IMAGE_TOKENS, dim):

@@ -66,11 +66,15 @@ def _common(s: ModelSize) -> dict:
 
 
 def strag_config(s: ModelSize = NANO_STRAG) -> Mapping[str, Any]:
+    """DiT config of a small 4D-STraG (64 input channels, ``ref_conv``, MPM of width ``s.mpm_dim`` or none,
+    ``mpm_alignment="corrected"``), as :func:`~moge4d_core.models.wan_dit.config.dit_config` returns it."""
     return dit_config(_common(s), arch=ARCH_STRAG, in_channels=64, ref_conv_in_dim=16, mpm_feature_dim=s.mpm_dim,
                       mpm_alignment="corrected")
 
 
 def vism_config(s: ModelSize = NANO_VISM) -> Mapping[str, Any]:
+    """DiT config of a small 4D-ViSM (Wan2.1-Fun-InP layout: 36 input channels, CLIP context of width
+    ``s.image_dim``), as :func:`~moge4d_core.models.wan_dit.config.dit_config` returns it."""
     return dit_config(_common(s), arch=ARCH_INP, in_channels=36)
 
 
@@ -82,12 +86,23 @@ def wan_vae_kwargs(s: ModelSize = NANO) -> dict:
 
 
 def motion_vae_config(s: ModelSize = NANO) -> MotionVAEConfig:
+    """:class:`MotionVAEConfig` of a small motion VAE: the Wan VAE of :func:`wan_vae_kwargs` and adapters of
+    ``s.adapter_channels`` channels in ``s.adapter_groups`` GroupNorm groups."""
     return MotionVAEConfig(vae=wan_vae_kwargs(s),
                            adapter=AdapterConfig(channels=s.adapter_channels, groups=s.adapter_groups))
 
 
 def randomize_(model: torch.nn.Module, seed: int, scale: float = 0.05) -> torch.nn.Module:
-    """Overwrite every parameter with seeded N(0, scale²) noise (1 + noise for norm weights); returns model."""
+    """Overwrite every parameter with seeded N(0, scale²) noise (1 + noise for norm weights); returns model.
+
+    Args:
+        model: any module; changed in place.
+        seed: seed of the CPU generator (the same seed gives the same weights).
+        scale: standard deviation of the noise.
+
+    Returns:
+        ``model``.
+    """
     g = torch.Generator().manual_seed(int(seed))
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -98,23 +113,29 @@ def randomize_(model: torch.nn.Module, seed: int, scale: float = 0.05) -> torch.
 
 
 def build_strag(s: ModelSize = NANO_STRAG, seed: int = 0, random: bool = True) -> STraGDiT:
+    """A seeded small :class:`STraGDiT` of size ``s`` (float32, CPU); ``random=False`` keeps the constructor's
+    initialisation instead of :func:`randomize_`."""
     torch.manual_seed(seed)
     m = STraGDiT(**strag_config(s))
     return randomize_(m, seed) if random else m
 
 
 def build_vism(s: ModelSize = NANO_VISM, seed: int = 0, random: bool = True) -> ViSMDiT:
+    """A seeded small :class:`ViSMDiT` of size ``s`` (float32, CPU); ``random=False`` keeps the constructor's
+    initialisation instead of :func:`randomize_`."""
     torch.manual_seed(seed)
     m = ViSMDiT(**vism_config(s))
     return randomize_(m, seed) if random else m
 
 
 def build_wan_vae(s: ModelSize = NANO_VISM, seed: int = 0):
+    """A seeded diffusers ``AutoencoderKLWan`` of size ``s`` (:func:`wan_vae_kwargs`; default: the nano pixel VAE)."""
     from diffusers import AutoencoderKLWan
     torch.manual_seed(seed)
     return AutoencoderKLWan(**wan_vae_kwargs(s))
 
 
 def build_motion_vae(s: ModelSize = NANO, seed: int = 0) -> MotionVAE:
+    """A seeded :class:`MotionVAE` of size ``s`` (:func:`motion_vae_config`), constructor initialisation."""
     torch.manual_seed(seed)
     return MotionVAE(motion_vae_config(s))

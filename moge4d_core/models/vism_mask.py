@@ -51,12 +51,27 @@ def _check(video: torch.Tensor, holes: torch.Tensor) -> None:
 
 
 def binarize_holes(holes: torch.Tensor) -> torch.Tensor:
-    """(…) any float/bool -> float32 {0,1}, 1 where ``holes >= 0.5`` (official ``do_binarize``)."""
+    """(…) any float/bool -> float32 {0,1}, 1 where ``holes >= 0.5`` (official ``do_binarize``).
+
+    Args:
+        holes: hole mask of any shape, float in [0, 1] or bool (1 = hole).
+
+    Returns:
+        float32 tensor of the same shape and device, values in {0, 1}.
+    """
     return (holes.to(torch.float32) >= 0.5).to(torch.float32)
 
 
 def pack_mask_latent(holes: torch.Tensor) -> torch.Tensor:
-    """Hole mask (T,H,W) (1 = hole) -> mask latent (1,4,(T-1)/4+1,H/8,W/8), float32, 1 = known."""
+    """Hole mask (T,H,W) (1 = hole) -> mask latent (1,4,(T-1)/4+1,H/8,W/8), float32, 1 = known.
+
+    Args:
+        holes: ``(T, H, W)`` float / bool, 1 = hole (binarised at 0.5); ``T`` 4k+1, ``H``/``W`` in pixels,
+            multiples of 8 (not checked here: :func:`pack_inpaint_inputs` checks them).
+
+    Returns:
+        ``(1, 4, (T-1)/4+1, H/8, W/8)`` float32 in [0, 1] on ``holes``' device, 1 = known (the ViSM ``mask`` input).
+    """
     t, h, w = holes.shape
     m = binarize_holes(holes).view(1, 1, t, h, w)
     m = torch.cat([m[:, :, :1].repeat_interleave(TEMPORAL, dim=2), m[:, :, 1:]], dim=2)   # (1,1,4F,H,W)
@@ -74,9 +89,17 @@ def pack_mask_latent(holes: torch.Tensor) -> torch.Tensor:
 def pack_inpaint_inputs(video: torch.Tensor, holes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Rendered video and hole mask -> ``(masked_video, mask_latent)`` for the Fun-InP transformer.
 
-    video (T,H,W,3) float in [0,1] (channel-last, as ComfyUI IMAGE frames); holes (T,H,W), 1 = hole.
-    Returns masked_video (1,3,T,H,W) in [-1,1] with holes = 0 (encode it with the Wan VAE), and mask_latent
-    (1,4,(T-1)/4+1,H/8,W/8) float32 in [0,1], 1 = known. ``T`` must be 4k+1, ``H``/``W`` multiples of 8.
+    Args:
+        video: ``(T, H, W, 3)`` float in [0, 1] (channel-last, as ComfyUI IMAGE frames).
+        holes: ``(T, H, W)``, 1 = hole (binarised at 0.5).
+
+    Returns:
+        ``(masked_video, mask_latent)``: masked_video ``(1, 3, T, H, W)`` float32 in [-1, 1] with holes = 0 (encode
+        it with the Wan VAE), mask_latent ``(1, 4, (T-1)/4+1, H/8, W/8)`` float32 in [0, 1], 1 = known.
+
+    Raises:
+        MoGe4DInputError: ``video`` not ``(T, H, W, 3)``, ``holes`` not ``(T, H, W)`` matching it, ``T`` not 4k+1,
+            or ``H``/``W`` not multiples of 8.
     """
     _check(video, holes)
     v = video.to(torch.float32).permute(3, 0, 1, 2).unsqueeze(0) * 2 - 1                 # (1,3,T,H,W)
@@ -86,5 +109,9 @@ def pack_inpaint_inputs(video: torch.Tensor, holes: torch.Tensor) -> tuple[torch
 
 
 def all_holes(holes: torch.Tensor) -> bool:
-    """True when every pixel is a hole: the official pipeline then uses zero latents instead of encoding."""
+    """True when every pixel is a hole: the official pipeline then uses zero latents instead of encoding.
+
+    Args:
+        holes: hole mask of any shape (1 = hole, binarised at 0.5).
+    """
     return bool((binarize_holes(holes) == 1).all())
