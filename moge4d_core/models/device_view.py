@@ -16,7 +16,13 @@ __all__ = ["ComputeDeviceView"]
 
 
 class ComputeDeviceView(nn.Module):
-    """``view = ComputeDeviceView(model, device, dtype)``: ``next(view.parameters())`` is on ``device``."""
+    """``view = ComputeDeviceView(model, device, dtype)``: ``next(view.parameters())`` is on ``device``.
+
+    Args:
+        model: the block-offloaded model (held as ``inner``).
+        device: its compute device (where the inputs should go).
+        dtype: dtype of the empty anchor parameter (what ``next(view.parameters()).dtype`` reports).
+    """
 
     def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
@@ -24,6 +30,7 @@ class ComputeDeviceView(nn.Module):
         self.inner = model
 
     def forward(self, *args, **kwargs):
+        """The wrapped model's forward, same arguments and result."""
         return self.inner(*args, **kwargs)
 
     def __getattr__(self, name: str):

@@ -36,12 +36,22 @@ __all__ = ["FP8_DTYPES", "quantize_fp8", "fp8_skip_patterns", "fp8_eligible_line
 
 
 def is_fp8(dtype: torch.dtype) -> bool:
+    """True for ``torch.float8_e4m3fn`` and ``torch.float8_e5m2``."""
     return dtype in FP8_DTYPES
 
 
 def quantize_fp8(weight: torch.Tensor, storage_dtype: torch.dtype = torch.float8_e4m3fn
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-tensor scaled fp8: ``(w_fp8, scale)`` with ``w ~= w_fp8.float() * scale``, ``scale = amax / fp8_max``."""
+    """Per-tensor scaled fp8: ``(w_fp8, scale)`` with ``w ~= w_fp8.float() * scale``, ``scale = amax / fp8_max``.
+
+    Args:
+        weight: any-shape float tensor.
+        storage_dtype: an fp8 dtype (e4m3fn: max 448).
+
+    Returns:
+        ``(w_fp8, scale)``: ``w_fp8`` of ``weight``'s shape in ``storage_dtype``; ``scale`` a 0-d float32 tensor
+        (1 for an all-zero weight), both on ``weight``'s device.
+    """
     w = weight.float()
     amax = w.abs().max()
     fmax = torch.finfo(storage_dtype).max
@@ -61,7 +71,15 @@ def fp8_skip_patterns(model: nn.Module) -> tuple[str, ...]:
 
 
 def fp8_eligible_linear_names(model: nn.Module, skip_patterns: Optional[Iterable[str]] = None) -> list[str]:
-    """Names of the ``nn.Linear`` modules whose weights fp8 storage applies to."""
+    """Names of the ``nn.Linear`` modules whose weights fp8 storage applies to.
+
+    Args:
+        model: the DiT.
+        skip_patterns: module-name regexes to leave out; None = :func:`fp8_skip_patterns`.
+
+    Returns:
+        the qualified module names (``model.named_modules()`` order).
+    """
     pats = tuple(skip_patterns) if skip_patterns is not None else fp8_skip_patterns(model)
     return [n for n, m in model.named_modules()
             if isinstance(m, nn.Linear) and not any(re.search(p, n) for p in pats)]
@@ -75,6 +93,7 @@ class ScaledFP8LinearHook(ModelHook):
         self.compute_dtype = compute_dtype
 
     def new_forward(self, module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        """``F.linear`` of ``x (..., in)`` with the dequantised weight, all in the compute dtype -> ``(..., out)``."""
         w = (module.weight.float() * module.weight_scale).to(self.compute_dtype)
         b = None if module.bias is None else module.bias.to(self.compute_dtype)
         return F.linear(x.to(self.compute_dtype), w, b)
@@ -91,6 +110,22 @@ def enable_fp8_storage(model: nn.Module, *, compute_dtype: torch.dtype = torch.b
     maps ``"<module name>"`` to the float32 scale of a weight that is *already* fp8 (from a ComfyUI
     scaled file); already-fp8 weights without an entry get scale 1. Returns the names of the modules
     now stored in fp8. Non-fp8 parameters should already be in ``compute_dtype`` (the loaders do that).
+
+    Args:
+        model: the DiT (changed in place).
+        compute_dtype: dtype the weights are upcast to for each forward.
+        storage_dtype: ``torch.float8_e4m3fn`` or ``torch.float8_e5m2``.
+        scaled: per-tensor scaled storage (True) or diffusers' plain cast (False).
+        scales: module name -> scale of an already-fp8 weight (scaled mode only).
+        skip_patterns: module-name regexes to keep in ``compute_dtype``; None = :func:`fp8_skip_patterns`
+            (scaled mode only).
+
+    Returns:
+        the names of the ``nn.Linear`` modules now stored in fp8.
+
+    Raises:
+        MoGe4DInputError: ``storage_dtype`` is not an fp8 dtype, or ``scaled=False`` on a model that already
+            holds fp8 weights.
     """
     if not is_fp8(storage_dtype):
         raise MoGe4DInputError(f"fp8 storage: storage_dtype must be one of {FP8_DTYPES}, got {storage_dtype}")
