@@ -103,10 +103,12 @@ class UniDepthConfig:
         return f"unidepth-{self.version}-{self.backbone}"
 
     def to_dict(self) -> dict:
+        """Every field as a dict (for checkpoint metadata; :meth:`from_dict` reads it back)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "UniDepthConfig":
+        """Inverse of :meth:`to_dict`; keys that are not fields are ignored."""
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 

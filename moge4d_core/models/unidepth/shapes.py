@@ -22,7 +22,15 @@ V2OLD_RESOLUTION_LEVELS = 10   # levels 0..10
 
 
 def v2_paddings(height: int, width: int, ratio_bounds: Sequence[float] = (0.5, 2.5)):
-    """``((left, right, top, bottom), (padded_h, padded_w))`` that bring ``W/H`` inside ``ratio_bounds``."""
+    """``((left, right, top, bottom), (padded_h, padded_w))`` that bring ``W/H`` inside ``ratio_bounds``.
+
+    Args:
+        height, width: the image size in pixels.
+        ratio_bounds: ``(min, max)`` of ``W/H``.
+
+    Returns:
+        zero-padding in pixels per side (centred) and the padded size in pixels.
+    """
     ratio = width / height
     lo, hi = ratio_bounds
     target = min(hi, max(lo, ratio))
@@ -41,6 +49,12 @@ def v2_pixel_bounds(resolution_level: Optional[int], pixels_bounds: Sequence[flo
 
     ``pixel_budget`` (our addition) pins the count to one value; otherwise ``resolution_level`` in 0..9 selects
     the sub-interval ``[lo + l*(hi-lo)/10, lo + (l+1)*(hi-lo)/10]``, and None uses the full interval.
+
+    Returns:
+        ``(min_pixels, max_pixels)`` of the network input.
+
+    Raises:
+        MoGe4DInputError: ``pixel_budget`` below 196 (one 14x14 patch), or ``resolution_level`` outside 0..9.
     """
     if pixel_budget is not None:
         if int(pixel_budget) < PATCH * PATCH:
@@ -59,7 +73,15 @@ def v2_pixel_bounds(resolution_level: Optional[int], pixels_bounds: Sequence[flo
 
 
 def v2_resize(height: int, width: int, pixel_bounds: Sequence[float]) -> tuple[float, tuple[int, int]]:
-    """``(factor, (new_h, new_w))``: scale the pixel count into ``pixel_bounds``, round sides up to 14."""
+    """``(factor, (new_h, new_w))``: scale the pixel count into ``pixel_bounds``, round sides up to 14.
+
+    Args:
+        height, width: the (padded) image size in pixels.
+        pixel_bounds: ``(min, max)`` pixel count of the network input.
+
+    Returns:
+        the scale factor applied to the sides (and to K) and the network size in pixels, multiples of 14.
+    """
     n = height * width
     target = min(pixel_bounds[1], max(pixel_bounds[0], n))
     factor = (target / n) ** 0.5
@@ -73,7 +95,20 @@ def v2_resize(height: int, width: int, pixel_bounds: Sequence[float]) -> tuple[f
 def v2_network_shape(height: int, width: int, resolution_level: Optional[int] = None,
                      pixel_budget: Optional[int] = None, ratio_bounds: Sequence[float] = (0.5, 2.5),
                      pixels_bounds: Sequence[float] = (200000, 600000)):
-    """All V2 preprocessing numbers: ``(paddings lrtb, (padded_h, padded_w), factor, (net_h, net_w))``."""
+    """All V2 preprocessing numbers: ``(paddings lrtb, (padded_h, padded_w), factor, (net_h, net_w))``.
+
+    Args:
+        height, width: the input image size in pixels.
+        resolution_level, pixel_budget: as :func:`v2_pixel_bounds`.
+        ratio_bounds, pixels_bounds: the config's input rules (aspect ``W/H``, pixel count).
+
+    Returns:
+        paddings (left, right, top, bottom) and padded size in input pixels, the resize factor, and the network
+        input size (multiples of 14).
+
+    Raises:
+        MoGe4DInputError: as :func:`v2_pixel_bounds`.
+    """
     pads, padded = v2_paddings(height, width, ratio_bounds)
     bounds = v2_pixel_bounds(resolution_level, pixels_bounds, pixel_budget)
     factor, net = v2_resize(padded[0], padded[1], bounds)
@@ -82,7 +117,19 @@ def v2_network_shape(height: int, width: int, resolution_level: Optional[int] = 
 
 def v2old_token_budget(resolution_level: Optional[int], tokens_bounds: Sequence[int] = (1400, 2400),
                        pixel_budget: Optional[int] = None) -> int:
-    """Number of 14x14 tokens of the V2old network input (``pixel_budget`` / 196 when given)."""
+    """Number of 14x14 tokens of the V2old network input (``pixel_budget`` / 196 when given).
+
+    Args:
+        resolution_level: 0..10 (None = 10): ``lo + ceil((hi - lo) * level / 10)`` tokens.
+        tokens_bounds: ``(lo, hi)`` token counts (the config's ``pixels_bounds`` for V2old, 1400..2400).
+        pixel_budget: about this many pixels instead, or None.
+
+    Returns:
+        the token count.
+
+    Raises:
+        MoGe4DInputError: ``pixel_budget`` below 196, or ``resolution_level`` outside 0..10.
+    """
     if pixel_budget is not None:
         tokens = int(pixel_budget) // (PATCH * PATCH)
         if tokens < 1:
@@ -98,7 +145,18 @@ def v2old_token_budget(resolution_level: Optional[int], tokens_bounds: Sequence[
 
 
 def v2old_network_shape(height: int, width: int, tokens: int) -> tuple[tuple[int, int], float]:
-    """``((net_h, net_w), ratio)`` with ``ratio = net_h / height`` (the single scale applied to K)."""
+    """``((net_h, net_w), ratio)`` with ``ratio = net_h / height`` (the single scale applied to K).
+
+    Args:
+        height, width: the input image size in pixels.
+        tokens: token budget (:func:`v2old_token_budget`).
+
+    Returns:
+        the network input size in pixels (multiples of 14) and the scale factor of K.
+
+    Raises:
+        MoGe4DInputError: the aspect ratio is so extreme that a side gets no token.
+    """
     aspect = width / height
     h = math.ceil((tokens / aspect) ** 0.5 - 0.5)
     w = math.ceil(h * aspect - 0.5)
