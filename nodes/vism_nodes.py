@@ -7,7 +7,8 @@ Two ways to run the release's view-synthesis stage (reference §C, §J7):
   (``VAELoader`` + ``wan_2.1_vae.safetensors``) through :class:`moge4d_core.interop.native_wan.ChannelLastVAE`.
 * ``UNETLoader`` (Fun-InP) + ``MoGe4DApplyViSMLoRA`` + ``MoGe4DInpaintConditioning`` + the native ``KSampler``
   + ``VAEDecode``: the same model inputs through ComfyUI's Wan stack (``concat_latent_image`` /
-  ``concat_mask``, see :func:`moge4d_core.interop.native_wan.fun_inp_concat_inputs`).
+  ``concat_mask``, see :func:`moge4d_core.interop.native_wan.fun_inp_concat_inputs`); ``MoGe4DKeepRendered``
+  then does what ``MoGe4DInpaint``'s ``keep_rendered`` does.
 
 The native path reproduces the release's 4D-ViSM with ``ModelSamplingSD3(shift=5)`` + ``KSampler(euler, scheduler
 normal, 50 steps, cfg 6, denoise 1)``: ``normal`` with shift 5 is the release's σ grid, and one forward pass of
@@ -38,7 +39,7 @@ from moge4d_core.loading.wan_dit import load_vism_base
 from moge4d_core.models.conditioning import IMAGE_DIM, IMAGE_TOKENS
 from moge4d_core.interop.comfy_lora import check_lora_fits, comfy_kohya_state
 from moge4d_core.interop.native_wan import ChannelLastVAE, empty_latent, fun_inp_concat_inputs, raw_zero_latent
-from moge4d_core.pipeline.inpaint import inpaint
+from moge4d_core.pipeline.inpaint import inpaint, keep_rendered_composite
 from moge4d_core.pipeline.settings import SamplerSettings
 
 from . import comfy_types as T
@@ -259,6 +260,36 @@ class MoGe4DInpaintConditioning(io.ComfyNode):
         return io.NodeOutput(positive, negative, {"samples": latent})
 
 
+class MoGe4DKeepRendered(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MoGe4DKeepRendered",
+            display_name="MoGe4D Keep Rendered",
+            category="MoGe4D/inpaint",
+            description="Keep what the render knows after native inpainting (KSampler + VAEDecode): composite the "
+                        "render back over the inpainted frames wherever a point landed, feathered at hole edges, so "
+                        "only the holes come from the model. The same as MoGe4D Inpaint's keep_rendered. The release "
+                        "regenerates every pixel (leave this node out to reproduce it).",
+            search_aliases=["keep rendered", "composite render", "paste back", "inpaint composite"],
+            inputs=[
+                io.Image.Input("images", tooltip="The inpainted frames (T,H,W,3), e.g. from VAEDecode."),
+                io.Image.Input("render", tooltip="The render they were conditioned on (MoGe4D Render 'frames')."),
+                io.Mask.Input("holes", tooltip="Its hole mask (MoGe4D Render 'holes'), 1 = no point landed."),
+                io.Int.Input("width", default=2, min=0, max=64,
+                             tooltip="Feather width in pixels at hole edges (0: hard edges). The nano demo uses 2."),
+            ],
+            outputs=[io.Image.Output(display_name="images", tooltip="Render where points landed, inpainting in "
+                                                                   "the holes, blended across the feather.")],
+        )
+
+    @classmethod
+    def execute(cls, images, render, holes, width=2) -> io.NodeOutput:
+        frames = _frames(render, "render")
+        out = keep_rendered_composite(_frames(images, "images"), frames, _holes(holes, frames), int(width))
+        return io.NodeOutput(out.to(output_device()))
+
+
 def lora_choices() -> list[str]:
     found = model_files("4D-ViSM")
     try:
@@ -324,4 +355,4 @@ class MoGe4DApplyViSMLoRA(io.ComfyNode):
         return io.NodeOutput(patched, ui=ui.PreviewText(msg))
 
 
-VISM_NODES = [MoGe4DLoadViSM, MoGe4DInpaint, MoGe4DInpaintConditioning, MoGe4DApplyViSMLoRA]
+VISM_NODES = [MoGe4DLoadViSM, MoGe4DInpaint, MoGe4DInpaintConditioning, MoGe4DKeepRendered, MoGe4DApplyViSMLoRA]

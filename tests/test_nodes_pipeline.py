@@ -388,3 +388,21 @@ def test_apply_vism_lora_refuses_a_model_it_does_not_fit(env, tmp_path):
     save_file(other, str(env["root"] / "4D-ViSM" / "other.safetensors"))
     with pytest.raises(MoGe4DInputError, match="none of the"):
         node.execute(model=_fake_model(env), lora="4D-ViSM/other.safetensors", strength=1.0)
+
+
+def test_keep_rendered_after_native_inpainting_is_the_inpaint_nodes_composite(env):
+    """MoGe4D Keep Rendered on VAEDecode's frames = MoGe4D Inpaint's keep_rendered: render where points landed,
+    the model's frames in the holes, blended across the feather width."""
+    from moge4d_core.pipeline.inpaint import keep_weight
+
+    n = env["n"]
+    frames, holes = _render_case()
+    decoded = torch.rand(frames.shape, generator=torch.Generator().manual_seed(9))
+    (out,) = n("MoGe4DKeepRendered").execute(images=decoded, render=frames, holes=holes, width=2).args
+    w = keep_weight(holes, 2)[..., None]
+    assert torch.allclose(out, w * frames + (1 - w) * decoded, atol=1e-6)
+    hole = holes > 0.5
+    assert torch.equal(out[hole], decoded[hole]) and bool((w[..., 0] == 1).any())
+    assert torch.equal(out[w[..., 0] == 1], frames[w[..., 0] == 1])
+    with pytest.raises(MoGe4DInputError, match="same frame count and size"):
+        n("MoGe4DKeepRendered").execute(images=decoded[:3], render=frames, holes=holes, width=2)

@@ -23,7 +23,7 @@ STABLE_IDS = {
     "MoGe4DLoadUniDepth", "MoGe4DDepth", "MoGe4DGeometryFromMoGe", "MoGe4DGeometryFromDepth", "MoGe4DLoadOmniMAE",
     "MoGe4DMotionFeatures",
     "MoGe4DLoadSTraG", "MoGe4DLoadMotionVAE", "MoGe4DTrajectorySampler", "MoGe4DDenormalize", "MoGe4DFlowScheduler",
-    "MoGe4DLoadViSM", "MoGe4DInpaint", "MoGe4DInpaintConditioning", "MoGe4DApplyViSMLoRA",
+    "MoGe4DLoadViSM", "MoGe4DInpaint", "MoGe4DInpaintConditioning", "MoGe4DKeepRendered", "MoGe4DApplyViSMLoRA",
     "MoGe4DSaveUSD", "MoGe4DSaveAnimatedGLB",
     "MoGe4DNanoDemoInput", "MoGe4DEmptyText",
 }
@@ -48,6 +48,7 @@ WIDGET_PREFIX = {
                        "extra_strength", "memory", "attention_backend", "compile"],
     "MoGe4DInpaint": ["steps", "cfg", "shift", "seed", "solver", "cache", "keep_rendered"],
     "MoGe4DInpaintConditioning": ["zero_clip_vision"],
+    "MoGe4DKeepRendered": ["width"],
     "MoGe4DApplyViSMLoRA": ["lora", "strength"],
     "MoGe4DSaveUSD": ["filename_prefix", "format", "max_points"],
     "MoGe4DSaveAnimatedGLB": ["filename_prefix", "max_points"],
