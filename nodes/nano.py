@@ -20,7 +20,6 @@ import folder_paths
 from moge4d_core.pipeline.nano import NANO_DIR, NANO_FILES
 
 NANO_CHOICE = "nano (built-in)"
-NATIVE_FOLDERS = {"vism": "diffusion_models", "vae": "vae"}     # part -> ComfyUI model folder it is listed in
 
 
 def is_nano(name: Any) -> bool:
@@ -39,9 +38,11 @@ def nano_or(name: Any, problem: Optional[str]) -> Optional[str]:
 
 
 def register_nano_folders() -> None:
-    """Append the nano ViSM's and pixel VAE's folders to ComfyUI's ``diffusion_models`` / ``vae`` folders."""
-    for part, folder in NATIVE_FOLDERS.items():
-        folder_paths.add_model_folder_path(folder, str(Path(nano_path(part)).parent), is_default=False)
+    """Append the nano ViSM's and pixel VAE's folders to the ComfyUI model folders they are named after
+    (``diffusion_models``, ``vae``)."""
+    for part in ("vism", "vae"):
+        folder = Path(nano_path(part)).parent
+        folder_paths.add_model_folder_path(folder.name, str(folder), is_default=False)
 
 
 register_nano_folders()

@@ -16,7 +16,6 @@ from moge4d_core.pipeline.nano import demo_input
 
 from . import comfy_types as T
 from .comfy_runtime import output_device
-from . import nano  # noqa: F401  (registers the nano ViSM / VAE folders with ComfyUI)
 
 
 class MoGe4DNanoDemoInput(io.ComfyNode):

@@ -160,14 +160,12 @@ def test_template_browser_lists_ui_workflows_with_thumbnails(server):
 
 
 def _ply_points(path: Path):
-    """xyz (N,3) of a binary PLY written by MoGe4D Save PLY Sequence (points format)."""
+    """xyz (N,3) of a PLY written by MoGe4D Save PLY Sequence, read with plyfile."""
     import numpy as np
+    from plyfile import PlyData
 
-    data = path.read_bytes()
-    end = data.index(b"end_header\n") + len(b"end_header\n")
-    count = int(next(l for l in data[:end].decode().splitlines() if l.startswith("element vertex")).split()[-1])
-    rows = np.frombuffer(data[end:], np.dtype([("xyz", "<f4", 3), ("rgb", "u1", 3)]), count=count)
-    return rows["xyz"]
+    v = PlyData.read(str(path))["vertex"]
+    return np.stack([v["x"], v["y"], v["z"]], axis=1)
 
 
 def test_comfyuis_euler_sampler_reproduces_the_built_in_euler(server):
